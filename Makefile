@@ -1,0 +1,35 @@
+# The two commands README.md opens with:
+#   make run   - set up, poll the demo sources once, serve on http://127.0.0.1:8080/
+#   make test  - set up (system packages, npm, venv) and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup test-deps lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/icsfeed poll --once || true
+	$(BIN)/icsfeed accounts
+	$(BIN)/icsfeed serve
+
+test-deps:
+	bash scripts/install-test-deps.sh
+
+test: $(STAMP) test-deps
+	$(BIN)/ruff check icsfeed tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) data test-artifacts .pytest_cache

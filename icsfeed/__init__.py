@@ -1,0 +1,3 @@
+"""icsfeed: calendar feeds (.ics) of operational events."""
+
+__version__ = "0.1.0"

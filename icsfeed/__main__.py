@@ -1,0 +1,5 @@
+"""``python -m icsfeed``: the same as the ``icsfeed`` command."""
+
+from icsfeed.cli import main
+
+main()

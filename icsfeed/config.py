@@ -1,0 +1,531 @@
+"""Configuration: YAML files under ``config/`` validated into typed models.
+
+Every ``*.yaml``/``*.yml`` directly in the config directory is read, in name order, and
+merged: mappings (``server``, ``storage``, ``feeds``, ``kinds``) key by key, lists
+(``accounts``, ``teams``, ``sources``) appended. Errors name the file, the path inside it
+(``sources[2].url``) and the problem. ``${VAR}`` takes a value from the environment
+(``$${`` writes a literal ``${``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from icsfeed.sources import load_source_class
+from icsfeed.sources.base import KindInfo, SourceContext, SourceSettings
+
+#: the keys every source has; all others belong to its type's Settings
+COMMON_SOURCE_KEYS = frozenset({"id", "type", "interval", "jitter", "enabled", "absence", "name"})
+
+#: CSS3 colour names (RFC 7986 COLOR takes these), with the hex Apple's property wants
+CSS_COLORS: dict[str, str] = {
+    "red": "#ff0000", "crimson": "#dc143c", "firebrick": "#b22222", "darkred": "#8b0000",
+    "orange": "#ffa500", "darkorange": "#ff8c00", "gold": "#ffd700", "goldenrod": "#daa520",
+    "green": "#008000", "seagreen": "#2e8b57", "forestgreen": "#228b22", "teal": "#008080",
+    "blue": "#0000ff", "royalblue": "#4169e1", "steelblue": "#4682b4", "dodgerblue": "#1e90ff",
+    "navy": "#000080", "purple": "#800080", "slateblue": "#6a5acd", "mediumpurple": "#9370db",
+    "hotpink": "#ff69b4", "deeppink": "#ff1493", "brown": "#a52a2a", "sienna": "#a0522d",
+    "gray": "#808080", "grey": "#808080", "slategray": "#708090", "dimgray": "#696969",
+    "black": "#000000", "darkgoldenrod": "#b8860b", "olive": "#808000", "darkcyan": "#008b8b",
+    "tomato": "#ff6347", "coral": "#ff7f50", "chocolate": "#d2691e", "darkviolet": "#9400d3",
+}
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ConfigError(Exception):
+    """Config is invalid; ``problems`` are (file, path, message) triples."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{f}: {p}: {m}" if p else f"{f}: {m}" for f, p, m in problems))
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Seconds (number), ``"90s"``, ``"5m"``, ``"1h30m"``, ``"2d"`` or ISO 8601 ``"PT1H"``."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 5m")
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value)
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return timedelta(seconds=float(text))
+    match = re.fullmatch(r"(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
+    if match and any(match.groups()):
+        d, h, m, s = (int(g or 0) for g in match.groups())
+        return timedelta(days=d, hours=h, minutes=m, seconds=s)
+    match = re.fullmatch(r"p(?:(\d+)d)?(?:t(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?)?", text)
+    if match and any(match.groups()):
+        d, h, m, s = (int(g or 0) for g in match.groups())
+        return timedelta(days=d, hours=h, minutes=m, seconds=s)
+    raise ValueError(f"not a duration: {value!r} (use seconds, 5m, 1h, 2d or PT1H)")
+
+
+def _check_timezone(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as Europe/Berlin)") from None
+    return value
+
+
+def _check_color(value: str | None) -> str | None:
+    if value is not None and value.lower() not in CSS_COLORS:
+        raise ValueError(f"colour {value!r} is not a CSS3 colour name this server knows ({', '.join(sorted(CSS_COLORS))})")
+    return value.lower() if value else value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    """Where the web server listens, and the URL people reach it at."""
+
+    base_url: str = "http://127.0.0.1:8080"
+    bind: str = "127.0.0.1:8080"
+    threads: int = Field(default=8, ge=1, le=256)
+    admin_user: str | None = None
+    admin_password: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http(s) URL, not {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("bind")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"bind must be host:port, not {value!r}")
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class StorageConfig(_Model):
+    """Any SQLAlchemy URL; by default SQLite in the data directory."""
+
+    url: str | None = None
+
+
+class FeedDefaults(_Model):
+    """What every feed gets unless an account says otherwise."""
+
+    refresh_interval: timedelta = timedelta(hours=1)
+    window_back_days: int = Field(default=90, ge=0, le=3660)
+    window_ahead_days: int = Field(default=30, ge=0, le=3660)
+    #: host part of UIDs; default: the host of server.base_url
+    uid_host: str | None = None
+    method_publish: bool = True
+    organizer_name: str = "icsfeed"
+    organizer_email: str = "icsfeed@localhost"
+    color: str = "steelblue"
+    #: longest SUMMARY and DESCRIPTION (characters) before they are cut, to keep every client happy
+    max_title: int = Field(default=255, ge=16)
+    max_detail: int = Field(default=4000, ge=64)
+    timezone: str = "UTC"
+
+    _tz = field_validator("timezone")(_check_timezone)
+    _color = field_validator("color")(_check_color)
+
+    @field_validator("refresh_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+
+class KindConfig(_Model):
+    """How a kind of event looks: icon, colour, all-day or timed, default length."""
+
+    icon: str
+    color: str
+    color_hex: str | None = None
+    all_day: bool = False
+    duration: timedelta = timedelta(hours=1)
+    label: str | None = None
+
+    _color = field_validator("color")(_check_color)
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @property
+    def hex(self) -> str:
+        return self.color_hex or CSS_COLORS[self.color]
+
+
+BUILTIN_KINDS: dict[str, dict[str, Any]] = {
+    "alert": {"icon": "🚨", "color": "red", "duration": "1h", "label": "Alert"},
+    "backup": {"icon": "💾", "color": "royalblue", "duration": "30m", "label": "Backup"},
+    "ticket": {"icon": "🎫", "color": "darkorange", "duration": "30m", "label": "Ticket"},
+    "maintenance": {"icon": "🔧", "color": "slategray", "duration": "2h", "label": "Maintenance"},
+    "certificate": {"icon": "🔒", "color": "seagreen", "all_day": True, "label": "Certificate"},
+    "birthday": {"icon": "🎂", "color": "hotpink", "all_day": True, "label": "Server birthday"},
+    "insight": {"icon": "⚠️", "color": "gold", "all_day": True, "label": "Insight"},
+}
+
+
+class AccountConfig(_Model):
+    """A customer: the keys origins use for it, and how its feed looks."""
+
+    id: str = Field(pattern=_ID)
+    name: str
+    keys: list[str] = Field(default_factory=list)
+    timezone: str | None = None
+    window_back_days: int | None = Field(default=None, ge=0, le=3660)
+    window_ahead_days: int | None = Field(default=None, ge=0, le=3660)
+    token_version: int = Field(default=1, ge=1)
+    color: str | None = None
+
+    _tz = field_validator("timezone")(_check_timezone)
+    _color = field_validator("color")(_check_color)
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, list) else value
+
+    @property
+    def match_keys(self) -> set[str]:
+        """Keys as routing compares them: the id too, case-insensitive."""
+        return {k.strip().lower() for k in [self.id, *self.keys]}
+
+
+class TeamConfig(_Model):
+    """A team-wide feed: accounts ("*" = all, also events no account claims), kinds, severity."""
+
+    id: str = Field(pattern=_ID)
+    name: str
+    accounts: Literal["*"] | list[str] = "*"
+    kinds: list[str] | None = None
+    min_severity: str | None = None
+    token_version: int = Field(default=1, ge=1)
+    color: str | None = None
+
+    _color = field_validator("color")(_check_color)
+
+
+class SourceConfig(_Model):
+    """A configured source: common scheduling keys plus its type's validated settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(pattern=_ID)
+    type: str
+    name: str | None = None
+    interval: timedelta = timedelta(minutes=5)
+    jitter: timedelta | None = None
+    enabled: bool = True
+    absence: Literal["close", "keep", "cancel"] | None = None
+
+    @field_validator("interval", "jitter", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("interval")
+    @classmethod
+    def _min_interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("interval must be at least 1 second")
+        return value
+
+    @property
+    def raw_settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ConfigFile(_Model):
+    """One YAML file: every section optional."""
+
+    server: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = None
+    feeds: dict[str, Any] | None = None
+    kinds: dict[str, dict[str, Any]] | None = None
+    insights: dict[str, Any] | None = None
+    accounts: list[AccountConfig] = Field(default_factory=list)
+    teams: list[TeamConfig] = Field(default_factory=list)
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated whole, as the rest of icsfeed reads it."""
+
+    config_dir: Path
+    data_dir: Path
+    server: ServerConfig
+    storage: StorageConfig
+    feeds: FeedDefaults
+    kinds: dict[str, KindConfig]
+    accounts: dict[str, AccountConfig]
+    teams: dict[str, TeamConfig]
+    sources: dict[str, SourceConfig]
+    source_settings: dict[str, SourceSettings]
+    #: detector settings (icsfeed.insights.settings.InsightsSettings when that package is present)
+    insights: Any = None
+    #: file each account/team/source came from, for messages
+    origins: dict[str, str] = field(default_factory=dict)
+    #: (path, mtime_ns, size) of every file read, to notice changes
+    fingerprint: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage.url or f"sqlite:///{self.data_dir / 'icsfeed.db'}"
+
+    @property
+    def uid_host(self) -> str:
+        return self.feeds.uid_host or urlsplit(self.server.base_url).hostname or "icsfeed"
+
+    def source_context(self) -> SourceContext:
+        account_tz: dict[str, str] = {}
+        for account in self.accounts.values():
+            if account.timezone:
+                for key in account.match_keys:
+                    account_tz[key] = account.timezone
+        return SourceContext(
+            config_dir=self.config_dir, data_dir=self.data_dir,
+            kinds={name: KindInfo(all_day=k.all_day, duration_seconds=int(k.duration.total_seconds()))
+                   for name, k in self.kinds.items()},
+            default_timezone=self.feeds.timezone, account_timezones=account_tz,
+        )
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Replace ${VAR} (and ${VAR:-default}) in every string of a YAML tree."""
+    if isinstance(value, str):
+        def sub(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            problems.append((path, f"environment variable {name} is not set"))
+            return ""
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _error_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p in ("list[str]", "literal['*']"))))
+        path = _error_path(loc)
+        if prefix:
+            path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif err["type"] == "missing":
+            message = "required setting is missing"
+        problems.append((path, message))
+    return problems
+
+
+def config_files(config_dir: Path) -> list[Path]:
+    return sorted(p for p in config_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def _fingerprint(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for p in files:
+        st = p.stat()
+        out.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def config_fingerprint(config_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap check whether any config file changed (names, mtimes, sizes)."""
+    try:
+        return _fingerprint(config_files(config_dir))
+    except OSError:
+        return ()
+
+
+def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> Config:
+    """Read, interpolate and validate every YAML file; raise ConfigError listing all problems."""
+    config_dir = Path(config_dir).resolve()
+    data_dir = Path(data_dir or os.environ.get("ICSFEED_DATA") or "data").resolve()
+    if not config_dir.is_dir():
+        raise ConfigError([(str(config_dir), "", "config directory does not exist")])
+    files = config_files(config_dir)
+    if not files:
+        raise ConfigError([(str(config_dir), "", "no .yaml files in the config directory")])
+
+    problems: list[tuple[str, str, str]] = []
+    merged: dict[str, Any] = {"server": {}, "storage": {}, "feeds": {}, "kinds": {}, "insights": {}}
+    accounts: dict[str, AccountConfig] = {}
+    teams: dict[str, TeamConfig] = {}
+    sources: dict[str, SourceConfig] = {}
+    settings: dict[str, SourceSettings] = {}
+    origins: dict[str, str] = {}
+    team_files: dict[str, tuple[str, int]] = {}
+
+    for path in files:
+        name = _display(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            problems.append((name, where, f"YAML syntax error: {problem}"))
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append((name, "", f"cannot read: {exc}"))
+            continue
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            problems.append((name, "", f"the top level must be a mapping, not a {type(raw).__name__}"))
+            continue
+        env_problems: list[tuple[str, str]] = []
+        raw = _interpolate(raw, "", env_problems)
+        problems.extend((name, p, m) for p, m in env_problems)
+        try:
+            parsed = ConfigFile.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend((name, p, m) for p, m in _pydantic_problems(exc))
+            continue
+        for section in ("server", "storage", "feeds", "insights"):
+            merged[section].update(getattr(parsed, section) or {})
+        for kind_name, kind in (parsed.kinds or {}).items():
+            merged["kinds"][kind_name] = {**merged["kinds"].get(kind_name, {}), **kind}
+            merged.setdefault("kind_files", {})[kind_name] = name
+        for i, account in enumerate(parsed.accounts):
+            if account.id in accounts:
+                problems.append((name, f"accounts[{i}].id", f"duplicate account id {account.id!r} (also in {origins['account:' + account.id]})"))
+            accounts[account.id] = account
+            origins.setdefault("account:" + account.id, name)
+        for i, team in enumerate(parsed.teams):
+            if team.id in teams:
+                problems.append((name, f"teams[{i}].id", f"duplicate team id {team.id!r} (also in {origins['team:' + team.id]})"))
+            teams[team.id] = team
+            origins.setdefault("team:" + team.id, name)
+            team_files[team.id] = (name, i)
+        for i, source in enumerate(parsed.sources):
+            where = f"sources[{i}]"
+            if source.id in sources:
+                problems.append((name, f"{where}.id", f"duplicate source id {source.id!r} (also in {origins['source:' + source.id]})"))
+            try:
+                cls = load_source_class(source.type)
+            except KeyError as exc:
+                problems.append((name, f"{where}.type", str(exc.args[0])))
+                continue
+            try:
+                settings[source.id] = cls.parse_settings(source.raw_settings)
+            except ValidationError as exc:
+                problems.extend((name, p, m) for p, m in _pydantic_problems(exc, where))
+                continue
+            except ValueError as exc:
+                problems.append((name, where, str(exc)))
+                continue
+            sources[source.id] = source
+            origins.setdefault("source:" + source.id, name)
+
+    sections: dict[str, Any] = {}
+    for section, model in (("server", ServerConfig), ("storage", StorageConfig), ("feeds", FeedDefaults)):
+        try:
+            sections[section] = model.model_validate(merged[section])
+        except ValidationError as exc:
+            problems.extend(("config", p, m) for p, m in _pydantic_problems(exc, section))
+            sections[section] = model()
+    sections["insights"] = _insights_settings(merged["insights"], problems)
+    kinds: dict[str, KindConfig] = {}
+    for kind_name in {**BUILTIN_KINDS, **merged["kinds"]}:
+        data = {**BUILTIN_KINDS.get(kind_name, {}), **merged["kinds"].get(kind_name, {})}
+        try:
+            kinds[kind_name] = KindConfig.model_validate(data)
+        except ValidationError as exc:
+            file = merged.get("kind_files", {}).get(kind_name, "config")
+            problems.extend((file, p, m) for p, m in _pydantic_problems(exc, f"kinds.{kind_name}"))
+
+    key_owner: dict[str, str] = {}
+    for account in accounts.values():
+        for key in account.match_keys:
+            other = key_owner.get(key)
+            if other is not None and other != account.id:
+                problems.append((origins["account:" + account.id], f"accounts[id={account.id}].keys",
+                                 f"key {key!r} also belongs to account {other!r}"))
+            key_owner[key] = account.id
+    for team in teams.values():
+        file, i = team_files[team.id]
+        if isinstance(team.accounts, list):
+            for j, acc in enumerate(team.accounts):
+                if acc not in accounts:
+                    problems.append((file, f"teams[{i}].accounts[{j}]", f"unknown account {acc!r}"))
+        for j, kind_name in enumerate(team.kinds or []):
+            if kind_name not in kinds:
+                problems.append((file, f"teams[{i}].kinds[{j}]", f"unknown kind {kind_name!r} (known: {', '.join(kinds)})"))
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        config_dir=config_dir, data_dir=data_dir, server=sections["server"],
+        storage=sections["storage"], feeds=sections["feeds"], kinds=kinds,
+        accounts=accounts, teams=teams, sources=sources, source_settings=settings,
+        insights=sections["insights"], origins=origins, fingerprint=_fingerprint(files),
+    )
+
+
+def _insights_settings(raw: dict[str, Any], problems: list[tuple[str, str, str]]) -> Any:
+    """Validate the ``insights:`` section with the insights package's own model."""
+    try:
+        from icsfeed.insights.settings import InsightsSettings
+    except ImportError:
+        return raw
+    try:
+        return InsightsSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(("config", p, m) for p, m in _pydantic_problems(exc, "insights"))
+        return InsightsSettings()
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,120 @@
+"""The Event: the only thing sources produce, and everything downstream consumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+Status = Literal["confirmed", "tentative", "cancelled"]
+STATUSES: frozenset[str] = frozenset({"confirmed", "tentative", "cancelled"})
+
+#: Severity words origins use, ranked so that team feeds can say "warning and above".
+SEVERITY_RANK: dict[str, int] = {
+    "none": 0, "info": 0, "informational": 0, "low": 1, "minor": 1,
+    "warning": 2, "warn": 2, "medium": 2, "normal": 2,
+    "error": 3, "major": 3, "high": 3,
+    "critical": 4, "urgent": 4, "page": 4, "emergency": 4, "highest": 4,
+}
+
+
+def severity_rank(severity: str | None) -> int | None:
+    """Rank of a severity word, None when there is none (unknown words rank as warning)."""
+    if not severity:
+        return None
+    return SEVERITY_RANK.get(severity.strip().lower(), 2)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened at an origin, as a calendar shows it.
+
+    ``(source, key)`` is the identity: the feed UID is derived from these two only, so
+    it survives every poll. ``start``/``end`` are timezone-aware datetimes, or dates for
+    all-day events (``end`` exclusive, as in iCalendar). ``end`` may be None for
+    something still going on (an alert that is firing).
+    """
+
+    source: str
+    key: str
+    kind: str
+    title: str
+    start: datetime | date
+    end: datetime | date | None = None
+    detail: str = ""
+    url: str | None = None
+    account: str | None = None
+    status: Status = "confirmed"
+    severity: str | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    #: RFC 5545 RRULE value for events that recur (birthdays: ``FREQ=YEARLY``).
+    rrule: str | None = None
+    #: Remind this long before ``start`` (a VALARM); certificates use it for expiry.
+    alarm_before: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if not self.source or not str(self.key):
+            raise ValueError("event needs a source and a key")
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {sorted(STATUSES)}, not {self.status!r}")
+        _check_when("start", self.start)
+        if self.end is not None:
+            _check_when("end", self.end)
+            if isinstance(self.start, datetime) != isinstance(self.end, datetime):
+                raise ValueError("start and end must both be dates or both be datetimes")
+            if self.end < self.start:  # type: ignore[operator]
+                raise ValueError(f"end {self.end.isoformat()} is before start {self.start.isoformat()}")
+
+    @property
+    def all_day(self) -> bool:
+        return not isinstance(self.start, datetime)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, the way the store keeps it."""
+        return {
+            "source": self.source,
+            "key": str(self.key),
+            "kind": self.kind,
+            "title": self.title,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat() if self.end is not None else None,
+            "detail": self.detail,
+            "url": self.url,
+            "account": self.account,
+            "status": self.status,
+            "severity": self.severity,
+            "attrs": dict(self.attrs),
+            "rrule": self.rrule,
+            "alarm_before": self.alarm_before.total_seconds() if self.alarm_before else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        all_day = "T" not in data["start"]
+        parse = date.fromisoformat if all_day else datetime.fromisoformat
+        alarm = data.get("alarm_before")
+        return cls(
+            source=data["source"], key=data["key"], kind=data["kind"], title=data["title"],
+            start=parse(data["start"]),
+            end=parse(data["end"]) if data.get("end") else None,
+            detail=data.get("detail") or "", url=data.get("url"), account=data.get("account"),
+            status=data.get("status") or "confirmed", severity=data.get("severity"),
+            attrs=data.get("attrs") or {}, rrule=data.get("rrule"),
+            alarm_before=timedelta(seconds=alarm) if alarm else None,
+        )
+
+    def content_hash(self) -> str:
+        """Hash of everything a client sees; a change bumps SEQUENCE and LAST-MODIFIED."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _check_when(name: str, value: object) -> None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{name} {value.isoformat()} has no timezone")
+    elif not isinstance(value, date):
+        raise ValueError(f"{name} must be a date or datetime, not {type(value).__name__}")

@@ -1,0 +1,176 @@
+"""One poll: fetch from a source, apply to the store in one transaction, re-render what changed.
+
+A source that fails leaves its last good events in place; the error (with secrets taken out)
+is recorded for the status page and the scheduler's backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from icsfeed.config import Config
+from icsfeed.model import Event
+from icsfeed.render import render_feeds
+from icsfeed.routing import affected_feeds
+from icsfeed.sources import Source, SourceError, load_source_class
+from icsfeed.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PollReport:
+    """What a poll of one source did, as `icsfeed poll` prints it."""
+
+    source: str
+    ok: bool
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    closed: int = 0
+    cancelled: int = 0
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+    failures: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"{self.source}: ERROR ({self.failures} in a row): {self.error}"
+        text = (f"{self.source}: {self.new} new, {self.updated} updated, {self.closed} closed, "
+                f"{self.cancelled} cancelled, {self.unchanged} unchanged")
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped"
+        return text + f" ({self.seconds:.2f}s)"
+
+
+def secrets_of(settings: BaseModel) -> list[str]:
+    """Every secret value in a source's settings (SecretStr anywhere in the tree)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            if secret:
+                found.append(secret)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(settings)
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(message: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if len(secret) >= 3:
+            message = message.replace(secret, "***")
+    return message
+
+
+def build_source(config: Config, source_id: str) -> Source:
+    cfg = config.sources[source_id]
+    cls = load_source_class(cfg.type)
+    return cls(source_id, config.source_settings[source_id], config.source_context())
+
+
+def poll_source(config: Config, store: Store, source_id: str, *, now: float | None = None) -> PollReport:
+    """Poll one source and apply the result; never raises for a failing source."""
+    cfg = config.sources[source_id]
+    secrets = secrets_of(config.source_settings[source_id])
+    started = time.monotonic()
+    now = now if now is not None else time.time()
+    state = store.source_state(source_id)
+    try:
+        source = build_source(config, source_id)
+        source.cursor = state.cursor
+        since = datetime.fromtimestamp(state.last_success, timezone.utc) if state.last_success else None
+        events = _checked(config, source, source.fetch(since))
+    except Exception as exc:  # the source failed as a whole: keep the last good events
+        if isinstance(exc, SourceError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+            log.debug("source %s raised", source_id, exc_info=True)
+        message = redact(message, secrets)
+        elapsed = time.monotonic() - started
+        failures = store.record_failure(source_id, message, now, elapsed)
+        log.warning("poll of %s failed (%d in a row): %s", source_id, failures, message)
+        return PollReport(source_id, ok=False, error=message, failures=failures, seconds=elapsed)
+
+    elapsed = time.monotonic() - started
+    complete = not (source.incremental and since is not None)
+    result = {"fetched": len(events), "skipped": len(source.skipped),
+              "skipped_examples": [redact(s, secrets)[:300] for s in source.skipped[:5]]}
+    changes = store.apply_poll(
+        source_id, events, absence=cfg.absence or source.absence, complete=complete, now=now,
+        previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed)
+    if changes.touched:
+        store.mark_dirty(affected_feeds(config, changes.touched))
+        _refresh_insights(config, store, {t.account_key for t in changes.touched}, now)
+    report = PollReport(source_id, ok=True, new=changes.new, updated=changes.updated,
+                        unchanged=changes.unchanged, closed=changes.closed, cancelled=changes.cancelled,
+                        skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
+    log.info("poll %s", report.line())
+    return report
+
+
+def _refresh_insights(config: Config, store: Store, account_keys: set[str | None], now: float) -> None:
+    """Recompute insight events for the accounts a poll changed (when insights are installed)."""
+    try:
+        from icsfeed.insights import refresh_insights
+    except ImportError:
+        return
+    try:
+        refresh_insights(config, store, account_keys, now)
+    except StoreError:
+        raise
+    except Exception:  # a detector bug must not lose the poll that was just stored
+        log.exception("insights failed after a poll")
+
+
+def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[Event]:
+    """Events that can be stored; anything else is skipped with a reason."""
+    events = []
+    for ev in fetched:
+        if not isinstance(ev, Event):
+            source.skip(ev, "not an Event")
+        elif ev.source != source.id:
+            source.skip(ev.key, f"event claims source {ev.source!r}")
+        elif ev.kind not in config.kinds:
+            source.skip(ev.key, f"unknown kind {ev.kind!r}")
+        elif len(str(ev.key)) > 500:
+            source.skip(str(ev.key)[:60], "key longer than 500 characters")
+        else:
+            events.append(ev)
+    return events
+
+
+def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None) -> list[PollReport]:
+    """Poll sources in turn (all enabled ones by default), then re-render the changed feeds."""
+    ids = list(source_ids) if source_ids else [s.id for s in config.sources.values() if s.enabled]
+    reports = []
+    for source_id in ids:
+        try:
+            reports.append(poll_source(config, store, source_id))
+        except StoreError as exc:
+            log.error("cannot store poll of %s: %s", source_id, exc)
+            reports.append(PollReport(source_id, ok=False, error=str(exc)))
+    try:
+        render_feeds(config, store)
+    except StoreError as exc:
+        log.error("cannot store rendered feeds: %s", exc)
+    return reports

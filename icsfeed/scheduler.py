@@ -1,0 +1,122 @@
+"""The scheduler: a job per source (interval, jitter, one at a time, backoff after failures),
+a watcher that applies config changes, and a periodic re-render for windows that slide."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from icsfeed.config import Config
+from icsfeed.live import LiveConfig
+from icsfeed.poller import poll_source
+from icsfeed.render import render_feeds
+from icsfeed.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: longest wait after repeated failures
+MAX_BACKOFF = timedelta(hours=1)
+
+
+def backoff_delay(interval: timedelta, failures: int) -> timedelta:
+    """Interval doubled per failure in a row, capped at MAX_BACKOFF (or the interval, if longer)."""
+    if failures <= 0:
+        return interval
+    delay = interval * (2 ** min(failures, 16))
+    return min(delay, max(MAX_BACKOFF, interval))
+
+
+class PollScheduler:
+    """Runs polls in the background of ``icsfeed serve`` (or alone: ``icsfeed poll``)."""
+
+    def __init__(self, live: LiveConfig, store: Store, *, config_check_seconds: float = 2.0) -> None:
+        self.live = live
+        self.store = store
+        self.scheduler = BackgroundScheduler(timezone=timezone.utc,
+                                             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 300})
+        self._signatures: dict[str, tuple[float, float | None]] = {}
+        self.config_check_seconds = config_check_seconds
+        live.on_change(self._config_changed)
+
+    def start(self) -> None:
+        config = self.live.current()
+        self._sync_jobs(config, first=True)
+        self.scheduler.add_job(self.live.reload_if_changed, "interval", seconds=self.config_check_seconds,
+                               id="config-watch")
+        self.scheduler.add_job(self._render, "interval", minutes=10, id="render-window")
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        self.scheduler.shutdown(wait=True)
+
+    def _config_changed(self, config: Config) -> None:
+        self._sync_jobs(config)
+        self._render()
+
+    def _sync_jobs(self, config: Config, first: bool = False) -> None:
+        """One job per enabled source; changed intervals rescheduled, removed sources dropped."""
+        wanted = {s.id: s for s in config.sources.values() if s.enabled}
+        for source_id in list(self._signatures):
+            if source_id not in wanted:
+                self._remove(source_id)
+        stagger = 0.0
+        for source_id, source in wanted.items():
+            signature = (source.interval.total_seconds(), source.jitter.total_seconds() if source.jitter else None)
+            if self._signatures.get(source_id) == signature:
+                continue
+            if source_id in self._signatures:
+                self._remove(source_id)
+            jitter = signature[1] if signature[1] is not None else min(30.0, signature[0] * 0.1)
+            self.scheduler.add_job(
+                self._poll, "interval", args=[source_id], id=f"poll:{source_id}", seconds=signature[0],
+                jitter=jitter or None, next_run_time=datetime.now(timezone.utc) + timedelta(seconds=stagger))
+            stagger += 0.5
+            self._signatures[source_id] = signature
+
+    def _remove(self, source_id: str) -> None:
+        try:
+            self.scheduler.remove_job(f"poll:{source_id}")
+        except JobLookupError:
+            pass
+        self._signatures.pop(source_id, None)
+
+    def _poll(self, source_id: str) -> None:
+        config = self.live.current()
+        source = config.sources.get(source_id)
+        if source is None:
+            return
+        try:
+            report = poll_source(config, self.store, source_id)
+        except StoreError as exc:
+            log.error("poll of %s not stored: %s", source_id, exc)
+            return
+        job = self.scheduler.get_job(f"poll:{source_id}")
+        if not report.ok and job is not None:
+            delay = backoff_delay(source.interval, report.failures)
+            when = datetime.now(timezone.utc) + delay
+            job.modify(next_run_time=when)
+            log.info("next poll of %s in %s (backoff)", source_id, delay)
+        if job is not None and job.next_run_time is not None:
+            self._note_next(source_id, job.next_run_time.timestamp())
+        if report.ok:
+            self._render()
+
+    def _note_next(self, source_id: str, when: float) -> None:
+        try:
+            self.store.set_next_poll(source_id, when)
+        except StoreError as exc:
+            log.error("cannot note next poll of %s: %s", source_id, exc)
+
+    def _render(self) -> None:
+        started = time.perf_counter()
+        try:
+            rendered = render_feeds(self.live.current(), self.store)
+        except StoreError as exc:
+            log.error("cannot store rendered feeds: %s", exc)
+            return
+        if rendered:
+            log.info("rendered %d feed(s) in %.2fs", len(rendered), time.perf_counter() - started)

@@ -1,0 +1,136 @@
+"""The contract every source type fulfils.
+
+A source type is one module in this package holding one subclass of :class:`Source`,
+registered under its ``type:`` name in :mod:`icsfeed.sources`. The only required method
+is :meth:`Source.fetch`. The rules, which the poller relies on:
+
+* ``fetch`` returns the complete list of events (or, for ``incremental`` types, every
+  event changed since ``since``) or **raises** :class:`SourceError`. It never returns
+  half a result: the poller stores a result as one transaction, and an exception keeps
+  the last good events in place.
+* A single broken record is not a failure: call :meth:`Source.skip` with the reason
+  and go on.
+* Sources never touch the store, and never log or raise a secret (passwords, tokens):
+  messages are shown on the status page.
+* ``absence`` says what it means when an event stops appearing: ``close`` (an alert
+  resolved: end it when it was last seen), ``keep`` (history: a silence expired), or
+  ``cancel`` (a deleted ticket: STATUS:CANCELLED).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict
+
+from icsfeed.model import Event
+
+Absence = Literal["close", "keep", "cancel"]
+
+log = logging.getLogger(__name__)
+
+#: skipped records logged at WARNING per poll; the rest at DEBUG
+MAX_LOGGED_SKIPS = 5
+
+
+class SourceError(Exception):
+    """A poll failed as a whole; the message is shown on the status page (no secrets)."""
+
+
+class SourceSettings(BaseModel):
+    """Type-specific settings of a source; subclasses add their fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """What a source needs to know of a kind to build events for it."""
+
+    all_day: bool
+    duration_seconds: int
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """Configuration a source may read: kinds, timezones, where relative paths start."""
+
+    config_dir: Path
+    data_dir: Path
+    kinds: dict[str, KindInfo]
+    default_timezone: str = "UTC"
+    #: origin account key (lower-cased) -> IANA timezone of the configured account
+    account_timezones: dict[str, str] = field(default_factory=dict)
+    #: per-request timeout for network sources, seconds
+    default_timeout: float = 30.0
+
+    def timezone_for(self, account_key: str | None, fallback: str | None = None) -> ZoneInfo:
+        """The timezone naive origin times are read in: the account's, else the source's."""
+        name = None
+        if account_key is not None:
+            name = self.account_timezones.get(str(account_key).strip().lower())
+        return ZoneInfo(name or fallback or self.default_timezone)
+
+
+class Source(ABC):
+    """Base class of all source types (see the module docstring for the contract)."""
+
+    #: the ``type:`` name in config
+    type_name: ClassVar[str]
+    #: the pydantic model of this type's settings (everything under the source besides
+    #: id/type/interval/jitter/enabled/absence)
+    Settings: ClassVar[type[SourceSettings]] = SourceSettings
+    #: what a vanished event means
+    absence: ClassVar[Absence] = "keep"
+    #: True when ``fetch(since)`` returns only what changed since ``since``: then a
+    #: missing event means nothing and ``absence`` is not applied to such polls.
+    incremental: ClassVar[bool] = False
+
+    def __init__(self, source_id: str, settings: SourceSettings, context: SourceContext) -> None:
+        self.id = source_id
+        self.settings = settings
+        self.context = context
+        #: opaque resume point for incremental polls; the poller loads it before
+        #: ``fetch`` and saves it after a successful one.
+        self.cursor: str | None = None
+        #: reasons for records skipped in the last fetch
+        self.skipped: list[str] = []
+
+    @classmethod
+    def parse_settings(cls, raw: dict[str, Any]) -> SourceSettings:
+        """Validate the raw YAML mapping (raises pydantic.ValidationError)."""
+        return cls.Settings.model_validate(raw)
+
+    @abstractmethod
+    def fetch(self, since: datetime | None) -> Iterable[Event]:
+        """Every event the origin has now (or changed since ``since``); raise on failure."""
+
+    def skip(self, record: object, reason: str) -> None:
+        """Log and count a record that cannot become an event; the poll goes on."""
+        label = _describe(record)
+        message = f"{label}: {reason}"
+        self.skipped.append(message)
+        # the first few per poll in full; the poller logs the count of the rest
+        level = logging.WARNING if len(self.skipped) <= MAX_LOGGED_SKIPS else logging.DEBUG
+        log.log(level, "source %s skipped record %s", self.id, message)
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """A path from config, relative to the config directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.context.config_dir / p
+
+
+def _describe(record: object) -> str:
+    if isinstance(record, dict):
+        for key in ("id", "key", "fingerprint", "uid", "name"):
+            if key in record:
+                return f"{key}={str(record[key])[:80]!r}"
+    text = repr(record)
+    return text[:80] + ("…" if len(text) > 80 else "")

@@ -1,0 +1,75 @@
+"""``command``: events from a program's JSON or JSON Lines output (an inventory export, a script)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from icsfeed.model import Event
+from icsfeed.sources.base import SourceError
+from icsfeed.sources.mapping import (
+    MappedSettings,
+    MappedSource,
+    RecordError,
+    parse_json_document,
+    parse_json_lines,
+    select_items,
+)
+
+
+class CommandSettings(MappedSettings):
+    #: the program and its arguments (no shell); a relative program path starts in config/
+    argv: list[str] = Field(min_length=1)
+    format: Literal["json", "jsonl"] = "json"
+    items: str | None = None
+    timeout: float = Field(default=60.0, gt=0, le=3600)
+    env: dict[str, SecretStr] = Field(default_factory=dict)
+    #: working directory, relative to the config directory
+    cwd: str = "."
+    max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+
+
+class CommandSource(MappedSource):
+    """Runs the command each poll; a non-zero exit or a timeout fails the poll."""
+
+    type_name = "command"
+    Settings = CommandSettings
+    settings: CommandSettings
+    absence = "keep"
+
+    def fetch(self, since: datetime | None) -> Iterable[Event]:
+        s = self.settings
+        cwd = self.resolve_path(s.cwd)
+        argv = list(s.argv)
+        program = argv[0]
+        if ("/" in program) and not os.path.isabs(program):
+            argv[0] = str(self.resolve_path(program))
+        env = {**os.environ, **{k: v.get_secret_value() for k, v in s.env.items()}}
+        if since is not None:
+            env["ICSFEED_SINCE"] = since.isoformat()
+        name = os.path.basename(program)
+        try:
+            done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=s.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise SourceError(f"{name}: no result within {s.timeout:g}s") from None
+        except OSError as exc:
+            raise SourceError(f"cannot run {name}: {exc.strerror}") from None
+        if done.returncode != 0:
+            first = (done.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:300]
+            raise SourceError(f"{name} exited with status {done.returncode}: {first}")
+        if len(done.stdout) > s.max_bytes:
+            raise SourceError(f"{name}: output larger than max_bytes ({s.max_bytes})")
+        text = done.stdout.decode("utf-8", "replace")
+        if s.format == "jsonl":
+            records = parse_json_lines(text, self)
+        else:
+            try:
+                records = select_items(parse_json_document(text, name), s.items)
+            except RecordError as exc:
+                raise SourceError(f"{name}: {exc}") from None
+        return list(self.events_from(records))

@@ -1,0 +1,66 @@
+"""``file``: events from a JSON, JSON Lines or CSV file an internal system writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from icsfeed.model import Event
+from icsfeed.sources.base import SourceError
+from icsfeed.sources.mapping import (
+    MappedSettings,
+    MappedSource,
+    RecordError,
+    parse_json_document,
+    parse_json_lines,
+    select_items,
+)
+
+
+class FileSettings(MappedSettings):
+    path: str
+    format: Literal["auto", "json", "jsonl", "csv"] = "auto"
+    #: where the list of records is inside a JSON document (``data.items``); default: the top
+    items: str | None = None
+    encoding: str = "utf-8"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+
+
+class FileSource(MappedSource):
+    """Reads the whole file each poll: what is in it now is what the origin has."""
+
+    type_name = "file"
+    Settings = FileSettings
+    settings: FileSettings
+    absence = "keep"
+
+    def fetch(self, since: datetime | None) -> Iterable[Event]:
+        path = self.resolve_path(self.settings.path)
+        try:
+            size = path.stat().st_size
+            if size > self.settings.max_bytes:
+                raise SourceError(f"{path.name}: {size} bytes is more than max_bytes ({self.settings.max_bytes})")
+            text = path.read_text(encoding=self.settings.encoding, errors="replace")
+        except FileNotFoundError:
+            raise SourceError(f"file not found: {path}") from None
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+        fmt = self.settings.format
+        if fmt == "auto":
+            fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower(), "json")
+        if fmt == "csv":
+            records: list[object] = list(csv.DictReader(io.StringIO(text), delimiter=self.settings.delimiter))
+        elif fmt == "jsonl":
+            records = parse_json_lines(text, self)
+        else:
+            try:
+                records = select_items(parse_json_document(text, path.name), self.settings.items)
+            except RecordError as exc:
+                raise SourceError(f"{path.name}: {exc}") from None
+        return list(self.events_from(records))

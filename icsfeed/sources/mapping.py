@@ -1,0 +1,324 @@
+"""Field mapping shared by the generic source types (file, http_json, command).
+
+An admin maps an internal system's records to events in YAML, no code:
+
+.. code-block:: yaml
+
+    mapping:
+      kind: ticket                     # a literal kind, or a template "{type}"
+      key: id                          # a path into the record ...
+      title: "#{id} {subject}"         # ... or a template over paths
+      url: "https://helpdesk.example.com/tickets/{id}"
+      start: created_at                # ISO 8601, epoch seconds or milliseconds
+      account: organization.name
+      status: state                    # mapped through status_map
+      account_value: "=acme"           # a leading "=" makes any field a literal
+
+A value with ``{...}`` (or a URL) is a template; otherwise it is a dotted path
+(``labels.0.name``); ``=text`` is the literal ``text``. Naive times are read in the account's timezone, else the
+mapping's ``timezone``, else the server default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from icsfeed.model import Event
+from icsfeed.sources.base import Source, SourceSettings
+
+#: origin status words -> Event.status (anything else is confirmed)
+DEFAULT_STATUS_MAP: dict[str, str] = {
+    "tentative": "tentative", "pending": "tentative", "planned": "tentative",
+    "scheduled": "tentative", "proposed": "tentative", "unconfirmed": "tentative",
+    "cancelled": "cancelled", "canceled": "cancelled", "deleted": "cancelled",
+    "void": "cancelled", "withdrawn": "cancelled", "rejected": "cancelled",
+}
+
+_MISSING = object()
+
+
+class RecordError(ValueError):
+    """A record cannot become an event; the reason is logged and the record skipped."""
+
+
+class FieldMapping(BaseModel):
+    """How a record's fields become an Event's fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: a literal kind (``ticket``), or a template over the record (``{type}``)
+    kind: str = "alert"
+    key: str
+    title: str
+    start: str
+    end: str | None = None
+    #: length of events whose record has no end (seconds); default: the kind's duration
+    duration: int | None = Field(default=None, gt=0)
+    detail: str | None = None
+    url: str | None = None
+    account: str | None = None
+    severity: str | None = None
+    status: str | None = None
+    status_map: dict[str, str] = Field(default_factory=dict)
+    #: extra values kept for filters and insights: name -> path or template
+    attrs: dict[str, str] = Field(default_factory=dict)
+    #: timezone of naive times when the account has none
+    timezone: str | None = None
+    #: strptime format for dates that are not ISO 8601 or epoch numbers
+    date_format: str | None = None
+
+    @field_validator("status_map")
+    @classmethod
+    def _known_statuses(cls, value: dict[str, str]) -> dict[str, str]:
+        for word, status in value.items():
+            if status not in ("confirmed", "tentative", "cancelled"):
+                raise ValueError(f"status_map[{word!r}] must be confirmed, tentative or cancelled")
+        return {str(k).lower(): v for k, v in value.items()}
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            _zone(value)
+        return value
+
+
+class MappedSettings(SourceSettings):
+    """Settings every generic source has: the field mapping."""
+
+    mapping: FieldMapping
+
+
+# --- paths and templates ----------------------------------------------------------------
+
+def lookup(record: Any, path: str) -> Any:
+    """Value at a dotted path (``a.b.0.c``) or the missing marker."""
+    value = record
+    for part in path.split("."):
+        if isinstance(value, Mapping):
+            if part in value:
+                value = value[part]
+                continue
+            return _MISSING
+        if isinstance(value, list) and re.fullmatch(r"-?\d+", part):
+            index = int(part)
+            if -len(value) <= index < len(value):
+                value = value[index]
+                continue
+        return _MISSING
+    return value
+
+
+def select_items(document: Any, path: str | None) -> list[Any]:
+    """The list of records inside a document (``items: data.tickets``); raises if absent."""
+    found = document if not path else lookup(document, path)
+    if found is _MISSING:
+        raise RecordError(f"no {path!r} in the document")
+    if isinstance(found, Mapping):
+        return [found]
+    if not isinstance(found, list):
+        raise RecordError(f"{path or 'the document'} is a {type(found).__name__}, not a list of records")
+    return found
+
+
+class _RecordFormatter(string.Formatter):
+    """str.format over a record where a field name is a dotted path, and nothing else:
+    no attribute access, so a template cannot reach into Python objects."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
+        value = lookup(kwargs["__record__"], field_name)
+        if value is _MISSING or value is None:
+            raise KeyError(field_name)
+        return value, field_name
+
+
+_FORMATTER = _RecordFormatter()
+
+
+def render_value(record: Any, spec: str) -> Any:
+    """A mapping value: ``=literal``, ``template {with} {paths}`` or ``a.path``.
+
+    Returns None when a path or a template field is missing.
+    """
+    if spec.startswith("="):
+        return spec[1:]
+    if "{" in spec or "://" in spec:  # a URL is never a path
+        try:
+            return _FORMATTER.vformat(spec, (), {"__record__": record})
+        except KeyError:
+            return None
+        except (ValueError, IndexError) as exc:
+            raise RecordError(f"template {spec!r}: {exc}") from exc
+    value = lookup(record, spec)
+    return None if value is _MISSING else value
+
+
+# --- dates --------------------------------------------------------------------------------
+
+def _zone(name: str) -> timezone | Any:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {name!r}") from exc
+
+
+def parse_when(value: Any, tz: Any, date_format: str | None = None) -> datetime | date:
+    """ISO 8601 text, epoch seconds or milliseconds -> aware datetime (or a date)."""
+    if isinstance(value, bool) or value is None:
+        raise RecordError(f"not a date: {value!r}")
+    if isinstance(value, datetime):
+        parsed: datetime | date = value
+    elif isinstance(value, date):
+        return value
+    elif isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"\s*-?\d{9,}(\.\d+)?\s*", value)):
+        number = float(value)
+        if abs(number) >= 1e11:  # milliseconds: 1e11 s is the year 5138
+            number /= 1000.0
+        try:
+            return datetime.fromtimestamp(number, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise RecordError(f"epoch time out of range: {value!r}") from exc
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            if date_format:
+                parsed = datetime.strptime(text, date_format)
+            elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                return date.fromisoformat(text)
+            else:
+                parsed = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError as exc:
+            raise RecordError(f"not a date: {text[:60]!r}") from exc
+    else:
+        raise RecordError(f"not a date: {type(value).__name__}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed
+
+
+def to_all_day(value: datetime | date, tz: Any) -> date:
+    """The calendar day something happened on, in the account's timezone."""
+    if isinstance(value, datetime):
+        return value.astimezone(tz).date()
+    return value
+
+
+# --- records -> events ----------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value)
+    return str(value)
+
+
+class MappedSource(Source):
+    """Base of the generic types: records (dicts) in, events out via :class:`FieldMapping`."""
+
+    settings: MappedSettings
+
+    def events_from(self, records: Iterable[Any]) -> Iterator[Event]:
+        """Map each record; a broken one is skipped with its reason, the rest go on."""
+        for record in records:
+            try:
+                yield self.to_event(record)
+            except (RecordError, ValueError, TypeError, OverflowError) as exc:
+                self.skip(record, str(exc) or type(exc).__name__)
+
+    def to_event(self, record: Any) -> Event:
+        m = self.settings.mapping
+        if not isinstance(record, Mapping):
+            raise RecordError(f"record is a {type(record).__name__}, not an object")
+
+        def field(name: str, spec: str | None, required: bool = False) -> Any:
+            value = render_value(record, spec) if spec else None
+            if required and (value is None or _text(value).strip() == ""):
+                raise RecordError(f"missing {name} ({spec})")
+            return value
+
+        # kind is the one field where plain text is a literal, not a path
+        kind_spec = m.kind if ("{" in m.kind or m.kind.startswith("=")) else f"={m.kind}"
+        kind = _text(field("kind", kind_spec, required=True)).strip().lower()
+        kind_info = self.context.kinds.get(kind)
+        if kind_info is None:
+            raise RecordError(f"unknown kind {kind!r}")
+        key = _text(field("key", m.key, required=True)).strip()
+        account = field("account", m.account)
+        account = _text(account).strip() or None if account is not None else None
+        tz = self.context.timezone_for(account, m.timezone)
+
+        start = parse_when(field("start", m.start, required=True), tz, m.date_format)
+        end_raw = field("end", m.end)
+        end = parse_when(end_raw, tz, m.date_format) if end_raw not in (None, "") else None
+        if kind_info.all_day:
+            start = to_all_day(start, tz)
+            end = to_all_day(end, tz) + timedelta(days=1) if end is not None else start + timedelta(days=1)
+        else:
+            if not isinstance(start, datetime):
+                start = datetime.combine(start, time(0), tz)
+            if end is not None and not isinstance(end, datetime):
+                end = datetime.combine(end, time(0), tz)
+            if end is None and m.duration:
+                end = start + timedelta(seconds=m.duration)
+
+        status_word = _text(field("status", m.status)).strip().lower()
+        status = m.status_map.get(status_word) or DEFAULT_STATUS_MAP.get(status_word, "confirmed")
+        severity = _text(field("severity", m.severity)).strip() or None
+        detail = _text(field("detail", m.detail))
+        attrs = {name: v for name, spec in m.attrs.items() if (v := render_value(record, spec)) is not None}
+        rrule = None
+        if kind == "birthday":
+            rrule = "FREQ=YEARLY"
+            detail = _birthday_detail(detail, start)
+
+        url = field("url", m.url)
+        return Event(
+            source=self.id, key=key, kind=kind,
+            title=_text(field("title", m.title, required=True)),
+            start=start, end=end, detail=detail,
+            url=_text(url).strip() or None if url is not None else None,
+            account=account, status=status,  # type: ignore[arg-type]
+            severity=severity, attrs=attrs, rrule=rrule,
+        )
+
+
+def _birthday_detail(detail: str, born: date | datetime) -> str:
+    day = born if not isinstance(born, datetime) else born.date()
+    age = date.today().year - day.year
+    line = f"Online since {day.isoformat()}: {age} year{'s' if age != 1 else ''} this year."
+    return f"{detail}\n{line}" if detail else line
+
+
+def parse_json_document(text: str | bytes, what: str) -> Any:
+    """JSON or a SourceError that says what was wrong (never half a document)."""
+    from icsfeed.sources.base import SourceError
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise SourceError(f"{what}: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{what}: not valid JSON ({str(exc)[:120]})") from None
+
+
+def parse_json_lines(text: str, source: Source) -> list[Any]:
+    """JSON Lines: a broken line is skipped with its line number, the rest go on."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (ValueError, RecursionError) as exc:
+            source.skip(f"line {number}", f"not valid JSON ({str(exc)[:80]})")
+    return records
