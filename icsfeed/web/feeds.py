@@ -81,7 +81,7 @@ def _serve(feed_type: FeedType, feed_id: str) -> Response:
 
 def _respond(body: bytes, etag: str, last_modified: datetime | None, *, gz: bool, status: int = 200) -> Response:
     ctx = context()
-    response = Response(body if request.method != "HEAD" or status == 304 else b"", status=status, mimetype=CALENDAR)
+    response = Response(body if request.method != "HEAD" or status == 304 else b"", status=status, content_type=CALENDAR)
     if request.method == "HEAD" and status == 200:
         response.headers["Content-Length"] = str(len(body))
     response.set_etag(etag + ("-gz" if gz else ""))

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install what the test suite's calendar checkers need on a fresh Debian
+# machine (run as root). Idempotent: installs only what is missing, and runs
+# `apt-get update` at most once, only if something must be installed.
+#   - libical via GObject introspection, used by tests/libical_check.py
+#     under Debian's /usr/bin/python3 (gi is not importable elsewhere);
+#   - node + npm and the pinned ical.js in tests/js (npm ci, from the lockfile).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+apt_updated=0
+apt_install() {
+    # apt_install PKG...: install the given Debian packages, updating lists once.
+    if [ "$apt_updated" -eq 0 ]; then
+        apt-get update
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+}
+
+deb_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+for pkg in gir1.2-ical-3.0 python3-gi; do
+    deb_installed "$pkg" || missing+=("$pkg")
+done
+# Keep an existing node/npm (e.g. a newer one already on PATH) rather than
+# replacing it with Debian's.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
+# --- more system packages below ---
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-test-deps: installing ${missing[*]}"
+    apt_install "${missing[@]}"
+else
+    echo "install-test-deps: system packages already present"
+fi
+
+/usr/bin/python3 -c "import gi; gi.require_version('ICalGLib', '3.0'); from gi.repository import ICalGLib" \
+    || { echo "install-test-deps: ICalGLib 3.0 is not importable by /usr/bin/python3" >&2; exit 1; }
+
+# ical.js exactly as pinned in tests/js/package-lock.json.
+npm ci --prefix "$repo_root/tests/js" --no-audit --no-fund
