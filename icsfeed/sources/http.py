@@ -9,12 +9,14 @@ log or the status page.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from icsfeed.sources.base import SourceError
@@ -118,7 +120,10 @@ def request(session: requests.Session, method: str, url: str, *, timeout: float,
     except requests.exceptions.SSLError:
         raise SourceError(f"{where}: TLS error (certificate not trusted or handshake failed)") from None
     except requests.exceptions.ConnectionError as exc:
-        raise SourceError(f"{where}: cannot connect ({_short(exc)})") from None
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, ReadTimeoutError):
+            raise SourceError(f"{where}: no answer within {timeout:g}s") from None
+        raise SourceError(f"{where}: cannot connect ({_short(reason or exc)})") from None
     except requests.exceptions.RequestException as exc:
         raise SourceError(f"{where}: request failed ({type(exc).__name__})") from None
     if response.status_code in (401, 403):
@@ -141,7 +146,10 @@ def get_json(session: requests.Session, url: str, *, timeout: float, **kwargs: A
 
 
 def _short(exc: object) -> str:
-    """First line of an exception, without anything that looks like a URL query."""
+    """The reason in an exception (``Connection refused``), without URLs or object reprs."""
     text = str(exc).splitlines()[0] if exc else ""
-    text = text.split("?")[0]
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    text = re.sub(r"<[^>]*>", "", text.split("?")[0])
     return text[:160]
