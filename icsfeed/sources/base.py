@@ -132,5 +132,5 @@ def _describe(record: object) -> str:
         for key in ("id", "key", "fingerprint", "uid", "name"):
             if key in record:
                 return f"{key}={str(record[key])[:80]!r}"
-    text = repr(record)
+    text = record if isinstance(record, str) else repr(record)
     return text[:80] + ("…" if len(text) > 80 else "")

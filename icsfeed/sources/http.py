@@ -132,8 +132,29 @@ def request(session: requests.Session, method: str, url: str, *, timeout: float,
         after = response.headers.get("Retry-After", "?")
         raise SourceError(f"{where}: rate limited (429), retry after {after}s")
     if response.status_code >= 400:
-        raise SourceError(f"{where}: HTTP {response.status_code}")
+        detail = _error_detail(response) if response.status_code < 500 else ""
+        raise SourceError(f"{where}: HTTP {response.status_code}" + (f": {detail}" if detail else ""))
     return response
+
+
+def _error_detail(response: requests.Response) -> str:
+    """The origin's own first error line from a JSON error body (Jira's errorMessages,
+    Zendesk's description), so that a bad query says what is wrong with it."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    for key in ("errorMessages", "errors", "description", "error", "message", "detail"):
+        value = body.get(key)
+        if isinstance(value, list) and value:
+            value = value[0]
+        elif isinstance(value, dict) and value:
+            value = next(iter(value.values()))
+        if isinstance(value, str) and value.strip():
+            return " ".join(value.split())[:200]
+    return ""
 
 
 def get_json(session: requests.Session, url: str, *, timeout: float, **kwargs: Any) -> Any:

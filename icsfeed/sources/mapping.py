@@ -121,6 +121,9 @@ def select_items(document: Any, path: str | None) -> list[Any]:
     found = document if not path else lookup(document, path)
     if found is _MISSING:
         raise RecordError(f"no {path!r} in the document")
+    if isinstance(found, Mapping) and not path:
+        # an error object answered with 200 must fail the poll, not count as zero records
+        raise RecordError("the document is an object, not a list of records (set items: to the list's path)")
     if isinstance(found, Mapping):
         return [found]
     if not isinstance(found, list):

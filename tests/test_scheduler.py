@@ -1,0 +1,69 @@
+"""The scheduler: a job per source, one at a time, backoff after failures, config changes applied."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from conftest import open_env, write_config
+
+from icsfeed.live import LiveConfig
+from icsfeed.scheduler import MAX_BACKOFF, PollScheduler, backoff_delay
+
+NOW = datetime.now(timezone.utc)
+CONFIG = """
+accounts: [{id: acme, name: ACME}]
+sources:
+  - {id: good, type: file, interval: 1, jitter: 0, path: good.json, mapping: {kind: ticket, key: id, title: t, start: s, account: "=acme"}}
+  - {id: bad, type: file, interval: 1, jitter: 0, path: missing.json, mapping: {kind: ticket, key: id, title: t, start: s}}
+"""
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    minute = timedelta(minutes=1)
+    assert [backoff_delay(minute, n) for n in range(4)] == [minute, 2 * minute, 4 * minute, 8 * minute]
+    assert backoff_delay(minute, 50) == MAX_BACKOFF
+    assert backoff_delay(timedelta(hours=3), 5) == timedelta(hours=3), "never shorter than the interval"
+
+
+def wait_until(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_scheduler_polls_backs_off_and_follows_config(tmp_path: Path) -> None:
+    config_dir = write_config(tmp_path / "config", {"a.yaml": CONFIG})
+    (config_dir / "good.json").write_text(json.dumps([{"id": 1, "t": "x", "s": NOW.isoformat()}]))
+    config, store = open_env(config_dir, tmp_path / "data")
+    live = LiveConfig(config, check_every=0.2)
+    scheduler = PollScheduler(live, store, config_check_seconds=0.3)
+    scheduler.start()
+    try:
+        jobs = {job.id: job for job in scheduler.scheduler.get_jobs()}
+        assert {"poll:good", "poll:bad", "config-watch", "render-window"} <= set(jobs)
+        assert jobs["poll:good"].max_instances == 1 and jobs["poll:good"].coalesce is True
+
+        wait_until(lambda: store.source_state("bad").consecutive_failures >= 2)
+        wait_until(lambda: store.get_feed("account/acme") is not None and "SUMMARY:🎫 x" in store.get_feed("account/acme").body.decode())
+        state = store.source_state("bad")
+        assert "file not found" in (state.last_error or "")
+        # after n failures the next poll is interval * 2^n away, not one interval
+        next_run = scheduler.scheduler.get_job("poll:bad").next_run_time
+        expected = backoff_delay(timedelta(seconds=1), state.consecutive_failures)
+        assert next_run - datetime.now(timezone.utc) > expected - timedelta(seconds=1.5)
+        assert store.source_state("good").consecutive_failures == 0
+        assert store.source_state("good").polls_total >= 2
+
+        # removing a source from config removes its job; a new interval reschedules
+        (config_dir / "a.yaml").write_text(CONFIG.replace("interval: 1, jitter: 0, path: missing", "interval: 1, enabled: false, path: missing"))
+        wait_until(lambda: scheduler.scheduler.get_job("poll:bad") is None)
+        assert scheduler.scheduler.get_job("poll:good") is not None
+    finally:
+        scheduler.shutdown()
+        store.close()
