@@ -33,6 +33,11 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 # --- more system packages below ---
+# Real products the source tests run against, the browser for the page tests (with a font
+# that has the kind icons), and nginx + wrk for the serving benchmark.
+for pkg in prometheus-alertmanager restic chromium nginx-light wrk fonts-noto-color-emoji; do
+    deb_installed "$pkg" || missing+=("$pkg")
+done
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-test-deps: installing ${missing[*]}"
