@@ -5,14 +5,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test setup test-deps lint bench clean
+.PHONY: run test setup test-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
+
+$(TSTAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TSTAMP)
 
 setup: $(STAMP)
 
@@ -24,11 +29,11 @@ run: $(STAMP)
 test-deps:
 	bash scripts/install-test-deps.sh
 
-test: $(STAMP) test-deps
+test: $(TSTAMP) test-deps
 	$(BIN)/ruff check icsfeed tests benchmarks
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TSTAMP) test-deps
 	$(BIN)/python benchmarks/run.py
 
 clean:

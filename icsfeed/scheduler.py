@@ -4,6 +4,7 @@ a watcher that applies config changes, and a periodic re-render for windows that
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -40,6 +41,11 @@ class PollScheduler:
                                              job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 300})
         self._signatures: dict[str, tuple[float, float | None]] = {}
         self.config_check_seconds = config_check_seconds
+        # shutdown must not wait inside APScheduler: it holds the job-store lock while waiting,
+        # and a running poll needs that lock to reschedule itself
+        self._stopping = threading.Event()
+        self._running = 0
+        self._idle = threading.Condition()
         live.on_change(self._config_changed)
 
     def start(self) -> None:
@@ -50,8 +56,14 @@ class PollScheduler:
         self.scheduler.add_job(self._render, "interval", minutes=10, id="render-window")
         self.scheduler.start()
 
-    def shutdown(self) -> None:
-        self.scheduler.shutdown(wait=True)
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop scheduling, then wait (bounded) for polls in flight to finish their transaction."""
+        self._stopping.set()
+        self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._running and time.monotonic() < deadline:
+                self._idle.wait(timeout=max(0.0, deadline - time.monotonic()))
 
     def _config_changed(self, config: Config) -> None:
         self._sync_jobs(config)
@@ -85,6 +97,18 @@ class PollScheduler:
         self._signatures.pop(source_id, None)
 
     def _poll(self, source_id: str) -> None:
+        if self._stopping.is_set():
+            return
+        with self._idle:
+            self._running += 1
+        try:
+            self._poll_and_reschedule(source_id)
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def _poll_and_reschedule(self, source_id: str) -> None:
         config = self.live.current()
         source = config.sources.get(source_id)
         if source is None:
@@ -93,6 +117,8 @@ class PollScheduler:
             report = poll_source(config, self.store, source_id)
         except StoreError as exc:
             log.error("poll of %s not stored: %s", source_id, exc)
+            return
+        if self._stopping.is_set():
             return
         job = self.scheduler.get_job(f"poll:{source_id}")
         if not report.ok and job is not None:

@@ -67,3 +67,28 @@ def test_scheduler_polls_backs_off_and_follows_config(tmp_path: Path) -> None:
     finally:
         scheduler.shutdown()
         store.close()
+
+
+def test_shutdown_during_a_poll_finishes_it_and_returns(tmp_path: Path) -> None:
+    """SIGTERM while a poll runs: the poll's transaction completes and shutdown does not hang."""
+    import sys
+
+    slow = f"""
+accounts: [{{id: acme, name: ACME}}]
+sources:
+  - id: slow
+    type: command
+    interval: 60
+    argv: ['{sys.executable}', '-c', 'import time, json; time.sleep(1.5); print(json.dumps([{{"id": 1, "t": "x", "s": "2026-11-20T10:00:00Z"}}]))']
+    mapping: {{kind: ticket, key: id, title: t, start: s, account: "=acme"}}
+"""
+    config_dir = write_config(tmp_path / "config", {"a.yaml": slow})
+    config, store = open_env(config_dir, tmp_path / "data")
+    scheduler = PollScheduler(LiveConfig(config), store)
+    scheduler.start()
+    wait_until(lambda: scheduler._running == 1, timeout=10)
+    started = time.monotonic()
+    scheduler.shutdown(timeout=10)
+    assert time.monotonic() - started < 5
+    assert store.source_state("slow").last_success is not None, "the poll in flight was stored"
+    store.close()
