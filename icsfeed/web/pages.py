@@ -1,0 +1,258 @@
+"""Pages for people: the subscribe page, the customer's month view, the status page, metrics.
+
+The month view is protected by the feed's own token (same 404 as the feed for an unknown id
+or a wrong token); the other pages are admin pages (see :mod:`icsfeed.web.admin`). Pages are
+server-rendered with Jinja (autoescaped: titles are written by customers) and sent with a
+Content-Security-Policy that allows no inline script or style, so the little JavaScript and
+CSS there is live in ``static/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from ipaddress import ip_address
+from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Flask, Response, render_template, request, url_for
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from icsfeed import __version__
+from icsfeed.config import CSS_COLORS, Config
+from icsfeed.live import LiveConfig
+from icsfeed.metrics import Metrics
+from icsfeed.routing import FeedSpec, FeedType, all_feeds, find_feed, subscription_url
+from icsfeed.store import FeedQuery, Store, StoreError
+from icsfeed.tokens import check_token, feed_token
+from icsfeed.web import context
+from icsfeed.web.admin import LOCAL_ONLY_NOTE, admin_auth, admin_required
+from icsfeed.web.feeds import not_found
+from icsfeed.web.month import BadMonth, build_month, grid_range, parse_month, plural
+from icsfeed.web.status import build_status
+
+bp = Blueprint("pages", __name__)
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+#: Google Calendar refuses subscription URLs longer than this
+GOOGLE_MAX_URL = 256
+METRICS_PUBLIC_ENV = "ICSFEED_METRICS_PUBLIC"
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_KIND_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HEX = re.compile(r"^#[0-9A-Fa-f]{3,8}$")
+
+
+def _config() -> Config:
+    return context().live.current()
+
+
+admin = admin_required(_config)
+
+
+# --- subscribe -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Subscription:
+    """Every way to add one feed to a calendar."""
+
+    spec: FeedSpec
+    url: str
+    webcal: str
+    google: str
+    outlook: str
+    office: str
+    view: str
+
+    @property
+    def too_long(self) -> bool:
+        return max(len(self.url), len(self.webcal)) > GOOGLE_MAX_URL
+
+    @property
+    def length(self) -> int:
+        return max(len(self.url), len(self.webcal))
+
+
+def subscription(config: Config, secret: bytes, spec: FeedSpec) -> Subscription:
+    url = subscription_url(config, secret, spec)
+    webcal = re.sub(r"^https?://", "webcal://", url)
+    enc_url, enc_name = quote(url, safe=""), quote(spec.name, safe="")
+    token = feed_token(secret, spec.feed_id, spec.token_version)
+    if spec.type == "account":
+        view = url_for("pages.account_view", account=spec.id, token=token)
+    else:
+        view = url_for("pages.team_view", team=spec.id, token=token)
+    return Subscription(
+        spec=spec, url=url, webcal=webcal,
+        google="https://calendar.google.com/calendar/r?cid=" + quote(webcal, safe=""),
+        outlook=f"https://outlook.live.com/calendar/0/addfromweb?url={enc_url}&name={enc_name}",
+        office=f"https://outlook.office.com/calendar/0/addfromweb?url={enc_url}&name={enc_name}",
+        view=view)
+
+
+def reachability_warning(config: Config) -> str | None:
+    """Google and Outlook fetch feeds from their own servers: a local or plain-http URL fails."""
+    parts = urlsplit(config.server.base_url)
+    host = parts.hostname or ""
+    try:
+        private = not ip_address(host).is_global
+    except ValueError:
+        private = host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".lan"))
+    if private:
+        return (f"server.base_url is {config.server.base_url}: Google Calendar and Outlook fetch feeds from "
+                "their own servers and cannot reach it. Set it (ICSFEED_BASE_URL) to the public https address.")
+    if parts.scheme != "https":
+        return (f"server.base_url is {config.server.base_url}: Google Calendar and Outlook.com want https; "
+                "feed tokens should not travel in clear text either.")
+    return None
+
+
+@bp.route("/")
+@admin
+def subscribe() -> str:
+    ctx = context()
+    config = ctx.live.current()
+    subs = [subscription(config, ctx.secret, spec) for spec in all_feeds(config)]
+    refresh = config.feeds.refresh_interval
+    return render_template("subscribe.html", subs=subs, warning=reachability_warning(config),
+                           refresh=_human(refresh), google_max=GOOGLE_MAX_URL, **_admin_context(config))
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} day{'s' if seconds != 86400 else ''}"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} hour{'s' if seconds != 3600 else ''}"
+    return f"{seconds // 60} minutes"
+
+
+def _admin_context(config: Config) -> dict[str, object]:
+    return {"admin_note": LOCAL_ONLY_NOTE if admin_auth(config).mode == "localhost" else None, "admin_page": True}
+
+
+# --- month view --------------------------------------------------------------------------------
+
+@bp.route("/view/<account>")
+def account_view(account: str) -> Response | str:
+    return _month_view("account", account)
+
+
+@bp.route("/view/team/<team>")
+def team_view(team: str) -> Response | str:
+    return _month_view("team", team)
+
+
+def _month_view(feed_type: FeedType, feed_id: str) -> Response | str:
+    ctx = context()
+    config = ctx.live.current()
+    spec = find_feed(config, feed_type, feed_id)
+    version = spec.token_version if spec else 1
+    token = request.args.get("token")
+    if not check_token(ctx.secret, spec.feed_id if spec else None, version, token):
+        return not_found()
+    assert spec is not None and token is not None
+    tz_name = config.feeds.timezone
+    if feed_type == "account":
+        tz_name = config.accounts[feed_id].timezone or tz_name
+    tz = ZoneInfo(tz_name)
+    today = datetime.now(tz).date()
+    try:
+        year, month = parse_month(request.args.get("month"), today)
+    except BadMonth as exc:
+        return Response(f"{exc}\n", status=400, mimetype="text/plain")
+    start_ts, end_ts = grid_range(year, month, tz)
+    query = FeedQuery(start_ts - 86400, end_ts + 86400, spec.account_keys, spec.kinds, spec.min_severity)
+    try:
+        rows = ctx.store.query_events(query)
+    except StoreError:
+        return Response("The calendar is unavailable right now; try again in a minute.\n", status=503,
+                        mimetype="text/plain")
+    grid = build_month(rows, config.kinds, year, month, tz, tz_name, today=today, max_title=config.feeds.max_title)
+    endpoint = "pages.account_view" if feed_type == "account" else "pages.team_view"
+    args = {"account": spec.id} if feed_type == "account" else {"team": spec.id}
+
+    def month_url(value: str | None) -> str:
+        return url_for(endpoint, **args, token=token, **({"month": value} if value else {}))
+
+    return render_template("month.html", spec=spec, grid=grid, weekdays=WEEKDAYS, month_url=month_url,
+                           sub=subscription(config, ctx.secret, spec), plural=plural)
+
+
+# --- status and metrics -------------------------------------------------------------------------
+
+@bp.route("/status")
+@admin
+def status() -> str:
+    ctx = context()
+    config = ctx.live.current()
+    try:
+        page = build_status(ctx.live, ctx.store)
+    except StoreError as exc:
+        return render_template("status.html", page=None, store_error=str(exc), **_admin_context(config))
+    return render_template("status.html", page=page, store_error=None, **_admin_context(config))
+
+
+def metrics() -> Response:
+    registry = _metrics_of_app().registry
+    response = Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _metrics_of_app() -> Metrics:
+    from flask import current_app
+
+    return current_app.extensions["icsfeed_metrics"]  # type: ignore[no-any-return]
+
+
+def metrics_public() -> bool:
+    return os.environ.get(METRICS_PUBLIC_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+@bp.route("/metrics")
+def metrics_endpoint() -> Response:
+    if metrics_public():
+        return metrics()
+    return admin(metrics)()  # type: ignore[no-any-return]
+
+
+@bp.route("/kinds.css")
+def kinds_css() -> Response:
+    """Each kind's colour, from config: CSP forbids style attributes, so it is a stylesheet."""
+    lines = []
+    for name, kind in _config().kinds.items():
+        if not _KIND_NAME.match(name):
+            continue
+        colour = kind.color_hex if kind.color_hex and _HEX.match(kind.color_hex) else CSS_COLORS.get(kind.color, "#888888")
+        lines.append(f'[data-kind="{name}"] {{ --kind-color: {colour}; }}')
+    response = Response("\n".join(lines) + "\n", mimetype="text/css")
+    response.cache_control.max_age = 300
+    return response
+
+
+# --- wiring ---------------------------------------------------------------------------------------
+
+def init_app(app: Flask) -> None:
+    """Register the pages, the CSP header on HTML, and the request counter for /metrics."""
+    def live_and_store() -> tuple[LiveConfig, Store]:
+        ctx = app.extensions["icsfeed"]
+        return ctx.live, ctx.store
+
+    app.extensions["icsfeed_metrics"] = Metrics(live_and_store)
+    app.register_blueprint(bp)
+    app.jinja_env.globals["icsfeed_version"] = __version__
+
+    @app.after_request
+    def page_headers(response: Response) -> Response:
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers.setdefault("Cache-Control", "no-store")  # pages show feed tokens
+        return response
+
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        _metrics_of_app().count_request(request.endpoint, response.status_code)
+        return response
