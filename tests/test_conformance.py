@@ -22,7 +22,8 @@ from icsfeed.render import render_feeds
 from icsfeed.routing import all_feeds
 from icsfeed.store import Store
 
-ICONS = {"alert": "🚨", "backup": "💾", "ticket": "🎫", "maintenance": "🔧", "certificate": "🔒", "birthday": "🎂"}
+ICONS = {"alert": "🚨", "backup": "💾", "ticket": "🎫", "maintenance": "🔧", "certificate": "🔒", "birthday": "🎂",
+         "insight": "⚠️"}
 NOW = datetime.now(timezone.utc)
 
 
@@ -125,7 +126,8 @@ def test_text_is_escaped_and_injection_stays_inside_summary(hostile: tuple[Confi
     body = hostile[2]
     events = vevents(body)
     lines = body.split(b"\r\n")
-    assert lines.count(b"BEGIN:VEVENT") == lines.count(b"END:VEVENT") == len(events) == 9
+    assert lines.count(b"BEGIN:VEVENT") == lines.count(b"END:VEVENT") == len(events)
+    assert sum(1 for e in events if str(e["SUMMARY"]).startswith("🚨")) == 9  # 12 records, 3 skipped
     assert lines.count(b"END:VCALENDAR") == 1
     crlf = next(e for e in events if "disk full" in str(e["SUMMARY"]))
     assert "END:VEVENT" in str(crlf["SUMMARY"]) and "UID:evil" in str(crlf["SUMMARY"])
@@ -246,7 +248,7 @@ def test_times_in_utc_and_all_day_as_dates(demo: tuple[Config, Store]) -> None:
                 assert re.fullmatch(r"\d{8}T\d{6}Z", value), f"not UTC: {line}"
                 assert "TZID" not in name
     for ev in vevents(body):
-        kind_all_day = str(ev["SUMMARY"])[0] in "🔒🎂"
+        kind_all_day = str(ev["SUMMARY"]).startswith(("🔒", "🎂", "⚠️"))
         start = ev["DTSTART"].dt
         assert isinstance(start, datetime) != kind_all_day, str(ev["SUMMARY"])
         assert ev["DTEND"].dt > start
@@ -280,7 +282,8 @@ def test_window_keeps_feeds_bounded(make_env: object) -> None:
     records = [{"id": f"{acc}{d}", "a": acc, "s": (NOW + timedelta(days=d)).isoformat()} for acc in ("acme", "short") for d in days]
     (config.config_dir / "e.json").write_text(json.dumps(records))
     poll(config, store)
-    shown = {acc: sorted(int(str(e["SUMMARY"]).split(acc)[1]) for e in vevents(store.get_feed(f"account/{acc}").body))
+    shown = {acc: sorted(int(str(e["SUMMARY"]).split(acc)[1]) for e in vevents(store.get_feed(f"account/{acc}").body)
+                         if str(e["SUMMARY"]).startswith("🎫"))
              for acc in ("acme", "short")}
     assert shown["acme"] == [-89, -30, -6, 0, 1, 5, 29]  # 90 days back, 30 ahead
     assert shown["short"] == [-6, 0, 1]  # the account's own window

@@ -14,6 +14,7 @@ from fake_origins import FakeOrigin, RecordedRequest, Reply, json_response
 from parsers import check_all, parse_icalendar
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
+TICKET = "SUMMARY:🎫".encode()  # ticket events (feeds also carry the weekly ⚠️ summary)
 
 
 def tickets(n: int) -> dict[str, object]:
@@ -89,7 +90,8 @@ def test_serve_polls_origin_and_serves_feeds(tmp_path: Path, serve: Callable[...
         assert response.headers["Cache-Control"].startswith("private")
         assert response.headers["Referrer-Policy"] == "no-referrer"
         check_all(response.content)
-        summaries = sorted(str(e["SUMMARY"]) for e in parse_icalendar(response.content).walk("VEVENT"))
+        summaries = sorted(str(e["SUMMARY"]) for e in parse_icalendar(response.content).walk("VEVENT")
+                           if str(e["SUMMARY"]).startswith("🎫"))
         assert summaries == ["🎫 #100 Ticket 0", "🎫 #101 Ticket 1", "🎫 #102 Ticket 2"]
 
         # conditional GETs: ETag and Last-Modified
@@ -111,6 +113,8 @@ def test_serve_polls_origin_and_serves_feeds(tmp_path: Path, serve: Callable[...
         # kinds= filter
         only_alerts = requests.get(url + "&kinds=alert", timeout=5)
         assert only_alerts.status_code == 200 and b"BEGIN:VEVENT" not in only_alerts.content
+        only_tickets = requests.get(url + "&kinds=ticket", timeout=5)
+        assert only_tickets.content.count(b"BEGIN:VEVENT") == 3
         check_all(only_alerts.content)
 
         # wrong token and unknown account: byte-identical 404s
@@ -123,14 +127,14 @@ def test_serve_polls_origin_and_serves_feeds(tmp_path: Path, serve: Callable[...
         assert dict(wrong.headers).keys() == dict(unknown.headers).keys()
 
         team = requests.get(feed_url(config_dir, data_dir, "ops", served.base), timeout=5)
-        assert team.status_code == 200 and team.content.count(b"BEGIN:VEVENT") == 3
+        assert team.status_code == 200 and team.content.count(TICKET) == 3
 
         # the origin goes down: the poll fails, the feed keeps its events
         origin.add("GET", "/api/tickets", Reply(500, b"oops"))
         failures_seen = len(origin.requests_to("/api/tickets"))
         wait_for(lambda: len(origin.requests_to("/api/tickets")) > failures_seen)
         time.sleep(0.5)
-        assert requests.get(url, timeout=5).content.count(b"BEGIN:VEVENT") == 3
+        assert requests.get(url, timeout=5).content.count(TICKET) == 3
         assert "s3cr3t-key-value" not in served.log() and url.split("token=")[1] not in served.log()
         assert "HTTP 500" in served.log()
 
@@ -178,8 +182,8 @@ def test_origin_that_hangs_times_out_and_keeps_events(tmp_path: Path, serve: Cal
         data_dir = tmp_path / "data"
         served = serve(config_dir, data_dir, env={"HELPDESK_KEY": "k"})
         url = feed_url(config_dir, data_dir, "acme", served.base)
-        wait_for(lambda: requests.get(url, timeout=5).content.count(b"BEGIN:VEVENT") == 2)
+        wait_for(lambda: requests.get(url, timeout=5).content.count(TICKET) == 2)
         state["mode"] = "hang"
         wait_for(lambda: "no answer within 2s" in served.log(), timeout=30)
-        assert requests.get(url, timeout=5).content.count(b"BEGIN:VEVENT") == 2
+        assert requests.get(url, timeout=5).content.count(TICKET) == 2
         assert "Traceback" not in served.log(), "a timeout is an expected failure, not a crash"

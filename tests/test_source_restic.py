@@ -288,7 +288,7 @@ def test_end_to_end_snapshots_in_the_feed_and_kept_after_forget(tmp_path: Path) 
     assert PASSWORD not in first.stdout + first.stderr
     _cli(config_dir, data_dir, "render", "acme", "-o", str(tmp_path / "acme.ics"))
     calendar = icalendar.Calendar.from_ical((tmp_path / "acme.ics").read_bytes())
-    events = {str(ev.get("SUMMARY")): ev for ev in calendar.walk("VEVENT")}
+    events = {str(ev.get("SUMMARY")): ev for ev in calendar.walk("VEVENT") if str(ev.get("SUMMARY")).startswith("💾")}
     assert set(events) == {"💾 web01 (full)", "💾 web01"}
     assert str(events["💾 web01 (full)"].get("URL")) == f"https://backups.example.com/snapshots/{full_id[:8]}"
     assert "Host: web01" in str(events["💾 web01 (full)"].get("DESCRIPTION"))
@@ -300,7 +300,7 @@ def test_end_to_end_snapshots_in_the_feed_and_kept_after_forget(tmp_path: Path) 
     assert "backups: 0 new, 0 updated, 0 closed, 0 cancelled, 1 unchanged" in second.stdout, second.stdout
     _cli(config_dir, data_dir, "render", "acme", "-o", str(tmp_path / "acme2.ics"))
     calendar = icalendar.Calendar.from_ical((tmp_path / "acme2.ics").read_bytes())
-    kept = {str(ev.get("SUMMARY")): ev for ev in calendar.walk("VEVENT")}
+    kept = {str(ev.get("SUMMARY")): ev for ev in calendar.walk("VEVENT") if str(ev.get("SUMMARY")).startswith("💾")}
     assert set(kept) == {"💾 web01 (full)", "💾 web01"}
     assert str(kept["💾 web01 (full)"].get("STATUS")) == "CONFIRMED"
 
