@@ -19,7 +19,10 @@ is :meth:`Source.fetch`. The rules, which the poller relies on:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -120,6 +123,34 @@ class Source(ABC):
         # the first few per poll in full; the poller logs the count of the rest
         level = logging.WARNING if len(self.skipped) <= MAX_LOGGED_SKIPS else logging.DEBUG
         log.log(level, "source %s skipped record %s", self.id, message)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this source may keep small files between polls (a cache, what it saw)."""
+        return self.context.data_dir / "cache" / self.id
+
+    def read_state(self, name: str) -> dict[str, Any] | None:
+        """A JSON object this source wrote before, or None (missing or unreadable)."""
+        try:
+            data = json.loads((self.state_dir / name).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_state(self, name: str, data: bytes) -> None:
+        """Write a state file so that a reader sees the old or the new content, never half."""
+        path = self.state_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def resolve_path(self, path: str | Path) -> Path:
         """A path from config, relative to the config directory."""

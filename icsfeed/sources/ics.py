@@ -21,10 +21,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import string
-import tempfile
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
@@ -172,9 +170,9 @@ class IcsSource(Source):
 
     def _download_http(self, url: str) -> tuple[bytes, Any]:
         s = self.settings
-        cache_file = self._cache_dir() / "http.json"
+        cache_file = self.state_dir / "http.json"
         url_hash = hashlib.sha256(url.encode()).hexdigest()
-        cached = _read_json(cache_file)
+        cached = self.read_state("http.json")
         if cached is not None and cached.get("url_sha256") != url_hash:
             cached = None  # the url changed: the old validators mean nothing
         headers = {"Accept": "text/calendar, */*;q=0.5"}
@@ -206,7 +204,7 @@ class IcsSource(Source):
 
         def remember() -> None:
             if etag or last_modified:
-                _write_atomic(cache_file, json.dumps({
+                self.write_state("http.json", json.dumps({
                     "url_sha256": url_hash, "etag": etag, "last_modified": last_modified,
                     "body": base64.b64encode(body).decode("ascii"),
                 }).encode())
@@ -214,9 +212,6 @@ class IcsSource(Source):
                 cache_file.unlink(missing_ok=True)
 
         return body, remember
-
-    def _cache_dir(self) -> Path:
-        return self.context.data_dir / "cache" / self.id
 
     # --- parse and expand ----------------------------------------------------------------------
 
@@ -361,7 +356,7 @@ class IcsSource(Source):
 
     def _load_seen(self) -> tuple[str | None, dict[str, Event]]:
         """The events returned by the poll the store committed last (found by the cursor)."""
-        directory = self._cache_dir()
+        directory = self.state_dir
         path: Path | None = None
         if self.cursor:
             candidate = directory / f"seen-{self.cursor}.json"
@@ -369,7 +364,7 @@ class IcsSource(Source):
         else:  # a poller that keeps no cursor: the newest file is the best guess
             files = sorted(directory.glob("seen-*.json"), key=lambda p: p.stat().st_mtime_ns)
             path = files[-1] if files else None
-        data = _read_json(path) if path is not None else None
+        data = self.read_state(path.name) if path is not None else None
         if not data:
             return None, {}
         events: dict[str, Event] = {}
@@ -386,8 +381,8 @@ class IcsSource(Source):
         blob = json.dumps({"events": [e.to_dict() for e in sorted(events.values(), key=lambda e: e.key)]},
                           sort_keys=True, ensure_ascii=False).encode()
         generation = hashlib.sha256(blob).hexdigest()[:20]
-        directory = self._cache_dir()
-        _write_atomic(directory / f"seen-{generation}.json", blob)
+        directory = self.state_dir
+        self.write_state(f"seen-{generation}.json", blob)
         keep = {f"seen-{generation}.json", f"seen-{base}.json"}
         for old in directory.glob("seen-*.json"):
             if old.name not in keep:
@@ -551,24 +546,3 @@ def _read_bounded(response: Any, limit: int, where: str, timeout: float) -> byte
     return b"".join(chunks)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that a reader sees the old or the new content, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

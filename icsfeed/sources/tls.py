@@ -19,15 +19,12 @@ with a message naming each failed ``host:port``; the store keeps the last good e
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, ClassVar
 
 from cryptography import x509
@@ -40,6 +37,10 @@ from icsfeed.sources.base import Absence, Source, SourceError, SourceSettings
 
 #: ports where https://host:port/ is a page worth linking to
 HTTPS_PORTS = frozenset({443, 4443, 8443, 9443, 10443})
+
+
+#: which certificate each target served, and expiry events of replaced ones
+STATE_FILE = "tls-state.json"
 
 
 class TlsTarget(BaseModel):
@@ -312,8 +313,7 @@ class TlsSource(Source):
         Re-published every poll until their day has passed (so a store that failed to
         commit one poll gets them the next); after that the store keeps the last copy.
         """
-        path = self.context.data_dir / "cache" / self.id / "tls-state.json"
-        state = _read_json(path) or {}
+        state = self.read_state(STATE_FILE) or {}
         previous_targets: dict[str, str] = state.get("targets") or {}
         previous_expiry: dict[str, Any] = state.get("expiry") or {}
         replaced: dict[str, Any] = state.get("replaced") or {}
@@ -360,9 +360,9 @@ class TlsSource(Source):
             "replaced": replaced,
         }
         try:
-            _write_atomic(path, json.dumps(new_state, sort_keys=True).encode())
+            self.write_state(STATE_FILE, json.dumps(new_state, sort_keys=True).encode())
         except OSError as exc:
-            raise SourceError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+            raise SourceError(f"cannot write {self.state_dir / STATE_FILE}: {exc.strerror or type(exc).__name__}") from None
         return out
 
 
@@ -411,25 +411,4 @@ def _served_at(target: TlsTarget) -> str:
     return target.label
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that a reader sees the old or the new content, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
