@@ -1,0 +1,133 @@
+"""Insights: what an account manager must know before calling the customer.
+
+Detectors (alert bursts, missed or irregular backups, stale tickets, the Monday summary)
+read an account's stored history and return ⚠️ ``insight`` events. Each detector's flags
+for one account are written as one complete poll of the source
+``insight-<detector>:<account>`` with absence ``cancel``: a flag that no longer holds
+becomes STATUS:CANCELLED, one that still holds keeps its UID and SEQUENCE. The poller
+calls :func:`refresh_insights` after every poll that changed events; the feeds they touch
+are marked dirty and re-rendered with the poll's. See docs/INSIGHTS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import date, datetime, time, timedelta, timezone
+
+from icsfeed.config import AccountConfig, Config
+from icsfeed.insights import backups, bursts, summary, tickets
+from icsfeed.insights.base import (
+    INSIGHT_KIND,
+    SOURCE_PREFIX,
+    AccountContext,
+    Detector,
+    History,
+    account_zone,
+    source_id,
+)
+from icsfeed.insights.settings import InsightsSettings
+from icsfeed.model import Event
+from icsfeed.routing import affected_feeds
+from icsfeed.store import FeedQuery, Store, StoreError, Touched
+
+log = logging.getLogger(__name__)
+
+#: in this order: the summary lists the flags the others raised in the same refresh
+DETECTORS: tuple[Detector, ...] = (bursts.DETECTOR, backups.DETECTOR, tickets.DETECTOR, summary.DETECTOR)
+
+__all__ = ["DETECTORS", "InsightsSettings", "refresh_all", "refresh_insights"]
+
+
+def settings_of(config: Config) -> InsightsSettings:
+    """The validated settings (config.py validates them; a raw dict is validated here)."""
+    raw = config.insights
+    if isinstance(raw, InsightsSettings):
+        return raw
+    return InsightsSettings.model_validate(raw or {})
+
+
+def accounts_for(config: Config, account_keys: Iterable[str | None]) -> list[AccountConfig]:
+    """The configured accounts that own any of these origin keys (case-insensitive)."""
+    owner = {key: account for account in config.accounts.values() for key in account.match_keys}
+    found = {owner[k.strip().lower()].id for k in account_keys if k and k.strip().lower() in owner}
+    return [config.accounts[i] for i in sorted(found)]
+
+
+def refresh_insights(config: Config, store: Store, account_keys: set[str | None], now: float) -> None:
+    """Recompute every detector for the accounts owning these keys; mark changed feeds dirty."""
+    touched = _refresh(config, store, accounts_for(config, account_keys), now)
+    if touched:
+        store.mark_dirty(affected_feeds(config, touched))
+
+
+def refresh_all(config: Config, store: Store, now: float) -> None:
+    """Recompute every account (e.g. on a timer, as days pass with no poll changing anything).
+
+    Also cancels the flags of accounts no longer configured, which no refresh reaches.
+    """
+    touched = _refresh(config, store, list(config.accounts.values()), now)
+    for source in store.source_states():
+        if source.startswith(SOURCE_PREFIX) and source.partition(":")[2] not in config.accounts:
+            touched |= store.apply_poll(source, [], absence="cancel", complete=True, now=now,
+                                        previous_success=None).touched
+    if touched:
+        store.mark_dirty(affected_feeds(config, touched))
+
+
+def _refresh(config: Config, store: Store, accounts: list[AccountConfig], now: float) -> set[Touched]:
+    settings = settings_of(config)
+    touched: set[Touched] = set()
+    for account in accounts:
+        touched |= refresh_account(config, store, settings, account, now)
+    return touched
+
+
+def refresh_account(config: Config, store: Store, settings: InsightsSettings, account: AccountConfig,
+                    now: float) -> set[Touched]:
+    """Run each detector for one account and store its flags; returns what changed."""
+    when = datetime.fromtimestamp(now, timezone.utc)
+    span = max(bursts.span_days(settings), backups.span_days(settings), summary.span_days(settings))
+    tz = account_zone(config, account)
+    first = when.astimezone(tz).date() - timedelta(days=span)
+    history = History(store, account, datetime.combine(first, time(0), tz), when + timedelta(days=1))
+    stored = _stored_insights(store, account)
+    touched: set[Touched] = set()
+    for detector in DETECTORS:
+        sid = source_id(detector.name, account.id)
+        mine = stored.get(sid, [])
+        events: list[Event] = []
+        if settings.enabled and detector.enabled(settings):
+            ctx = AccountContext(config, settings, account, when, history, stored=mine)
+            try:
+                events = detector.detect(ctx)
+            except StoreError:
+                raise
+            except Exception:  # one broken detector must not take the others' flags down
+                log.exception("insight detector %s failed for account %s; its flags are left as they were",
+                              detector.name, account.id)
+                continue
+            keep_before = detector.horizon(ctx)
+            fresh = {ev.key for ev in events}
+            events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
+        elif not any(ev.status != "cancelled" for ev in mine):
+            continue  # switched off and nothing to cancel: leave no trace
+        changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
+        if changes.changed:
+            touched |= changes.touched
+            history.forget()
+            log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
+    return touched
+
+
+def _stored_insights(store: Store, account: AccountConfig) -> dict[str, list[Event]]:
+    """Every insight event stored for the account, by source id."""
+    query = FeedQuery(0.0, 1e11, account_keys=frozenset({account.id.strip().lower()}), kinds=frozenset({INSIGHT_KIND}))
+    out: dict[str, list[Event]] = {}
+    for row in store.query_events(query):
+        out.setdefault(row.event.source, []).append(row.event)
+    return out
+
+
+def _day(ev: Event) -> date:
+    return ev.start.date() if isinstance(ev.start, datetime) else ev.start

@@ -1,0 +1,211 @@
+"""The detector contract, and what every detector shares: the account, its clock and history.
+
+A detector is a pure function of stored history and ``now``: ``detect(ctx) -> [Event]``
+returns every flag it stands by for one account (kind ``insight``, all-day, stable keys).
+:func:`icsfeed.insights.refresh_insights` writes that list as one complete "poll" of the
+source ``insight-<detector>:<account>``, so a flag that is no longer returned becomes
+STATUS:CANCELLED, and a flag returned again keeps its UID. Flags whose day is before the
+detector's ``horizon`` are history: they are kept as stored, not recomputed.
+
+Detectors never read the clock (``ctx.now`` is the only time) and never write the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from functools import cached_property
+from statistics import median
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from icsfeed.config import AccountConfig, Config
+from icsfeed.insights.settings import InsightsSettings
+from icsfeed.model import Event
+from icsfeed.store import EventRow, FeedQuery, Store, to_ts
+from icsfeed.tokens import feed_token, load_secret_key
+
+INSIGHT_KIND = "insight"
+SOURCE_PREFIX = "insight-"
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def source_id(detector: str, account_id: str) -> str:
+    """One source id per detector and account ("insight-bursts:acme"); ':' never occurs in config ids."""
+    return f"{SOURCE_PREFIX}{detector}:{account_id}"
+
+
+class History:
+    """Stored events of one account, read once per refresh and shared by the detectors.
+
+    Everything in ``[start, end)`` is loaded on first use; a request inside that range is
+    answered from memory, anything else (a ticket lookback of a year) is its own query.
+    :meth:`forget` re-reads only the insight events (the ones a detector just wrote).
+    """
+
+    def __init__(self, store: Store, account: AccountConfig, start: datetime, end: datetime) -> None:
+        self.store = store
+        self.keys = frozenset(account.match_keys)
+        self.start = start
+        self.end = end
+        self._base: list[tuple[float, float, EventRow]] | None = None
+        self._insights: list[tuple[float, float, EventRow]] | None = None
+        self._other: dict[tuple[float, float, frozenset[str] | None], list[EventRow]] = {}
+
+    def _query(self, lo: float, hi: float, kinds: frozenset[str] | None) -> list[EventRow]:
+        return self.store.query_events(FeedQuery(lo, hi, account_keys=self.keys, kinds=kinds))
+
+    def rows(self, start: datetime, end: datetime, kinds: frozenset[str] | None = None) -> list[EventRow]:
+        """Events overlapping [start, end) of the kinds (None: all), by start; cancelled ones too."""
+        lo, hi = start.timestamp(), end.timestamp()
+        if lo >= self.start.timestamp() and hi <= self.end.timestamp():
+            span = (self.start.timestamp(), self.end.timestamp())
+            if self._base is None:
+                everything = _indexed(self._query(*span, None))
+                self._base = [r for r in everything if r[2].event.kind != INSIGHT_KIND]
+                self._insights = [r for r in everything if r[2].event.kind == INSIGHT_KIND]
+            if self._insights is None:
+                self._insights = _indexed(self._query(*span, frozenset({INSIGHT_KIND})))
+            rows = self._base
+            if kinds is None or INSIGHT_KIND in kinds:  # both lists are by start: keep it so
+                rows = sorted(rows + self._insights, key=lambda r: r[0])
+            # the store's window test: starts before the end, ends at or after the start
+            return [r for s, e, r in rows if s < hi and e >= lo and (kinds is None or r.event.kind in kinds)]
+        key = (lo, hi, kinds)
+        if key not in self._other:
+            self._other[key] = self._query(lo, hi, kinds)
+        return self._other[key]
+
+    def forget(self) -> None:
+        """Re-read insight events on next use: a detector just stored flags the next one counts."""
+        self._insights = None
+        self._other.clear()
+
+
+def _indexed(rows: list[EventRow]) -> list[tuple[float, float, EventRow]]:
+    """(start, end, row) with the times as the store compares them."""
+    out = []
+    for row in rows:
+        start = to_ts(row.event.start)
+        out.append((start, to_ts(row.event.end) if row.event.end is not None else start, row))
+    return out
+
+
+@dataclass
+class AccountContext:
+    """What a detector sees: one account, its timezone, ``now``, history and settings."""
+
+    config: Config
+    settings: InsightsSettings
+    account: AccountConfig
+    now: datetime
+    history: History
+    #: the insight events this detector stored before (its own source id only)
+    stored: list[Event] = field(default_factory=list)
+    _view_url: str | None = field(default=None, repr=False)
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return account_zone(self.config, self.account)
+
+    @property
+    def today(self) -> date:
+        return self.now.astimezone(self.tz).date()
+
+    def midnight(self, day: date) -> datetime:
+        """Start of a local day (DST-aware: a day may be 23 or 25 hours long)."""
+        return datetime.combine(day, time(0), self.tz)
+
+    def local_day(self, when: datetime | date) -> date:
+        return when.astimezone(self.tz).date() if isinstance(when, datetime) else when
+
+    @property
+    def month_view_url(self) -> str | None:
+        """The account's month view (/view/<id>?token=…), with the account feed's own token."""
+        if self._view_url is None:
+            self._view_url = month_view_url(self.config, self.account) or ""
+        return self._view_url or None
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A registered detector: its name (source ids, config), switch, horizon and function."""
+
+    name: str
+    enabled: Callable[[InsightsSettings], bool]
+    #: flags starting before this day are history, kept as stored
+    horizon: Callable[[AccountContext], date]
+    detect: Callable[[AccountContext], list[Event]]
+
+
+def account_zone(config: Config, account: AccountConfig) -> ZoneInfo:
+    """The account's timezone (its own, else the feeds' default): days and weekdays are local."""
+    return ZoneInfo(account.timezone or config.feeds.timezone)
+
+
+def month_view_url(config: Config, account: AccountConfig) -> str | None:
+    """The month view link summaries and flags carry; None when no secret key can be read."""
+    try:
+        secret = load_secret_key(config.data_dir)
+    except OSError:
+        return None
+    token = feed_token(secret, f"account/{account.id}", account.token_version)
+    return f"{config.server.base_url}/view/{quote(account.id)}?token={token}"
+
+
+def insight_event(ctx: AccountContext, detector: str, key: str, title: str, first: date, last: date,
+                  detail: str, *, url: str | None = None, severity: str = "warning",
+                  attrs: dict[str, Any] | None = None) -> Event:
+    """An all-day ⚠️ event from ``first`` to ``last`` (inclusive) in the account's feed."""
+    return Event(
+        source=source_id(detector, ctx.account.id), key=key, kind=INSIGHT_KIND, title=title,
+        start=first, end=last + timedelta(days=1), detail=detail, url=url or ctx.month_view_url,
+        account=ctx.account.id, status="confirmed", severity=severity,
+        attrs={"insight": detector, **(attrs or {})},
+    )
+
+
+def live(rows: list[EventRow], kinds: list[str] | frozenset[str]) -> list[Event]:
+    """Events of the given kinds that were not cancelled at the origin."""
+    wanted = set(kinds)
+    return [r.event for r in rows if r.event.kind in wanted and r.event.status != "cancelled"]
+
+
+def start_dt(ev: Event) -> datetime:
+    """An event's start as an aware datetime (a date counts from its midnight UTC)."""
+    if isinstance(ev.start, datetime):
+        return ev.start
+    return datetime.combine(ev.start, time(0), timezone.utc)
+
+
+def days_between(first: date, last: date) -> list[date]:
+    """Every day from ``first`` to ``last`` inclusive."""
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def robust_level(values: list[float]) -> tuple[float, float]:
+    """Median and MAD scaled to a standard deviation (1.4826·MAD) of a small sample."""
+    if not values:
+        return 0.0, 0.0
+    m = median(values)
+    return m, 1.4826 * median(abs(v - m) for v in values)
+
+
+def fmt_day(day: date) -> str:
+    """'Sun 9 Nov 2026': unambiguous in every locale a reader may have."""
+    return f"{WEEKDAYS[day.weekday()][:3]} {day.day} {day:%b %Y}"
+
+
+def fmt_number(value: float) -> str:
+    """A usual count as people say it: 'none', 'about 1', 'about 12'."""
+    if value < 0.5:
+        return "none"
+    return f"about {round(value)}"
+
+
+def iso_week(day: date) -> str:
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"

@@ -1,0 +1,144 @@
+"""The Monday summary: last week at a glance, before the account manager's first call.
+
+On each Monday (account time) an all-day event covers the seven days before it: events
+per kind against the usual week (median of ``baseline_weeks`` weeks before), the flags
+raised that week, and — on the current Monday only — the tickets open now. Its link opens
+the account's month view. A summary made while its Monday was the current one is kept as
+made once the next Monday comes (tickets open then and all); earlier Mondays without one
+(a first run) are filled in for ``backfill_weeks``, without the open-ticket line, which
+would not be true of then.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, timedelta
+
+from icsfeed.config import BUILTIN_KINDS
+from icsfeed.insights.base import (
+    INSIGHT_KIND,
+    AccountContext,
+    Detector,
+    fmt_day,
+    fmt_number,
+    insight_event,
+    iso_week,
+    robust_level,
+    start_dt,
+)
+from icsfeed.insights.settings import InsightsSettings
+from icsfeed.insights.tickets import open_tickets
+from icsfeed.model import Event
+
+NAME = "summary"
+
+
+def span_days(settings: InsightsSettings) -> int:
+    s = settings.summary
+    return 7 * (s.baseline_weeks + s.backfill_weeks + 2)
+
+
+def this_monday(ctx: AccountContext) -> date:
+    return ctx.today - timedelta(days=ctx.today.weekday())
+
+
+def horizon(ctx: AccountContext) -> date:
+    return this_monday(ctx) - timedelta(days=7 * ctx.settings.summary.backfill_weeks)
+
+
+def detect(ctx: AccountContext) -> list[Event]:
+    """This Monday's summary, and earlier ones recomputed unless one was made while current."""
+    s = ctx.settings.summary
+    monday = this_monday(ctx)
+    stored = {ev.key: ev for ev in ctx.stored}
+    out = [_summary(ctx, monday, current=True)]
+    for k in range(1, s.backfill_weeks + 1):
+        past = monday - timedelta(days=7 * k)
+        before = stored.get(_key(ctx, past))
+        if before is not None and "open_tickets" in before.attrs:
+            out.append(before)  # final: made during its own week, with the tickets open then
+        else:
+            out.append(_summary(ctx, past, current=False))
+    return [ev for ev in out if ev is not None]
+
+
+def _key(ctx: AccountContext, monday: date) -> str:
+    return f"{ctx.account.id}:{iso_week(monday)}"
+
+
+def _summary(ctx: AccountContext, monday: date, *, current: bool) -> Event | None:
+    s = ctx.settings.summary
+    week_start = monday - timedelta(days=7)
+    first = monday - timedelta(days=7 * (s.baseline_weeks + 1))
+    rows = [r for r in ctx.history.rows(ctx.midnight(first), ctx.midnight(monday))
+            if r.event.status != "cancelled" and not r.event.rrule]
+    days = [(ctx.local_day(r.event.start), r.event) for r in rows]
+    days = [(day, ev) for day, ev in days if first <= day < monday]
+    if not days:
+        return None  # nothing in the week or the weeks before: no history to sum up
+    coverage = min((day for day, _ in days), default=week_start)
+    # counts[0]: the week itself; counts[k]: k weeks before it
+    counts: dict[int, Counter[str]] = {k: Counter() for k in range(s.baseline_weeks + 1)}
+    flags: list[Event] = []
+    for day, ev in days:
+        k = ((monday - day).days - 1) // 7
+        if ev.kind != INSIGHT_KIND:
+            counts[k][ev.kind] += 1
+        elif k == 0 and ev.attrs.get("insight") != NAME:
+            flags.append(ev)
+    week = counts[0]
+    baseline = [k for k in range(1, s.baseline_weeks + 1) if monday - timedelta(days=7 * (k + 1)) >= coverage]
+    kinds = sorted({*week, *(kind for k in baseline for kind in counts[k])}, key=_kind_order)
+    lines = [f"The week {fmt_day(week_start)} – {fmt_day(monday - timedelta(days=1))} at {ctx.account.name}"
+             + (f", against the {_plural('week', len(baseline), 'the week')} before:" if baseline
+                else " (no earlier weeks to compare with):")]
+    usual_of: dict[str, float] = {}
+    for kind in kinds:
+        usual_of[kind], _ = robust_level([float(counts[k][kind]) for k in baseline])
+        usual_text = f" (usually {fmt_number(usual_of[kind])})" if baseline else ""
+        lines.append(f"• {_plural(kind, week[kind])}{usual_text}")
+    if not kinds:
+        lines.append("• no events")
+    parts = [_plural("alert", week["alert"]) + (f" (usually {round(usual_of.get('alert', 0))})" if baseline else ""),
+             _plural("ticket", week["ticket"])]
+    if flags:
+        lines += ["", f"Flags raised ({len(flags)}):"]
+        lines += [f"• {fmt_day(ctx.local_day(ev.start))}: {ev.title}" for ev in sorted(flags, key=start_dt)]
+    parts.append(_plural("flag", len(flags)))
+    attrs = {"week": iso_week(week_start), "counts": dict(week), "flags": len(flags)}
+    if current:
+        tickets = open_tickets(ctx)
+        attrs["open_tickets"] = len(tickets)
+        lines += ["", f"Open tickets now: {len(tickets)}"]
+        for row in tickets[:15]:
+            ev = row.event
+            lines.append(f"• {ev.title}" + (f" — {ev.url}" if ev.url else ""))
+        if len(tickets) > 15:
+            lines.append(f"• … and {len(tickets) - 15} more")
+        parts.append(f"{_plural('ticket', len(tickets))} open")
+    if ctx.month_view_url:
+        lines += ["", "The month at a glance (the link below):"]
+    title = f"Last week at {ctx.account.name}: " + ", ".join(parts)
+    return insight_event(
+        ctx, NAME, _key(ctx, monday), title, monday, monday, "\n".join(lines), severity="info",
+        attrs=attrs,
+    )
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    order = list(BUILTIN_KINDS)
+    return (order.index(kind) if kind in order else len(order), kind)
+
+
+NOUNS = {"maintenance": "maintenance window", "birthday": "server birthday", "certificate": "certificate event"}
+
+
+def _plural(kind: str, n: int, one: str | None = None) -> str:
+    """'1 alert', '3 maintenance windows'; ``one`` replaces '1 <noun>' ('the week')."""
+    noun = NOUNS.get(kind, kind)
+    if n == 1:
+        return one or f"1 {noun}"
+    return f"{n} {noun}s"
+
+
+DETECTOR = Detector(NAME, lambda s: s.summary.enabled, horizon, detect)

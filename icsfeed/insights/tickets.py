@@ -1,0 +1,102 @@
+"""Stale tickets: open for days with no update, the thing a customer opens a call with.
+
+The contract for ticket events (docs/INSIGHTS.md): ``attrs.state`` (or ``status``, or
+Jira's ``status_category``) says whether the ticket is open — any word not in
+``closed_states`` is open — and ``attrs.updated`` (ISO 8601; or ``updated_at``) is when
+it last changed at the origin. Without ``updated``, the last time icsfeed saw the ticket
+change stands in for it (its creation when it never changed). A ticket open with no update
+for ``after_days`` is flagged on the day it went quiet that long; an update or closing
+cancels the flag.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from icsfeed.insights.base import AccountContext, Detector, fmt_day, insight_event, start_dt
+from icsfeed.insights.settings import StaleTicketSettings
+from icsfeed.model import Event
+from icsfeed.store import EventRow
+
+NAME = "stale_tickets"
+
+STATE_ATTRS = ("state", "status", "status_category")
+UPDATED_ATTRS = ("updated", "updated_at")
+
+
+def ticket_state(ev: Event) -> str | None:
+    """The first state word the ticket carries, lower-cased (None: the source gives none)."""
+    for name in STATE_ATTRS:
+        value = ev.attrs.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip().lower()
+    return None
+
+
+def is_open(ev: Event, s: StaleTicketSettings) -> bool:
+    """Open unless cancelled at the origin or any state word says closed."""
+    if ev.status == "cancelled":
+        return False
+    closed = set(s.closed_states)
+    words = [ev.attrs.get(n) for n in STATE_ATTRS]
+    return not any(isinstance(w, str) and w.strip().lower() in closed for w in words)
+
+
+def last_update(row: EventRow) -> datetime:
+    """attrs.updated, else when icsfeed last saw a change, else the ticket's start."""
+    ev = row.event
+    created = start_dt(ev)
+    for name in UPDATED_ATTRS:
+        value = ev.attrs.get(name)
+        if isinstance(value, str) and value.strip():
+            try:
+                parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return max(parsed, created)
+    if row.sequence > 0:
+        return max(datetime.fromtimestamp(row.last_modified, timezone.utc), created)
+    return created
+
+
+def open_tickets(ctx: AccountContext) -> list[EventRow]:
+    """The account's open tickets (within ``lookback_days``), oldest first."""
+    s = ctx.settings.stale_tickets
+    start = ctx.midnight(ctx.today - timedelta(days=s.lookback_days))
+    rows = ctx.history.rows(start, ctx.now + timedelta(seconds=1), frozenset(s.kinds))
+    return [r for r in rows if is_open(r.event, s) and start_dt(r.event) <= ctx.now]
+
+
+def horizon(ctx: AccountContext) -> date:
+    return date.min  # every flag is recomputed: a stale ticket is a state, not history
+
+
+def detect(ctx: AccountContext) -> list[Event]:
+    s = ctx.settings.stale_tickets
+    quiet = timedelta(days=s.after_days)
+    out = []
+    for row in open_tickets(ctx):
+        ev = row.event
+        updated = last_update(row)
+        if ctx.now - updated < quiet:
+            continue
+        stale_day = ctx.local_day(updated + quiet)
+        created = ctx.local_day(ev.start)
+        title = f"Stale ticket: {ev.title} (no update since {fmt_day(ctx.local_day(updated))})"
+        state = ticket_state(ev)
+        lines = [
+            f"Opened {fmt_day(created)}; last update {fmt_day(ctx.local_day(updated))}"
+            + (f"; state: {state}" if state else "") + ".",
+            f"Open with no update for {s.after_days} days since {fmt_day(stale_day)}: the customer may well ask about it.",
+        ]
+        out.append(insight_event(
+            ctx, NAME, f"{ctx.account.id}:{ev.source}:{ev.key}", title, stale_day, stale_day, "\n".join(lines),
+            url=ev.url, attrs={"ticket_source": ev.source, "ticket_key": str(ev.key),
+                               "updated": updated.isoformat(), "state": state},
+        ))
+    return out
+
+
+DETECTOR = Detector(NAME, lambda s: s.stale_tickets.enabled, horizon, detect)
