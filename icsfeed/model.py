@@ -65,7 +65,9 @@ class Event:
             _check_when("end", self.end)
             if isinstance(self.start, datetime) != isinstance(self.end, datetime):
                 raise ValueError("start and end must both be dates or both be datetimes")
-            if self.end < self.start:  # type: ignore[operator]
+            # compare instants: two times in one zone compare by wall clock, which is wrong
+            # around DST changes (02:50 + 20 min in a spring-forward gap ends before it starts)
+            if _instant(self.end) < _instant(self.start):
                 raise ValueError(f"end {self.end.isoformat()} is before start {self.start.isoformat()}")
 
     @property
@@ -110,6 +112,10 @@ class Event:
         """Hash of everything a client sees; a change bumps SEQUENCE and LAST-MODIFIED."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _instant(value: datetime | date) -> float | date:
+    return value.timestamp() if isinstance(value, datetime) else value
 
 
 def _check_when(name: str, value: object) -> None:

@@ -54,6 +54,10 @@ class PollScheduler:
         self.scheduler.add_job(self.live.reload_if_changed, "interval", seconds=self.config_check_seconds,
                                id="config-watch")
         self.scheduler.add_job(self._render, "interval", minutes=10, id="render-window")
+        # a backup that never comes changes no event: flags that depend on time passing
+        # (missed runs, stale tickets, Monday's summary) are recomputed on the clock too
+        self.scheduler.add_job(self._refresh_insights, "interval", hours=1, id="insights",
+                               next_run_time=datetime.now(timezone.utc) + timedelta(minutes=1))
         self.scheduler.start()
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -136,6 +140,18 @@ class PollScheduler:
             self.store.set_next_poll(source_id, when)
         except StoreError as exc:
             log.error("cannot note next poll of %s: %s", source_id, exc)
+
+    def _refresh_insights(self) -> None:
+        try:
+            from icsfeed.insights import refresh_all
+        except ImportError:
+            return
+        try:
+            refresh_all(self.live.current(), self.store, time.time())
+        except StoreError as exc:
+            log.error("cannot store insights: %s", exc)
+            return
+        self._render()
 
     def _render(self) -> None:
         started = time.perf_counter()

@@ -103,3 +103,17 @@ def test_birthday_recurs_and_tells_its_age(tmp_path: Path) -> None:
     assert ev.rrule == "FREQ=YEARLY" and ev.start == date(2019, 3, 4)
     age = date.today().year - 2019
     assert f"Online since 2019-03-04: {age} years this year." in ev.detail
+
+
+def test_times_in_a_dst_gap_keep_real_durations(tmp_path: Path) -> None:
+    """02:50 on the night Berlin springs forward does not exist; 20 minutes later is still later."""
+    source = _source(tmp_path, "{kind: alert, key: id, title: t, start: at, duration: 1200, timezone: Europe/Berlin}")
+    ev = source.to_event({"id": 1, "t": "x", "at": "2027-03-28T02:50:00"})
+    assert ev.end.timestamp() - ev.start.timestamp() == 1200
+    from icsfeed.model import Event
+
+    assert Event.from_dict(ev.to_dict()) == ev, "what is stored can be read back"
+    berlin = ZoneInfo("Europe/Berlin")
+    with pytest.raises(ValueError, match="before start"):  # wall clock says later, real time says earlier
+        Event(source="s", key="k", kind="alert", title="t", start=datetime(2027, 3, 28, 2, 50, tzinfo=berlin),
+              end=datetime(2027, 3, 28, 3, 10, tzinfo=berlin))

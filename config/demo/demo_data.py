@@ -40,7 +40,8 @@ def days() -> list[date]:
 
 
 def at(day: date, hour: int, minute: int, account: str) -> datetime:
-    return datetime.combine(day, time(hour, minute), ZoneInfo(ACCOUNTS[account]))
+    """A local time of the account, as a UTC instant (so + timedelta is real time across DST)."""
+    return datetime.combine(day, time(hour, minute), ZoneInfo(ACCOUNTS[account])).astimezone(timezone.utc)
 
 
 def alerts() -> list[dict]:

@@ -319,6 +319,7 @@ class JiraSource(Source):
             "priority": priority, "issue_type": issue_type,
             "project": _display(render_value(fields, "project.key")),
             "reporter": reporter, "assignee": assignee,
+            "updated": updated.astimezone(UTC).isoformat() if updated is not None else None,  # stale-ticket insights
         }.items() if v}
         return Event(
             source=self.id, key=key, kind=s.kind, title=f"#{key} {summary}",

@@ -280,6 +280,7 @@ class ZendeskSource(Source):
         attrs = {k: v for k, v in {
             "status": status_word or None, "priority": priority, "type": ticket_type,
             "tags": tags or None, "organization_id": org_id, "group_id": ticket.get("group_id"),
+            "updated": updated.astimezone(UTC).isoformat() if updated is not None else None,  # stale-ticket insights
         }.items() if v is not None}
         return Event(
             source=self.id, key=key, kind=s.kind, title=f"#{key} {subject}",
