@@ -1,5 +1,5 @@
 """The scheduler: a job per source (interval, jitter, one at a time, backoff after failures),
-a watcher that applies config changes, and a periodic re-render for windows that slide."""
+a watcher that applies config changes, and one render job for every feed a poll made dirty."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: longest wait after repeated failures
 MAX_BACKOFF = timedelta(hours=1)
+#: how often dirty feeds are rendered (the longest a poll's change waits to be served)
+RENDER_EVERY_SECONDS = 2
 
 
 def backoff_delay(interval: timedelta, failures: int) -> timedelta:
@@ -53,7 +55,9 @@ class PollScheduler:
         self._sync_jobs(config, first=True)
         self.scheduler.add_job(self.live.reload_if_changed, "interval", seconds=self.config_check_seconds,
                                id="config-watch")
-        self.scheduler.add_job(self._render, "interval", minutes=10, id="render-window")
+        # polls only mark feeds dirty; one render job renders whatever is dirty (and windows that
+        # moved to a new day), so ten polls touching the same feeds cost one render, not ten
+        self.scheduler.add_job(self._render, "interval", seconds=RENDER_EVERY_SECONDS, id="render")
         # a backup that never comes changes no event: flags that depend on time passing
         # (missed runs, stale tickets, Monday's summary) are recomputed on the clock too
         self.scheduler.add_job(self._refresh_insights, "interval", hours=1, id="insights",
@@ -132,8 +136,6 @@ class PollScheduler:
             log.info("next poll of %s in %s (backoff)", source_id, delay)
         if job is not None and job.next_run_time is not None:
             self._note_next(source_id, job.next_run_time.timestamp())
-        if report.ok:
-            self._render()
 
     def _note_next(self, source_id: str, when: float) -> None:
         try:
