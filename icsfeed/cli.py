@@ -53,6 +53,7 @@ def main(ctx: click.Context, config_dir: str, data_dir: str, log_level: str) -> 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.INFO)  # its DEBUG lines carry full URLs: query-string secrets
     ctx.obj = Env(config_dir, data_dir)
 
 
@@ -171,7 +172,10 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
     app = create_app(live, store, secret)
     log.info("serving on http://%s:%s/ (base URL %s)", host, port, config.server.base_url)
     server = waitress.create_server(app, host=host.strip("[]"), port=int(port), threads=config.server.threads,
-                                    ident="icsfeed", clear_untrusted_proxy_headers=True)
+                                    ident="icsfeed",
+                                    # keep X-Forwarded-* visible: the admin pages treat a proxied request as
+                                    # not local (nothing else reads them; no proxy is trusted)
+                                    clear_untrusted_proxy_headers=False)
     _stop_on_signal(server.close)
     try:
         server.run()

@@ -17,7 +17,7 @@ from pydantic import BaseModel, SecretStr
 
 from icsfeed.config import Config
 from icsfeed.model import Event
-from icsfeed.render import render_feeds
+from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
 from icsfeed.sources import Source, SourceError, load_source_class
 from icsfeed.store import Store, StoreError
@@ -117,9 +117,10 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
               "skipped_examples": [redact(s, secrets)[:300] for s in source.skipped[:5]]}
     changes = store.apply_poll(
         source_id, events, absence=cfg.absence or source.absence, complete=complete, now=now,
-        previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed)
+        previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
+        affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
+        fragment=fragment_renderer(config))  # VEVENTs rendered as they are written
     if changes.touched:
-        store.mark_dirty(affected_feeds(config, changes.touched))
         _refresh_insights(config, store, {t.account_key for t in changes.touched}, now)
     report = PollReport(source_id, ok=True, new=changes.new, updated=changes.updated,
                         unchanged=changes.unchanged, closed=changes.closed, cancelled=changes.cancelled,
@@ -136,8 +137,8 @@ def _refresh_insights(config: Config, store: Store, account_keys: set[str | None
         return
     try:
         refresh_insights(config, store, account_keys, now)
-    except StoreError:
-        raise
+    except StoreError as exc:  # the source's events are stored; the next refresh retries
+        log.error("cannot store insights after a poll: %s", exc)
     except Exception:  # a detector bug must not lose the poll that was just stored
         log.exception("insights failed after a poll")
 

@@ -301,3 +301,19 @@ def test_alarm_renders_as_valarm(make_env: object, tmp_path: Path) -> None:
     cal = icalendar.Calendar.from_ical(b"BEGIN:VCALENDAR\r\n" + render_vevent(config, row) + b"END:VCALENDAR\r\n")
     alarm = next(iter(cal.walk("VALARM")))
     assert alarm["TRIGGER"].dt == -timedelta(days=14) and str(alarm["ACTION"]) == "DISPLAY"
+
+
+def test_blank_detail_gives_no_empty_description(make_env: object) -> None:
+    """A detail of only spaces or tabs must not become a DESCRIPTION libical calls empty."""
+    config, store = make_env({  # type: ignore[operator]
+        "a.yaml": """
+            accounts: [{id: acme, name: ACME}]
+            sources:
+              - {id: f, type: file, path: e.json, mapping: {kind: ticket, key: id, title: t, detail: d, start: s, account: "=acme"}}
+        """})
+    (config.config_dir / "e.json").write_text(json.dumps(
+        [{"id": i, "t": "x", "d": d, "s": NOW.isoformat()} for i, d in enumerate([" ", "\t", " \t "])]))
+    poll(config, store)
+    body = store.get_feed("account/acme").body
+    check_all_many([body])
+    assert b"DESCRIPTION: " not in body and b"DESCRIPTION:\t" not in body

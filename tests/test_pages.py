@@ -443,13 +443,13 @@ def test_find_feed_and_view_agree_on_ids(env: Callable[..., Env]) -> None:
 
 
 def test_localhost_mode_over_a_real_socket(serve: Callable[..., Any], tmp_path: Path) -> None:
-    """waitress sets REMOTE_ADDR from the socket; it strips X-Forwarded-For, but X-Real-IP denies."""
+    """waitress sets REMOTE_ADDR from the socket; any proxy header (the server keeps them) denies."""
     import os
 
     import requests
     from conftest import write_config
 
-    # no sources: nothing polls, so the server stops at once (see the report on SIGTERM mid-poll)
+    # no sources: nothing polls, so the server starts and stops at once
     write_config(tmp_path / "config", {"icsfeed.yaml": "accounts: [{id: acme, name: ACME}]\n"})
     assert not os.environ.get("ICSFEED_ADMIN_USER") and not os.environ.get("ICSFEED_ADMIN_PASSWORD")
     served = serve(tmp_path / "config", tmp_path / "data")
@@ -458,6 +458,7 @@ def test_localhost_mode_over_a_real_socket(serve: Callable[..., Any], tmp_path: 
     assert "admin pages are open to localhost only" in status.text
     assert status.headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert requests.get(served.base + "/status", headers={"X-Real-IP": "203.0.113.9"}, timeout=10).status_code == 403
-    # waitress drops X-Forwarded-For from an untrusted peer, so the app never sees it: this is why
-    # docs/PAGES.md says to set credentials behind a reverse proxy
-    assert requests.get(served.base + "/status", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10).status_code == 200
+    # `icsfeed serve` keeps X-Forwarded-For visible (clear_untrusted_proxy_headers=False), so a
+    # request through a reverse proxy on this machine is not taken for a local one
+    assert requests.get(served.base + "/status", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10).status_code == 403
+    assert requests.get(served.base + "/status", headers={"Forwarded": "for=203.0.113.9"}, timeout=10).status_code == 403

@@ -55,7 +55,13 @@ class FileSource(MappedSource):
         if fmt == "auto":
             fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower(), "json")
         if fmt == "csv":
-            records: list[object] = list(csv.DictReader(io.StringIO(text), delimiter=self.settings.delimiter))
+            # the file is bounded by max_bytes already; csv's own 128 kB field limit would fail
+            # the whole file over one long field
+            csv.field_size_limit(max(csv.field_size_limit(), self.settings.max_bytes))
+            try:
+                records: list[object] = list(csv.DictReader(io.StringIO(text), delimiter=self.settings.delimiter))
+            except csv.Error as exc:
+                raise SourceError(f"{path.name}: not valid CSV ({exc})") from None
         elif fmt == "jsonl":
             records = parse_json_lines(text, self)
         else:

@@ -205,7 +205,8 @@ def parse_when(value: Any, tz: Any, date_format: str | None = None) -> datetime 
         raise RecordError(f"not a date: {type(value).__name__}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
-    return parsed
+    # an instant in UTC: later arithmetic (+ duration) is then real time, not wall-clock time
+    return parsed.astimezone(timezone.utc)
 
 
 def to_all_day(value: datetime | date, tz: Any) -> date:
@@ -310,7 +311,11 @@ def parse_json_document(text: str | bytes, what: str) -> Any:
         return json.loads(text)
     except RecursionError:
         raise SourceError(f"{what}: JSON nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        if isinstance(text, bytes):  # invalid UTF-8 inside a string: lose those bytes, not the document
+            return parse_json_document(text.decode("utf-8", "replace"), what)
+        raise SourceError(f"{what}: not valid JSON ({str(exc)[:120]})") from None
+    except ValueError as exc:
         raise SourceError(f"{what}: not valid JSON ({str(exc)[:120]})") from None
 
 

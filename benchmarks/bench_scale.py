@@ -1,0 +1,208 @@
+"""Scale: 1,000 accounts x 1,000 events each, poll + render, time and peak memory.
+
+Ten ``file`` sources (JSON Lines, 100,000 records each, four kinds, spread over every
+account) are polled by the product's own ``poll_source`` and the feeds rendered by
+``render_feeds`` -- what ``icsfeed poll --once`` does -- in a child process, so that its peak
+RSS (``resource.getrusage``) is icsfeed's alone. The data files are written by the parent
+before the child starts (not timed). Insights are switched off here: they are a separate
+stage with their own cost, measured on a sample of accounts and reported next to it.
+
+Then, in the same child: a poll in which nothing changed (steady state: every source
+re-read, nothing written, no feed re-rendered) and a poll in which 1% of the events changed.
+
+``ICSFEED_BENCH_ACCOUNTS`` / ``ICSFEED_BENCH_EVENTS`` scale it down for a quick look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from common import REPO, line
+
+ACCOUNTS = int(os.environ.get("ICSFEED_BENCH_ACCOUNTS", "1000"))
+PER_ACCOUNT = int(os.environ.get("ICSFEED_BENCH_EVENTS", "1000"))
+SOURCES = 10
+KINDS = ("alert", "backup", "ticket", "maintenance")
+
+
+def write_data(base: Path) -> None:
+    config = base / "config"
+    config.mkdir(parents=True)
+    rnd = random.Random(11)
+    now = datetime.now(timezone.utc)
+    per_source = ACCOUNTS * PER_ACCOUNT // SOURCES
+    sources = []
+    for s in range(SOURCES):
+        kind = KINDS[s % len(KINDS)]
+        with (config / f"src{s}.jsonl").open("w", encoding="utf-8") as fh:
+            for j in range(per_source):
+                account = (s * per_source + j) % ACCOUNTS
+                start = now - timedelta(minutes=rnd.randrange(0, 85 * 24 * 60))
+                host = f"host-{j % 97:02d}.c{account:04d}.example"
+                fh.write(json.dumps({
+                    "id": f"{s}-{j}", "account": f"c{account:04d}", "host": host,
+                    "title": f"{kind} on {host}: job=api, p99 > 2s; \"check\"",
+                    "start": start.isoformat(), "end": (start + timedelta(minutes=rnd.randrange(5, 240))).isoformat(),
+                    "detail": f"{kind} on {host}; see https://wiki.example/runbooks/{kind}\nlabels: job=api, team=ops",
+                    "severity": ("warning", "critical", "info")[j % 3]}) + "\n")
+        sources.append(f"""  - id: src{s}
+    type: file
+    path: src{s}.jsonl
+    format: jsonl
+    mapping: {{kind: {kind}, key: id, title: title, start: start, end: end, account: account, detail: detail,
+               severity: severity, url: "https://origin.example/{kind}/{{id}}", attrs: {{host: host}}}}""")
+    accounts = "\n".join(f"  - {{id: c{i:04d}, name: Customer {i}}}" for i in range(ACCOUNTS))
+    (config / "icsfeed.yaml").write_text(
+        "insights: {enabled: false}\n"
+        f"accounts:\n{accounts}\n"
+        "teams:\n  - {id: critical, name: Critical alerts, accounts: '*', kinds: [alert], min_severity: critical}\n"
+        "sources:\n" + "\n".join(sources) + "\n", encoding="utf-8")
+
+
+def child(base: Path) -> None:
+    """Runs in its own process: poll + render, then steady state, then 1% changed."""
+    sys.path.insert(0, str(REPO))
+    from icsfeed.config import load_config
+    from icsfeed.poller import poll_source
+    from icsfeed.render import render_feeds
+    from icsfeed.store import Store
+
+    config = load_config(base / "config", base / "data")
+    store = Store(config.storage_url, uid_host=config.uid_host)
+    out: dict[str, float] = {}
+
+    def poll_all() -> tuple[float, float, int]:
+        started = time.perf_counter()
+        for source_id in config.sources:
+            report = poll_source(config, store, source_id)
+            assert report.ok, report.line()
+        polled = time.perf_counter()
+        rendered = render_feeds(config, store)
+        return polled - started, time.perf_counter() - polled, len(rendered)
+
+    cpu = time.process_time()
+    out["poll"], out["render"], out["feeds"] = poll_all()
+    out["cpu"] = time.process_time() - cpu
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["events"] = float(sum(store.event_counts().values()))
+
+    out["steady_poll"], out["steady_render"], out["steady_feeds"] = poll_all()
+
+    for s in range(SOURCES):  # 1% of every source's records change their title
+        path = base / "config" / f"src{s}.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for j in random.Random(s).sample(range(len(lines)), len(lines) // 100):
+            record = json.loads(lines[j])
+            record["title"] += " (updated)"
+            lines[j] = json.dumps(record)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out["one_pct_poll"], out["one_pct_render"], out["one_pct_feeds"] = poll_all()
+    out["peak_rss_mib_end"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["db_mib"] = (base / "data" / "icsfeed.db").stat().st_size / 2**20
+    out.update(_insights_sample(config, store))
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _insights_sample(config: object, store: object) -> dict[str, float]:
+    """Insights (on by default in the product) recompute every account a poll touched; time
+    that for a sample of accounts with the default settings, to extrapolate."""
+    try:
+        from icsfeed.insights import refresh_account
+        from icsfeed.insights.settings import InsightsSettings
+    except ImportError:
+        return {}
+    accounts = list(config.accounts.values())[:20]  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    for account in accounts:
+        refresh_account(config, store, InsightsSettings(), account, time.time())  # type: ignore[arg-type]
+    return {"insights_per_account": (time.perf_counter() - started) / len(accounts)}
+
+
+def stage_costs(base: Path, n: int = 20_000) -> dict[str, float]:
+    """CPU microseconds per event of each stage of a first poll, on n records of one source
+    (a fresh store): where the time of the big run goes."""
+    sys.path.insert(0, str(REPO))
+    from icsfeed.config import load_config
+    from icsfeed.poller import _checked, build_source
+    from icsfeed.render import render_vevent
+    from icsfeed.store import EventRow, Store
+
+    sample = base / "stages"
+    (sample / "config").mkdir(parents=True)
+    text = (base / "config" / "icsfeed.yaml").read_text(encoding="utf-8")
+    (sample / "config" / "icsfeed.yaml").write_text(text, encoding="utf-8")
+    with (base / "config" / "src0.jsonl").open(encoding="utf-8") as src, \
+            (sample / "config" / "src0.jsonl").open("w", encoding="utf-8") as dst:
+        for _, record in zip(range(n), src, strict=False):
+            dst.write(record)
+    config = load_config(sample / "config", sample / "data")
+    store = Store(config.storage_url, uid_host=config.uid_host)
+    cpu = time.process_time
+    t = cpu()
+    source = build_source(config, "src0")
+    events = _checked(config, source, source.fetch(None))
+    fetch = cpu() - t
+    rows = [EventRow(id=0, uid="0123456789abcdef0123456789abcdef@bench", event=ev, sequence=0, created=1.7e9,
+                     last_modified=1.7e9) for ev in events]
+    t = cpu()
+    for row in rows:
+        render_vevent(config, row)
+    vevent = cpu() - t
+    t = cpu()
+    store.apply_poll("src0", events, absence="keep", complete=True, now=time.time(), previous_success=None)
+    stored = cpu() - t
+    store.close()
+    return {"stage_fetch_map_us": fetch / len(events) * 1e6, "stage_vevent_us": vevent / len(events) * 1e6,
+            "stage_store_us": stored / len(events) * 1e6}
+
+
+def run() -> dict[str, float]:
+    base = Path(tempfile.mkdtemp(prefix="icsfeed-scale-"))
+    started = time.perf_counter()
+    write_data(base)
+    generated = time.perf_counter() - started
+    stages = stage_costs(base)
+    done = subprocess.run([sys.executable, __file__, "--child", str(base)], capture_output=True, text=True,
+                          timeout=7200, check=False, cwd=Path(__file__).parent)
+    result = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    if done.returncode != 0 or not result:
+        raise SystemExit(f"scale child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    r = json.loads(result[0].removeprefix("RESULT "))
+    total = r["poll"] + r["render"]
+    print(f"Scale: {ACCOUNTS:,} accounts x {PER_ACCOUNT:,} events = {int(r['events']):,} events from {SOURCES} file "
+          f"sources, {int(r['feeds'])} feeds (data written in {generated:.0f} s, not timed); child process")
+    print(line("first poll of everything (fetch, map, store, render VEVENTs)", f"{r['poll']:.1f} s",
+               f"{r['poll'] / r['events'] * 1e6:.0f} us per event"))
+    print(line("render_feeds (join, hash, save every feed)", f"{r['render']:.1f} s",
+               f"{r['render'] / r['feeds'] * 1000:.0f} ms per feed"))
+    print(line("poll + render", f"{total:.1f} s", f"goal <= 60 s; CPU {r['cpu']:.1f} s"))
+    print(line("peak RSS", f"{r['peak_rss_mib']:.0f} MiB", "goal <= 1024 MiB"))
+    print(line("steady state: poll with nothing changed + render", f"{r['steady_poll'] + r['steady_render']:.1f} s",
+               f"{int(r['steady_feeds'])} feeds re-rendered"))
+    print(line("poll with 1% of the events changed + render", f"{r['one_pct_poll'] + r['one_pct_render']:.1f} s",
+               f"render {r['one_pct_render']:.1f} s for {int(r['one_pct_feeds'])} feeds"))
+    print(line("peak RSS over all three; database size", f"{r['peak_rss_mib_end']:.0f} MiB", f"{r['db_mib']:.0f} MiB on disk"))
+    print(line("where a first poll's time goes, CPU per event (20,000 records)",
+               f"{sum(stages.values()):.0f} us", f"fetch + map {stages['stage_fetch_map_us']:.0f}, "
+               f"VEVENT render {stages['stage_vevent_us']:.0f}, store {stages['stage_store_us']:.0f}"))
+    if "insights_per_account" in r:
+        per = r["insights_per_account"]
+        print(line("insights refresh, per account (mean of 20, default settings)", f"{per * 1000:.0f} ms",
+                   f"x {ACCOUNTS:,} accounts = {per * ACCOUNTS:.0f} s per poll that touches them all"))
+    return {"scale_" + k: v for k, v in {**r, **stages}.items()}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(Path(sys.argv[2]))
+    else:
+        run()
