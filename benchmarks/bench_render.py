@@ -21,6 +21,7 @@ Measured, all in this run:
 from __future__ import annotations
 
 import random
+import shutil
 import statistics
 import time
 from dataclasses import replace
@@ -120,6 +121,7 @@ def run() -> dict[str, float]:
     assert before is not None and after is not None and after.rendered_at == before.rendered_at
 
     env.close()
+    shutil.rmtree(env.base, ignore_errors=True)
     figures = {
         "apply_10k": t_apply["wall"], "naive": naive, "cold": cold, "cold_build": cold_build, "cold_ratio_median": ratio,
         "cold_nowrite": cold_nowrite,

@@ -191,6 +191,7 @@ def run() -> dict[str, float]:
             nginx.kill()
             nginx.wait(timeout=10)
         shutil.rmtree(prefix, ignore_errors=True)
+        shutil.rmtree(env.base, ignore_errors=True)
     return figures
 
 
