@@ -124,6 +124,13 @@ class Source(ABC):
         level = logging.WARNING if len(self.skipped) <= MAX_LOGGED_SKIPS else logging.DEBUG
         log.log(level, "source %s skipped record %s", self.id, message)
 
+    def kind_info(self, kind: str) -> KindInfo:
+        """The configured kind a type emits; a poll fails clearly if config lacks it."""
+        info = self.context.kinds.get(kind)
+        if info is None:
+            raise SourceError(f"unknown kind {kind!r} (known: {', '.join(sorted(self.context.kinds))})")
+        return info
+
     @property
     def state_dir(self) -> Path:
         """Where this source may keep small files between polls (a cache, what it saw)."""

@@ -15,10 +15,7 @@ from icsfeed.sources.base import SourceError
 from icsfeed.sources.mapping import (
     MappedSettings,
     MappedSource,
-    RecordError,
-    parse_json_document,
-    parse_json_lines,
-    select_items,
+    records_in,
 )
 
 
@@ -65,11 +62,4 @@ class CommandSource(MappedSource):
         if len(done.stdout) > s.max_bytes:
             raise SourceError(f"{name}: output larger than max_bytes ({s.max_bytes})")
         text = done.stdout.decode("utf-8", "replace")
-        if s.format == "jsonl":
-            records = parse_json_lines(text, self)
-        else:
-            try:
-                records = select_items(parse_json_document(text, name), s.items)
-            except RecordError as exc:
-                raise SourceError(f"{name}: {exc}") from None
-        return list(self.events_from(records))
+        return list(self.events_from(records_in(self, text, s.format, s.items, name)))

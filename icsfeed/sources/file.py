@@ -15,10 +15,7 @@ from icsfeed.sources.base import SourceError
 from icsfeed.sources.mapping import (
     MappedSettings,
     MappedSource,
-    RecordError,
-    parse_json_document,
-    parse_json_lines,
-    select_items,
+    records_in,
 )
 
 
@@ -62,11 +59,6 @@ class FileSource(MappedSource):
                 records: list[object] = list(csv.DictReader(io.StringIO(text), delimiter=self.settings.delimiter))
             except csv.Error as exc:
                 raise SourceError(f"{path.name}: not valid CSV ({exc})") from None
-        elif fmt == "jsonl":
-            records = parse_json_lines(text, self)
         else:
-            try:
-                records = select_items(parse_json_document(text, path.name), self.settings.items)
-            except RecordError as exc:
-                raise SourceError(f"{path.name}: {exc}") from None
+            records = records_in(self, text, fmt, self.settings.items, path.name)
         return list(self.events_from(records))

@@ -11,7 +11,7 @@ from pydantic import Field
 from icsfeed.model import Event
 from icsfeed.sources.base import SourceError
 from icsfeed.sources.http import HttpSettings, make_session, request, safe_url
-from icsfeed.sources.mapping import MappedSettings, MappedSource, RecordError, parse_json_document, select_items
+from icsfeed.sources.mapping import MappedSettings, MappedSource, records_in
 
 
 class HttpJsonSettings(MappedSettings, HttpSettings):
@@ -61,9 +61,4 @@ class HttpJsonSource(MappedSource):
                     body += chunk
                     if len(body) > s.max_bytes:
                         raise SourceError(f"{safe_url(url)}: answer larger than max_bytes ({s.max_bytes})")
-        document = parse_json_document(body, safe_url(url))
-        try:
-            records = select_items(document, s.items)
-        except RecordError as exc:
-            raise SourceError(f"{safe_url(url)}: {exc}") from None
-        return list(self.events_from(records))
+        return list(self.events_from(records_in(self, body, "json", s.items, safe_url(url))))

@@ -105,9 +105,7 @@ class IcsSource(Source):
     def fetch(self, since: datetime | None) -> Iterable[Event]:
         self.skipped = []
         s = self.settings
-        kind_info = self.context.kinds.get(s.kind)
-        if kind_info is None:
-            raise SourceError(f"unknown kind {s.kind!r} (known: {', '.join(sorted(self.context.kinds))})")
+        kind_info = self.kind_info(s.kind)
         body, remember = self._download()
         calendar = self._parse(body)
         now = self._now()

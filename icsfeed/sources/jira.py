@@ -131,9 +131,7 @@ class JiraSource(Source):
     def fetch(self, since: datetime | None) -> list[Event]:
         s = self.settings
         self.skipped = []
-        kind_info = self.context.kinds.get(s.kind)
-        if kind_info is None:
-            raise SourceError(f"kind {s.kind!r} is not configured")
+        kind_info = self.kind_info(s.kind)
         jql = self.build_jql(self._resume_point(since), now=datetime.now(UTC))
         session = make_session(s)
         issues: list[Any] = []

@@ -319,6 +319,19 @@ def parse_json_document(text: str | bytes, what: str) -> Any:
         raise SourceError(f"{what}: not valid JSON ({str(exc)[:120]})") from None
 
 
+def records_in(source: Source, text: str | bytes, fmt: str, items: str | None, what: str) -> list[Any]:
+    """The records of a JSON document (the list at ``items``) or of JSON Lines; a document
+    that cannot be read fails the poll (SourceError), a bad line is skipped."""
+    from icsfeed.sources.base import SourceError
+
+    if fmt == "jsonl":
+        return parse_json_lines(text.decode("utf-8", "replace") if isinstance(text, bytes) else text, source)
+    try:
+        return select_items(parse_json_document(text, what), items)
+    except RecordError as exc:
+        raise SourceError(f"{what}: {exc}") from None
+
+
 def parse_json_lines(text: str, source: Source) -> list[Any]:
     """JSON Lines: a broken line is skipped with its line number, the rest go on."""
     records = []

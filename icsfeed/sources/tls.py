@@ -150,9 +150,7 @@ class TlsSource(Source):
     def fetch(self, since: datetime | None) -> list[Event]:
         self.skipped = []
         s = self.settings
-        kind_info = self.context.kinds.get(s.kind)
-        if kind_info is None:
-            raise SourceError(f"unknown kind {s.kind!r} (known: {', '.join(sorted(self.context.kinds))})")
+        self.kind_info(s.kind)  # fail the poll clearly if the kind is not configured
         if s.ca_file is not None and not self.resolve_path(s.ca_file).is_file():
             raise SourceError(f"ca_file {s.ca_file} does not exist")
         probes = self._probe_all()

@@ -135,9 +135,7 @@ class ZendeskSource(Source):
     def fetch(self, since: datetime | None) -> list[Event]:
         s = self.settings
         self.skipped = []
-        kind_info = self.context.kinds.get(s.kind)
-        if kind_info is None:
-            raise SourceError(f"kind {s.kind!r} is not configured")
+        kind_info = self.kind_info(s.kind)
         session = make_session(s.http())
         try:
             tickets, cursor = self._export(session, since)
