@@ -25,7 +25,7 @@ import icalendar
 from icalendar.parser import Contentline, Parameters
 
 from icsfeed import __version__
-from icsfeed.config import Config, KindConfig
+from icsfeed.config import CSS_COLORS, Config, KindConfig
 from icsfeed.routing import FeedSpec, all_feeds
 from icsfeed.store import EventRow, Store
 
@@ -340,7 +340,6 @@ def calendar_header(config: Config, spec: FeedSpec) -> tuple[bytes, bytes]:
     cal.add("refresh-interval", refresh, parameters={"VALUE": "DURATION"})
     cal.add("x-published-ttl", icalendar.vDuration(config.feeds.refresh_interval))
     cal.add("color", spec.color)
-    from icsfeed.config import CSS_COLORS
     cal.add("x-apple-calendar-color", CSS_COLORS[spec.color].upper())
     text = cal.to_ical()
     head, _, tail = text.rpartition(b"END:VCALENDAR")

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from datetime import time as dtime
 from pathlib import Path
@@ -376,7 +376,7 @@ class Store:
                 if new_ev is not ev:
                     changes.closed += 1
             elif policy == "cancel" and ev.status != "cancelled":
-                new_ev = _replace(ev, status="cancelled")
+                new_ev = replace(ev, status="cancelled")
                 changes.cancelled += 1
             if new_ev is ev:
                 gone_only.append(row.id)
@@ -690,7 +690,7 @@ def _storable(ev: Event) -> Event:
     fixed_account = _SURROGATE.sub("\ufffd", account) if account else account
     if fixed_key == key and fixed_account == account:
         return ev
-    return _replace(ev, key=fixed_key, account=fixed_account)
+    return replace(ev, key=fixed_key, account=fixed_account)
 
 
 def _encoded(ev: Event) -> tuple[str, str]:
@@ -715,11 +715,6 @@ def _account_key(account: str | None) -> str | None:
     return account.strip().lower() if account and account.strip() else None
 
 
-def _replace(ev: Event, **changes: Any) -> Event:
-    from dataclasses import replace
-    return replace(ev, **changes)
-
-
 def _closed(ev: Event, seen_until: float) -> Event:
     """An open or still-running event ended at the time it was last seen."""
     if ev.all_day or ev.rrule:
@@ -728,7 +723,7 @@ def _closed(ev: Event, seen_until: float) -> Event:
     if ev.end is not None and ev.end <= last_seen:  # type: ignore[operator]
         return ev
     end = max(last_seen, ev.start)  # type: ignore[type-var]
-    return _replace(ev, end=end, attrs={**ev.attrs, "closed": "no longer reported by the source"})
+    return replace(ev, end=end, attrs={**ev.attrs, "closed": "no longer reported by the source"})
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
