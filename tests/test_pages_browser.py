@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from playwright.sync_api import expect
 
 if TYPE_CHECKING:  # imported by pytest as a plugin (so its asserts are rewritten), not here
     from browser import Site
@@ -193,7 +194,8 @@ def test_subscribe_page_links_carry_the_encoded_feed_url(page, site: Site) -> No
         assert card.locator("a[data-client=webcal]").get_attribute("href") == webcal
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.base)
     page.locator('article.feed-card[data-feed="account/lab"] button.copy').click()
-    assert page.locator('article.feed-card[data-feed="account/lab"] .copied').inner_text() == "Copied"
+    # the clipboard write resolves asynchronously: wait for the note rather than read it at once
+    expect(page.locator('article.feed-card[data-feed="account/lab"] .copied')).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == site.feed_urls["account/lab"]
     site.screenshot(page, "subscribe")
     assert_no_console_errors(page)
