@@ -89,23 +89,29 @@ def run() -> dict[str, float]:
     warm_build = best_of(5, lambda: build_feed(config, store, spec, now))
 
     # 1% of the events change (as the poller writes them, minus the poll-time fragment so
-    # that the re-render below pays for rendering them); three different 1%, best of three
+    # that the re-render below pays for rendering them); three different 1%, best of three.
+    # Each round changes 1% of what is stored now (``current``), so exactly 100 events differ.
     one_pct = poll_frag = one_pct_after_poll = float("inf")
+    current = events
     for round_no in range(3):
         changed = [replace(ev, title=f"{ev.title} (update {round_no})") if i % 100 == round_no else ev
-                   for i, ev in enumerate(events)]
-        store.apply_poll("bench", changed, absence="keep", complete=True, now=time.time(), previous_success=None,
-                         affected=lambda touched: [spec.feed_id])
+                   for i, ev in enumerate(current)]
+        applied = store.apply_poll("bench", changed, absence="keep", complete=True, now=time.time(),
+                                   previous_success=None, affected=lambda touched: [spec.feed_id])
+        assert applied.updated == N // 100, applied
         with timer() as t_one:
             one = render_feeds(config, store, now=now)
         assert one == [spec.feed_id], one
         one_pct = min(one_pct, t_one["wall"])
         # the same 1% as the poller really does it: fragments made while the poll is written
         again = [replace(ev, title=f"{ev.title} (again {round_no})") if i % 100 == round_no else ev
-                 for i, ev in enumerate(events)]
+                 for i, ev in enumerate(changed)]
         with timer() as t_poll_frag:
-            store.apply_poll("bench", again, absence="keep", complete=True, now=time.time(), previous_success=None,
-                             affected=lambda touched: [spec.feed_id], fragment=fragment_renderer(config))
+            written = store.apply_poll("bench", again, absence="keep", complete=True, now=time.time(),
+                                       previous_success=None, affected=lambda touched: [spec.feed_id],
+                                       fragment=fragment_renderer(config))
+        assert written.updated == N // 100, written
+        current = again
         with timer() as t_one_poll:
             render_feeds(config, store, now=now)
         poll_frag, one_pct_after_poll = min(poll_frag, t_poll_frag["wall"]), min(one_pct_after_poll, t_one_poll["wall"])

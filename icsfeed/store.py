@@ -227,6 +227,8 @@ class Store:
         self.uid_host = uid_host
         #: True when the database could only be opened for reading (a read-only data directory)
         self.read_only = False
+        #: feeds saved through this Store (web caches in this process forget what they read before)
+        self.saves = 0
         path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
         if path is not None:
             try:
@@ -625,6 +627,7 @@ class Store:
                     conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store feed {feed_id}: {_db_reason(exc)}") from None
+        self.saves += 1
         return changed
 
     def get_feed(self, feed_id: str, *, with_body: bool = True, gz: bool = False) -> StoredFeed | None:

@@ -9,6 +9,13 @@ from flask import Flask, Response
 from icsfeed.live import LiveConfig
 from icsfeed.store import Store
 
+#: on every answer, pages and feeds alike
+SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),  # feed URLs carry tokens
+    ("X-Frame-Options", "DENY"),
+)
+
 
 @dataclass
 class WebContext:
@@ -26,20 +33,18 @@ def create_app(live: LiveConfig, store: Store, secret: bytes) -> Flask:
     from icsfeed.web import feeds
 
     app.register_blueprint(feeds.bp)
-    try:  # pages for people (subscribe, month view, status) when present
-        from icsfeed.web import pages
-    except ImportError:
-        pages = None  # type: ignore[assignment]
-    if pages is not None:
-        pages.init_app(app)
+    from icsfeed.web import pages  # subscribe, month view, status
+
+    pages.init_app(app)
 
     @app.after_request
     def security_headers(response: Response) -> Response:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")  # feed URLs carry tokens
-        response.headers.setdefault("X-Frame-Options", "DENY")
+        for name, value in SECURITY_HEADERS:
+            response.headers.setdefault(name, value)
         return response
 
+    # feed GET/HEADs are answered in front of Flask (see icsfeed.web.feeds)
+    app.wsgi_app = feeds.FeedRequests(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

@@ -1,41 +1,52 @@
-"""Feed endpoints: stored bytes, conditional GET, gzip, and one 404 for every refusal."""
+"""Feed endpoints: stored bytes, conditional GET, gzip, and one 404 for every refusal.
+
+Feed requests are nearly all the traffic (every subscribed calendar asks hourly, most of
+them for a 304), so ``FeedRequests`` answers GET and HEAD of ``/feeds/<id>.ics`` and
+``/teams/<id>.ics`` as a small WSGI layer in front of Flask: the answer depends only on the
+token, the stored ETag and the request's conditional headers, and Flask's request cycle
+cost several times the rest. Everything else (other methods, pages, /healthz) goes to Flask.
+"""
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
+import re
 import threading
-from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, request
-from werkzeug.http import is_resource_modified
+from flask import Blueprint, Flask, Response
+from werkzeug.http import http_date, is_resource_modified, parse_accept_header, quote_etag
 
 from icsfeed.render import build_feed
 from icsfeed.routing import FeedType, find_feed
-from icsfeed.store import StoredFeed, StoreError
+from icsfeed.store import StoreError
 from icsfeed.tokens import check_token
-from icsfeed.web import context
+from icsfeed.web import SECURITY_HEADERS, WebContext, context
+from icsfeed.web.feed_cache import BodyCache, FeedMetaCache
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("feeds", __name__)
 
 NOT_FOUND = b"Not found\n"
 CALENDAR = "text/calendar; charset=utf-8"
+_FEED_PATH = re.compile(r"/(feeds|teams)/([^/]+)\.ics")
+#: metric labels, the names the routes had when Flask served them
+_ENDPOINTS: dict[FeedType, str] = {"account": "feeds.account_feed", "team": "feeds.team_feed"}
+_STATUS_LINES = {200: "200 OK", 304: "304 Not Modified", 404: "404 NOT FOUND", 500: "500 INTERNAL SERVER ERROR",
+                 503: "503 SERVICE UNAVAILABLE"}
 
 
 def not_found() -> Response:
-    """The same bytes for an unknown feed and a wrong token, so neither can be told apart."""
+    """The 404 of a refused page: the very bytes of a refused feed (see NOT_FOUND_ANSWER)."""
     return Response(NOT_FOUND, status=404, mimetype="text/plain")
-
-
-@bp.route("/feeds/<feed_id>.ics", methods=["GET", "HEAD"])
-def account_feed(feed_id: str) -> Response:
-    return _serve("account", feed_id)
-
-
-@bp.route("/teams/<feed_id>.ics", methods=["GET", "HEAD"])
-def team_feed(feed_id: str) -> Response:
-    return _serve("team", feed_id)
 
 
 @bp.route("/healthz")
@@ -48,129 +59,142 @@ def healthz() -> Response:
     return Response("ok\n", mimetype="text/plain")
 
 
-class BodyCache:
-    """Feed bodies this process served lately, by (feed, ETag, gzip), at most ``max_bytes``.
+@dataclass(frozen=True)
+class FeedAnswer:
+    """Status, headers and body of one feed request (the body is empty for HEAD and 304)."""
 
-    The web layer still depends on nothing in process: every request looks up the feed's
-    current ETag in the store first, and a body is only taken from here when its ETag is
-    that one. A re-render (new ETag) simply misses; several web processes each keep their
-    own. What it saves is reading a megabyte blob out of the database per request.
-    """
-
-    def __init__(self, max_bytes: int = 128 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str, bool], bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str, bool]) -> bytes | None:
-        with self._lock:
-            body = self._items.get(key)
-            if body is not None:
-                self._items.move_to_end(key)
-            return body
-
-    def put(self, key: tuple[str, str, bool], body: bytes) -> None:
-        if len(body) > self.max_bytes // 4:
-            return
-        with self._lock:
-            stale = [k for k in self._items if k[0] == key[0] and k[2] == key[2] and k != key]
-            for k in stale:  # an older render of the same feed will never be asked for again
-                self._size -= len(self._items.pop(k))
-            if key not in self._items:
-                self._items[key] = body
-                self._size += len(body)
-            while self._size > self.max_bytes and self._items:
-                self._size -= len(self._items.popitem(last=False)[1])
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
-_BODIES = BodyCache()
+def _plain(status: int, text: bytes, *extra: tuple[str, str]) -> FeedAnswer:
+    return FeedAnswer(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text))),
+                               *extra], text)
 
 
-def _serve(feed_type: FeedType, feed_id: str) -> Response:
-    ctx = context()
-    config = ctx.live.current()
-    spec = find_feed(config, feed_type, feed_id)
-    version = spec.token_version if spec else 1
-    if not check_token(ctx.secret, spec.feed_id if spec else None, version, request.args.get("token")):
-        return not_found()
-    assert spec is not None
-    gz = "gzip" in request.accept_encodings
-
-    kinds_arg = request.args.get("kinds")
-    if kinds_arg:  # a filtered variant: joined from stored fragments now (nothing is written)
-        kinds = {k.strip() for k in kinds_arg.split(",") if k.strip()}
-        built = build_feed(config, ctx.store, spec, datetime.now(timezone.utc), kinds=kinds, save_fragments=False)
-        return _respond(built.body, built.etag, None, gz=False)
-
-    try:
-        meta = ctx.store.get_feed(spec.feed_id, with_body=False)
-    except StoreError:
-        meta = None
-    if meta is None:
-        response = Response("This feed is being prepared; try again in a minute.\n", status=503, mimetype="text/plain")
-        response.headers["Retry-After"] = "30"
-        return response
-    etag = meta.etag + ("-gz" if gz else "")
-    last_modified = datetime.fromtimestamp(meta.last_modified, timezone.utc)
-    if not is_resource_modified(request.environ, etag=etag, last_modified=last_modified):
-        return _respond(b"", meta.etag, last_modified, gz=gz, status=304)
-    body = _BODIES.get((spec.feed_id, meta.etag, gz))
-    if body is None:
-        stored = ctx.store.get_feed(spec.feed_id)
-        if stored is None:
-            return not_found()
-        if stored.etag != meta.etag:  # re-rendered between the two lookups: serve the newer one
-            meta, last_modified = stored, datetime.fromtimestamp(stored.last_modified, timezone.utc)
-        body = _gzipped(spec.feed_id, stored) if gz else stored.body
-        _BODIES.put((spec.feed_id, stored.etag, False), stored.body)
-    return _respond(body, meta.etag, last_modified, gz=gz)
+#: the same bytes for an unknown feed and a wrong token, so neither can be told apart
+NOT_FOUND_ANSWER = _plain(404, NOT_FOUND)
 
 
-_GZIP_LOCK = threading.Lock()
+class FeedRequests:
+    """The WSGI layer that answers feed GET/HEAD requests; anything else goes to ``app``."""
 
+    def __init__(self, flask_app: Flask, app: Callable[..., Iterable[bytes]]) -> None:
+        self.flask_app = flask_app
+        self.app = app
+        self._ctx: WebContext = flask_app.extensions["icsfeed"]
+        self.meta = FeedMetaCache(self._ctx.store)
+        self.bodies = BodyCache()
+        self._gzip_lock = threading.Lock()
 
-def _gzipped(feed_id: str, stored: StoredFeed) -> bytes:
-    """The gzip body of a rendered feed, made on the first request for its ETag.
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        match = _FEED_PATH.fullmatch(environ.get("PATH_INFO", ""))
+        method = environ.get("REQUEST_METHOD")
+        if match is None or method not in ("GET", "HEAD"):
+            return self.app(environ, start_response)
+        feed_type: FeedType = "account" if match.group(1) == "feeds" else "team"
+        try:
+            answer = self.answer(feed_type, match.group(2), environ)
+        except Exception:  # as Flask would: logged, a 500, the process goes on
+            log.exception("feed request failed")
+            answer = _plain(500, b"Internal server error\n")
+        metrics = self.flask_app.extensions.get("icsfeed_metrics")
+        if metrics is not None:
+            metrics.count_request(_ENDPOINTS[feed_type], answer.status)
+        start_response(_STATUS_LINES[answer.status], [*answer.headers, *SECURITY_HEADERS])
+        if method == "HEAD" or not answer.body:
+            return [b""]
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and len(answer.body) > 64 * 1024:
+            # handed to the server as a file: waitress then sends it without copying it into
+            # its output buffer (which spills anything over 1 MB to a temporary file)
+            return wrapper(io.BytesIO(answer.body), 256 * 1024)  # type: ignore[no-any-return]
+        return [answer.body]
 
-    Render does not compress: a feed is re-rendered on every change but fetched by its
-    subscribers about hourly, so compressing on demand (once per ETag and process, one at a
-    time) costs far less than compressing every render.
-    """
-    key = (feed_id, stored.etag, True)
-    with _GZIP_LOCK:
-        body = _BODIES.get(key)
+    def answer(self, feed_type: FeedType, feed_id: str, environ: dict[str, Any]) -> FeedAnswer:
+        ctx = self._ctx
+        config = ctx.live.current()
+        args = _query(environ.get("QUERY_STRING", ""))
+        spec = find_feed(config, feed_type, feed_id)
+        version = spec.token_version if spec else 1
+        if not check_token(ctx.secret, spec.feed_id if spec else None, version, args.get("token")):
+            return NOT_FOUND_ANSWER
+        assert spec is not None
+        refresh = int(config.feeds.refresh_interval.total_seconds())
+
+        kinds_arg = args.get("kinds")
+        if kinds_arg:  # a filtered variant: joined from stored fragments now (nothing is written)
+            kinds = {k.strip() for k in kinds_arg.split(",") if k.strip()}
+            built = build_feed(config, ctx.store, spec, datetime.now(timezone.utc), kinds=kinds, save_fragments=False)
+            return _feed_answer(built.body, built.etag, None, gz=False, refresh=refresh)
+
+        try:
+            meta = self.meta.get(spec.feed_id)
+        except StoreError:
+            meta = None
+        if meta is None:
+            return _plain(503, b"This feed is being prepared; try again in a minute.\n", ("Retry-After", "30"))
+        gz = _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
+        etag, last_modified = meta.etag, meta.last_modified
+        modified = datetime.fromtimestamp(last_modified, timezone.utc)
+        if not is_resource_modified(environ, etag=etag + ("-gz" if gz else ""), last_modified=modified):
+            return _feed_answer(b"", etag, last_modified, gz=gz, refresh=refresh, status=304)
+        body = self.bodies.get((spec.feed_id, etag, gz))
         if body is None:
-            body = gzip.compress(stored.body, compresslevel=6, mtime=0)
-            _BODIES.put(key, body)
-    return body
+            stored = ctx.store.get_feed(spec.feed_id)
+            if stored is None:
+                return NOT_FOUND_ANSWER
+            etag, last_modified = stored.etag, stored.last_modified  # maybe re-rendered since: the newer one
+            self.bodies.put((spec.feed_id, etag, False), stored.body)
+            body = self._gzipped(spec.feed_id, etag, stored.body) if gz else stored.body
+        return _feed_answer(body, etag, last_modified, gz=gz, refresh=refresh)
+
+    def _gzipped(self, feed_id: str, etag: str, body: bytes) -> bytes:
+        """The gzip body of a rendered feed, made on the first request for its ETag.
+
+        Render does not compress: a feed is re-rendered on every change but fetched by its
+        subscribers about hourly, so compressing on demand (once per ETag and process, one
+        at a time) costs far less than compressing every render.
+        """
+        key = (feed_id, etag, True)
+        with self._gzip_lock:
+            gz_body = self.bodies.get(key)
+            if gz_body is None:
+                gz_body = gzip.compress(body, compresslevel=6, mtime=0)
+                self.bodies.put(key, gz_body)
+        return gz_body
 
 
-def _respond(body: bytes, etag: str, last_modified: datetime | None, *, gz: bool, status: int = 200) -> Response:
-    ctx = context()
-    head = request.method == "HEAD"
-    wrapper = request.environ.get("wsgi.file_wrapper")
-    if status == 200 and not head and wrapper is not None and len(body) > 64 * 1024:
-        # handed to the server as a file: waitress then sends it without copying it into its
-        # output buffer (which spills anything over 1 MB to a temporary file)
-        response = Response(wrapper(io.BytesIO(body), 256 * 1024), status=status, content_type=CALENDAR,
-                            direct_passthrough=True)
-        response.headers["Content-Length"] = str(len(body))
-    else:
-        response = Response(body if not head or status == 304 else b"", status=status, content_type=CALENDAR)
-    if head and status == 200:
-        response.headers["Content-Length"] = str(len(body))
-    response.set_etag(etag + ("-gz" if gz else ""))
+def _query(query_string: str) -> dict[str, str]:
+    """The first value of each query argument (as Flask's ``request.args.get``)."""
+    args: dict[str, str] = {}
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        args.setdefault(name, value)
+    return args
+
+
+@lru_cache(maxsize=256)
+def _accepts_gzip(accept_encoding: str | None) -> bool:
+    return "gzip" in parse_accept_header(accept_encoding)
+
+
+def _feed_answer(body: bytes, etag: str, last_modified: float | None, *, gz: bool, refresh: int,
+                 status: int = 200) -> FeedAnswer:
+    headers = [("ETag", quote_etag(etag + ("-gz" if gz else ""))),
+               ("Cache-Control", f"private, max-age={min(refresh, 900)}"),
+               ("Vary", "Accept-Encoding"),
+               ("Content-Disposition", "inline; filename=calendar.ics")]
+    if status == 304:  # no entity headers on a 304, as werkzeug does
+        return FeedAnswer(304, headers, b"")
+    headers += [("Content-Type", CALENDAR), ("Content-Length", str(len(body)))]
     if last_modified is not None:
-        response.last_modified = last_modified
-    refresh = int(ctx.live.current().feeds.refresh_interval.total_seconds())
-    response.cache_control.private = True
-    response.cache_control.max_age = min(refresh, 900)
-    response.vary.add("Accept-Encoding")
-    if gz and status == 200:
-        response.headers["Content-Encoding"] = "gzip"
-    response.headers["Content-Disposition"] = "inline; filename=calendar.ics"
-    if status == 304:
-        response.data = b""
-        response.headers.pop("Content-Type", None)
-    return response
+        headers.append(("Last-Modified", _http_date(last_modified)))
+    if gz:
+        headers.append(("Content-Encoding", "gzip"))
+    return FeedAnswer(status, headers, body)
+
+
+@lru_cache(maxsize=1024)
+def _http_date(timestamp: float) -> str:
+    return http_date(datetime.fromtimestamp(timestamp, timezone.utc))
