@@ -520,11 +520,9 @@ class Store:
         conditions = self._feed_conditions(query)
         if conditions is None:
             return []
-        stmt = (select(t.c.id, t.c.uid, t.c.data, t.c.sequence, t.c.created, t.c.last_modified,
-                       t.c.vevent, t.c.vevent_key)
-                .where(and_(*conditions)).order_by(t.c.start_ts, t.c.id))
+        stmt = select(*_EVENT_ROW_COLUMNS).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
-            return [_event_row(r) for r in conn.execute(stmt)]
+            return [_event_row(r) for r in conn.execute(stmt).tuples()]
 
     def query_fragments(self, query: FeedQuery, render_key: str) -> list[tuple[int, bytes | None]]:
         """(id, VEVENT fragment) of a feed's events in feed order; the fragment is None where
@@ -545,10 +543,9 @@ class Store:
         out: dict[int, EventRow] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks(list(ids), 500):
-                stmt = select(t.c.id, t.c.uid, t.c.data, t.c.sequence, t.c.created, t.c.last_modified,
-                              t.c.vevent, t.c.vevent_key).where(t.c.id.in_(chunk))
-                for r in conn.execute(stmt):
-                    out[r.id] = _event_row(r)
+                stmt = select(*_EVENT_ROW_COLUMNS).where(t.c.id.in_(chunk))
+                for r in conn.execute(stmt).tuples():
+                    out[r[0]] = _event_row(r)
         return out
 
     def save_fragments(self, fragments: Iterable[tuple[int, bytes, str]]) -> None:
@@ -709,9 +706,16 @@ def _encoded(ev: Event) -> tuple[str, str]:
     return blob, hashlib.sha256(raw).hexdigest()
 
 
-def _event_row(r: Any) -> EventRow:
-    return EventRow(id=r.id, uid=r.uid, event=Event.from_dict(json.loads(r.data)), sequence=r.sequence,
-                    created=r.created, last_modified=r.last_modified, vevent=r.vevent, vevent_key=r.vevent_key)
+#: the columns _event_row reads, in its order (rows are read by position: thousands per render)
+_EVENT_ROW_COLUMNS = (events_table.c.id, events_table.c.uid, events_table.c.data, events_table.c.sequence,
+                      events_table.c.created, events_table.c.last_modified, events_table.c.vevent,
+                      events_table.c.vevent_key)
+
+
+def _event_row(r: tuple[Any, ...]) -> EventRow:
+    row_id, uid, data, sequence, created, last_modified, vevent, vevent_key = r
+    return EventRow(id=row_id, uid=uid, event=Event.from_dict(json.loads(data)), sequence=sequence,
+                    created=created, last_modified=last_modified, vevent=vevent, vevent_key=vevent_key)
 
 
 def _account_key(account: str | None) -> str | None:

@@ -77,6 +77,9 @@ def refresh_all(config: Config, store: Store, now: float) -> None:
 
 def _refresh(config: Config, store: Store, accounts: list[AccountConfig], now: float) -> set[Touched]:
     settings = settings_of(config)
+    if not settings.enabled:  # only accounts that ever had flags have any to cancel: one query, not one each
+        flagged = {source.partition(":")[2] for source in store.source_states() if source.startswith(SOURCE_PREFIX)}
+        accounts = [account for account in accounts if account.id in flagged]
     touched: set[Touched] = set()
     for account in accounts:
         touched |= refresh_account(config, store, settings, account, now)
