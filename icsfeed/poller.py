@@ -1,4 +1,4 @@
-"""One poll: fetch from a source, apply to the store in one transaction, re-render what changed.
+"""One poll: fetch from a source, apply to the store in one transaction, mark what changed.
 
 A source that fails leaves its last good events in place; the error (with secrets taken out)
 is recorded for the status page and the scheduler's backoff.
@@ -120,8 +120,11 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
         affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
         fragment=fragment_renderer(config))  # VEVENTs rendered as they are written
-    if changes.touched:
-        _refresh_insights(config, store, {t.account_key for t in changes.touched}, now)
+    if changes.touched:  # recomputed by refresh_due_insights, once however many polls touched them
+        try:
+            store.mark_insights_due(t.account_key for t in changes.touched)
+        except StoreError as exc:  # the events are stored; the hourly refresh of all accounts catches up
+            log.error("cannot mark insights after a poll of %s: %s", source_id, exc)
     report = PollReport(source_id, ok=True, new=changes.new, updated=changes.updated,
                         unchanged=changes.unchanged, closed=changes.closed, cancelled=changes.cancelled,
                         skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
@@ -129,18 +132,27 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
     return report
 
 
-def _refresh_insights(config: Config, store: Store, account_keys: set[str | None], now: float) -> None:
-    """Recompute insight events for the accounts a poll changed (when insights are installed)."""
+def refresh_due_insights(config: Config, store: Store, now: float | None = None) -> int:
+    """Recompute the insight events of the accounts polls changed since the last refresh.
+
+    Polls only mark accounts (``Store.mark_insights_due``): ten sources touching the same
+    thousand accounts cost a thousand refreshes here, not ten thousand inside the polls.
+    Returns the number of account keys refreshed; on a storage error they stay due.
+    """
+    from icsfeed.insights import refresh_insights
+
+    due = store.insights_due()
+    if not due:
+        return 0
     try:
-        from icsfeed.insights import refresh_insights
-    except ImportError:
-        return
-    try:
-        refresh_insights(config, store, account_keys, now)
-    except StoreError as exc:  # the source's events are stored; the next refresh retries
-        log.error("cannot store insights after a poll: %s", exc)
-    except Exception:  # a detector bug must not lose the poll that was just stored
-        log.exception("insights failed after a poll")
+        refresh_insights(config, store, set(due), now if now is not None else time.time())
+    except StoreError as exc:  # the keys stay due: the next run retries
+        log.error("cannot store insights: %s", exc)
+        return 0
+    except Exception:  # a detector bug: logged; the keys are cleared so that it is not retried in a loop
+        log.exception("insights failed")
+    store.clear_insights_due(due)
+    return len(due)
 
 
 def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[Event]:
@@ -170,6 +182,10 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None) 
         except StoreError as exc:
             log.error("cannot store poll of %s: %s", source_id, exc)
             reports.append(PollReport(source_id, ok=False, error=str(exc)))
+    try:
+        refresh_due_insights(config, store)
+    except StoreError as exc:
+        log.error("cannot refresh insights: %s", exc)
     try:
         render_feeds(config, store)
     except StoreError as exc:

@@ -13,7 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from icsfeed.config import Config
 from icsfeed.live import LiveConfig
-from icsfeed.poller import poll_source
+from icsfeed.poller import poll_source, refresh_due_insights
 from icsfeed.render import render_feeds
 from icsfeed.store import Store, StoreError
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(hours=1)
 #: how often dirty feeds are rendered (the longest a poll's change waits to be served)
 RENDER_EVERY_SECONDS = 2
+#: how often the insights of accounts changed by polls are recomputed
+INSIGHTS_DUE_EVERY_SECONDS = 5
 
 
 def backoff_delay(interval: timedelta, failures: int) -> timedelta:
@@ -58,6 +60,10 @@ class PollScheduler:
         # polls only mark feeds dirty; one render job renders whatever is dirty (and windows that
         # moved to a new day), so ten polls touching the same feeds cost one render, not ten
         self.scheduler.add_job(self._render, "interval", seconds=RENDER_EVERY_SECONDS, id="render")
+        # polls only mark the accounts they changed; one job recomputes their insights, so an
+        # account touched by ten sources is refreshed once, and no poll waits for it
+        self.scheduler.add_job(self._refresh_due_insights, "interval", seconds=INSIGHTS_DUE_EVERY_SECONDS,
+                               id="insights-due")
         # a backup that never comes changes no event: flags that depend on time passing
         # (missed runs, stale tickets, Monday's summary) are recomputed on the clock too
         self.scheduler.add_job(self._refresh_insights, "interval", hours=1, id="insights",
@@ -154,6 +160,12 @@ class PollScheduler:
             log.error("cannot store insights: %s", exc)
             return
         self._render()
+
+    def _refresh_due_insights(self) -> None:
+        try:
+            refresh_due_insights(self.live.current(), self.store)
+        except StoreError as exc:
+            log.error("cannot refresh insights: %s", exc)
 
     def _render(self) -> None:
         started = time.perf_counter()

@@ -128,7 +128,8 @@ def write_lab(config_dir: Path, today: date) -> Lab:
 
 
 def wait_first_poll(served: Served, config_dir: Path, data_dir: Path, timeout: float = FIRST_POLL_TIMEOUT) -> None:
-    """Until every source has been polled once and no feed waits for a re-render (bounded)."""
+    """Until every source has been polled once, no account waits for its insights and no feed
+    for a re-render (bounded)."""
     config = load_config(config_dir, data_dir)
     wanted = {s.id for s in config.sources.values() if s.enabled}
     store = Store(config.storage_url, uid_host=config.uid_host)
@@ -140,7 +141,8 @@ def wait_first_poll(served: Served, config_dir: Path, data_dir: Path, timeout: f
             states = store.source_states()
             polled = {s for s in wanted if s in states and states[s].last_attempt is not None}
             renders = store.feed_render_states()
-            if polled == wanted and renders and not any(dirty for dirty, _k, _d in renders.values()):
+            if (polled == wanted and renders and not any(dirty for dirty, _k, _d in renders.values())
+                    and not store.insights_due()):
                 return
             time.sleep(0.2)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -232,3 +233,55 @@ def test_demo_feeds_show_a_burst_and_a_missed_backup(tmp_path: Path) -> None:
     # Globex's weekly full is on Saturdays, and always there: no false alarm
     globex = _icsfeed(data, "render", "globex").stdout.decode()
     assert "Missed" not in globex and "Alert burst" not in globex and "Irregular" not in globex
+
+
+POLLED_CONFIG = """
+accounts: [{id: acme, name: ACME, keys: [acme]}, {id: globex, name: Globex, keys: [globex]}]
+sources:
+  - {id: alerts, type: file, path: alerts.json,
+     mapping: {kind: alert, key: id, title: name, start: at, account: customer}}
+  - {id: tickets, type: file, path: tickets.json,
+     mapping: {kind: ticket, key: id, title: subject, start: created, account: customer}}
+"""
+
+
+def test_polls_mark_accounts_and_one_refresh_recomputes_each_once(make_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A poll only marks the accounts it changed; refresh_due_insights recomputes each marked
+    account once (whatever the number of polls), and an account marked again during the
+    refresh stays due. ``poll`` (the CLI's) refreshes before it renders."""
+    from icsfeed.poller import poll, poll_source, refresh_due_insights
+
+    config, store = make_env({"a.yaml": POLLED_CONFIG})
+    day = date.today().isoformat()
+    (config.config_dir / "alerts.json").write_text(json.dumps(
+        [{"id": 1, "name": "DiskFull", "at": f"{day}T10:00:00Z", "customer": "acme"}]))
+    (config.config_dir / "tickets.json").write_text(json.dumps(
+        [{"id": 7, "subject": "Slow", "created": f"{day}T09:00:00Z", "customer": "acme"},
+         {"id": 8, "subject": "Down", "created": f"{day}T09:30:00Z", "customer": "globex"}]))
+
+    def insight_sources() -> set[str]:
+        return {s for s in store.source_states() if s.startswith("insight-")}
+
+    assert poll_source(config, store, "alerts").ok and poll_source(config, store, "tickets").ok
+    assert set(store.insights_due()) == {"acme", "globex"}
+    assert insight_sources() == set(), "a poll does not recompute insights itself"
+
+    refreshed: list[set[str | None]] = []
+    real = insights.refresh_insights
+    monkeypatch.setattr(insights, "refresh_insights", lambda c, s, keys, t: refreshed.append(set(keys)) or real(c, s, keys, t))
+    assert refresh_due_insights(config, store) == 2
+    assert refreshed == [{"acme", "globex"}], "each account once, in one refresh, though two polls touched acme"
+    assert {s.partition(":")[2] for s in insight_sources()} == {"acme", "globex"}
+    assert store.insights_due() == {}
+    assert refresh_due_insights(config, store) == 0 and len(refreshed) == 1
+
+    # a poll that marks an account while its refresh runs keeps it due
+    store.mark_insights_due(["acme"])
+    seen = store.insights_due()
+    store.mark_insights_due(["acme", None])  # events without an account have no insights
+    store.clear_insights_due(seen)
+    assert store.insights_due() == {"acme": 2}
+
+    (config.config_dir / "alerts.json").write_text("[]")
+    poll(config, store)
+    assert store.insights_due() == {}, "icsfeed poll leaves nothing due"

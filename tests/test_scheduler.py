@@ -46,7 +46,7 @@ def test_scheduler_polls_backs_off_and_follows_config(tmp_path: Path) -> None:
     scheduler.start()
     try:
         jobs = {job.id: job for job in scheduler.scheduler.get_jobs()}
-        assert {"poll:good", "poll:bad", "config-watch", "render", "insights"} <= set(jobs)
+        assert {"poll:good", "poll:bad", "config-watch", "render", "insights", "insights-due"} <= set(jobs)
         assert jobs["poll:good"].max_instances == 1 and jobs["poll:good"].coalesce is True
 
         wait_until(lambda: store.source_state("bad").consecutive_failures >= 2)

@@ -166,3 +166,47 @@ def test_incremental_poll_does_not_close_missing_events(make_env: object) -> Non
     changes = store.apply_poll("s", [], absence="close", complete=False, now=time.time(), previous_success=time.time())
     assert not changes.changed
     assert store.query_events(FeedQuery(0, 4e9))[0].event.end is None
+
+
+def test_web_process_serves_a_new_render_at_once_here_and_within_a_second_from_elsewhere(
+        env: tuple[Config, Store]) -> None:
+    """Feed ETags are cached per web process (icsfeed/web/feed_cache.py): a render saved by
+    this process is served by the next request; one saved by another process (another Store
+    on the same database) within a second. Feed requests are still counted for /metrics."""
+    from icsfeed.live import LiveConfig
+    from icsfeed.tokens import feed_token
+    from icsfeed.web import create_app
+
+    config, store = env
+    secret = b"k" * 32
+    client = create_app(LiveConfig(config), store, secret).test_client()
+    url = f"/feeds/acme.ics?token={feed_token(secret, 'account/acme', 1)}"
+    first = client.get(url)
+    assert first.status_code == 200 and first.headers["Content-Type"] == "text/calendar; charset=utf-8"
+    etag = first.headers["ETag"]
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+
+    write(config, "alerts.json", [alert("a1", "DiskFull", 120), alert("a3", "Renamed here", 30)])
+    assert all(r.ok for r in poll(config, store))  # renders through this process's store
+    here = client.get(url)
+    assert here.headers["ETag"] != etag and "Renamed here" in here.get_data(as_text=True)
+
+    other = Store(config.storage_url, uid_host=config.uid_host)  # as another process would
+    try:
+        write(config, "alerts.json", [alert("a1", "DiskFull", 120), alert("a4", "Renamed elsewhere", 20)])
+        assert all(r.ok for r in poll(config, other))
+        newest = other.get_feed("account/acme")
+        assert newest is not None and f'"{newest.etag}"' != here.headers["ETag"]
+        seen = [client.get(url).headers["ETag"]]
+        deadline = time.monotonic() + 3
+        while seen[-1] != f'"{newest.etag}"' and time.monotonic() < deadline:
+            time.sleep(0.1)
+            seen.append(client.get(url).headers["ETag"])
+        assert seen[-1] == f'"{newest.etag}"', seen
+        assert len(seen) <= 13, f"took {len(seen)} requests 0.1 s apart: more than the one-second cache"
+        assert "Renamed elsewhere" in client.get(url).get_data(as_text=True)
+    finally:
+        other.close()
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'icsfeed_http_requests_total{endpoint="feeds.account_feed",status="200"}' in metrics
+    assert 'icsfeed_http_requests_total{endpoint="feeds.account_feed",status="304"} 1.0' in metrics

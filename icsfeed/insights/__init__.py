@@ -4,9 +4,11 @@ Detectors (alert bursts, missed or irregular backups, stale tickets, the Monday 
 read an account's stored history and return ⚠️ ``insight`` events. Each detector's flags
 for one account are written as one complete poll of the source
 ``insight-<detector>:<account>`` with absence ``cancel``: a flag that no longer holds
-becomes STATUS:CANCELLED, one that still holds keeps its UID and SEQUENCE. The poller
-calls :func:`refresh_insights` after every poll that changed events; the feeds they touch
-are marked dirty and re-rendered with the poll's. See docs/INSIGHTS.md.
+becomes STATUS:CANCELLED, one that still holds keeps its UID and SEQUENCE. A poll that
+changed an account's events marks the account due; ``poller.refresh_due_insights`` (run by
+the scheduler every few seconds, and by ``icsfeed poll`` after its polls) calls
+:func:`refresh_insights` once for all of them; the feeds they touch are marked dirty and
+re-rendered by the next render. See docs/INSIGHTS.md.
 """
 
 from __future__ import annotations

@@ -166,6 +166,26 @@ def get_json(session: requests.Session, url: str, *, timeout: float, **kwargs: A
         raise SourceError(f"{safe_url(url)}: answer is not JSON ({len(response.content)} bytes)") from None
 
 
+def read_body(response: requests.Response, limit: int, where: str, timeout: float) -> bytes:
+    """The body of a streamed response, at most ``limit`` bytes; SourceError when it is larger,
+    breaks off (the connection closed before Content-Length or the last chunk) or stalls."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(chunk_size=64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise SourceError(f"{where}: answer larger than max_bytes ({limit})")
+            chunks.append(chunk)
+    except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+        raise SourceError(f"{where}: body not received within {timeout:g}s (after {size} bytes)") from None
+    except requests.exceptions.RequestException as exc:  # ChunkedEncodingError: IncompleteRead and the like
+        reason = re.search(r"IncompleteRead\([^)]*\)", str(exc))
+        detail = reason.group() if reason else type(exc).__name__
+        raise SourceError(f"{where}: the answer broke off after {size} bytes ({detail})") from None
+    return b"".join(chunks)
+
+
 def _short(exc: object) -> str:
     """The reason in an exception (``Connection refused``), without URLs or object reprs."""
     text = str(exc).splitlines()[0] if exc else ""

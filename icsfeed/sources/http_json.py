@@ -9,8 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from icsfeed.model import Event
-from icsfeed.sources.base import SourceError
-from icsfeed.sources.http import HttpSettings, make_session, request, safe_url
+from icsfeed.sources.http import HttpSettings, make_session, read_body, request, safe_url
 from icsfeed.sources.mapping import MappedSettings, MappedSource, records_in
 
 
@@ -56,9 +55,5 @@ class HttpJsonSource(MappedSource):
         with make_session(s) as session:
             response = request(session, "GET", url, timeout=s.timeout, params=params, stream=True)
             with response:
-                body = b""
-                for chunk in response.iter_content(64 * 1024):
-                    body += chunk
-                    if len(body) > s.max_bytes:
-                        raise SourceError(f"{safe_url(url)}: answer larger than max_bytes ({s.max_bytes})")
+                body = read_body(response, s.max_bytes, safe_url(url), s.timeout)
         return list(self.events_from(records_in(self, body, "json", s.items, safe_url(url))))

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 
 from icsfeed.model import Event
 from icsfeed.sources.base import Absence, KindInfo, Source, SourceError, SourceSettings
-from icsfeed.sources.http import HttpSettings, make_session, request, safe_url
+from icsfeed.sources.http import HttpSettings, make_session, read_body, request, safe_url
 
 #: RRULE frequencies that cannot be a maintenance calendar and would expand into
 #: hundreds of thousands of occurrences (dateutil walks every one since DTSTART)
@@ -194,7 +194,7 @@ class IcsSource(Source):
                         return base64.b64decode(cached["body"]), lambda: None
                     except (KeyError, ValueError):
                         raise SourceError(f"{where}: 304 Not Modified but the cached copy is unreadable") from None
-                body = _read_bounded(response, s.max_bytes, where, s.timeout)
+                body = read_body(response, s.max_bytes, where, s.timeout)
                 etag = response.headers.get("ETag")
                 last_modified = response.headers.get("Last-Modified")
         finally:
@@ -528,19 +528,5 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _read_bounded(response: Any, limit: int, where: str, timeout: float) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_content(chunk_size=65536):
-            size += len(chunk)
-            if size > limit:
-                raise SourceError(f"{where}: larger than max_bytes ({limit})")
-            chunks.append(chunk)
-    except SourceError:
-        raise
-    except Exception as exc:  # a connection dropped or timed out mid-body
-        raise SourceError(f"{where}: body not received within {timeout:g}s ({type(exc).__name__})") from None
-    return b"".join(chunks)
 
 
