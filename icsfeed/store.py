@@ -580,20 +580,7 @@ class Store:
             raise StoreError(f"cannot mark feeds for re-rendering: {_db_reason(exc)}") from None
 
     def _mark_dirty(self, conn: Any, feed_ids: Iterable[str]) -> None:
-        ids = sorted(set(feed_ids))
-        if not ids:
-            return
-        f = feeds_table
-        known: set[str] = set()
-        for chunk in _chunks(ids, 500):
-            known.update(r.feed_id for r in conn.execute(select(f.c.feed_id).where(f.c.feed_id.in_(chunk))))
-            done = sorted(known.intersection(chunk))
-            if done:
-                conn.execute(update(f).where(f.c.feed_id.in_(done))
-                             .values(dirty=True, dirty_gen=func.coalesce(f.c.dirty_gen, 0) + 1))
-        fresh = [{"feed_id": feed_id, "dirty": True, "dirty_gen": 1} for feed_id in ids if feed_id not in known]
-        if fresh:
-            conn.execute(f.insert(), fresh)
+        _bump_or_insert(conn, feeds_table.c.feed_id, feeds_table.c.dirty_gen, feed_ids, dirty=True)
 
     def feed_render_states(self) -> dict[str, tuple[bool, str | None, str | None]]:
         """feed id -> (dirty, render key, window day) for deciding what to re-render."""
@@ -605,16 +592,9 @@ class Store:
         keys = sorted({key for key in account_keys if key})
         if not keys:
             return
-        d = insights_due_table
         try:
             with self.engine.begin() as conn:
-                for chunk in _chunks(keys, 500):
-                    known = {r[0] for r in conn.execute(select(d.c.account_key).where(d.c.account_key.in_(chunk)))}
-                    if known:
-                        conn.execute(update(d).where(d.c.account_key.in_(sorted(known))).values(gen=d.c.gen + 1))
-                    fresh = [{"account_key": key, "gen": 1} for key in chunk if key not in known]
-                    if fresh:
-                        conn.execute(d.insert(), fresh)
+                _bump_or_insert(conn, insights_due_table.c.account_key, insights_due_table.c.gen, keys)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot mark insights for a refresh: {_db_reason(exc)}") from None
 
@@ -752,6 +732,21 @@ def _encoded(ev: Event) -> tuple[str, str]:
         raw = blob.encode("utf-8", "surrogatepass")
         blob = json.dumps(ev.to_dict(), sort_keys=True, default=str)
     return blob, hashlib.sha256(raw).hexdigest()
+
+
+def _bump_or_insert(conn: Any, key: Any, generation: Any, keys: Iterable[str], **values: Any) -> None:
+    """Rows of ``key``'s table for these keys get ``values`` and their ``generation`` counter
+    bumped (missing rows are inserted at 1): marks that a later step clears only if no newer
+    mark came in meanwhile (feeds to render, accounts whose insights are due)."""
+    table = key.table
+    for chunk in _chunks(sorted(set(keys)), 500):
+        known = {r[0] for r in conn.execute(select(key).where(key.in_(chunk)))}
+        if known:
+            conn.execute(update(table).where(key.in_(sorted(known)))
+                         .values(**values, **{generation.name: func.coalesce(generation, 0) + 1}))
+        fresh = [{key.name: k, generation.name: 1, **values} for k in chunk if k not in known]
+        if fresh:
+            conn.execute(table.insert(), fresh)
 
 
 #: the columns _event_row reads, in its order (rows are read by position: thousands per render)
