@@ -26,7 +26,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
@@ -59,6 +59,14 @@ class KindInfo:
 
     all_day: bool
     duration_seconds: int
+
+    def span(self, moment: datetime, tz: ZoneInfo) -> tuple[datetime | date, datetime | date]:
+        """Start and end of an event that happened at ``moment`` (a ticket opened): its local
+        day for an all-day kind, else the kind's default duration from then."""
+        if self.all_day:
+            day = moment.astimezone(tz).date()
+            return day, day + timedelta(days=1)
+        return moment, moment + timedelta(seconds=max(0, self.duration_seconds))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 
 from icsfeed.model import Event
-from icsfeed.sources.base import Source, SourceError, SourceSettings
+from icsfeed.sources.base import KindInfo, Source, SourceError, SourceSettings
 from icsfeed.sources.http import HttpSettings, make_session, request, safe_url
 from icsfeed.sources.mapping import RecordError, lookup, parse_when, render_value
 
@@ -152,7 +152,7 @@ class JiraSource(Source):
             if updated is not None and (newest is None or updated > newest):
                 newest = updated
             try:
-                event = self.to_event(issue, kind_info.all_day, kind_info.duration_seconds)
+                event = self.to_event(issue, kind_info)
             except (RecordError, ValueError, TypeError) as exc:
                 self.skip(issue, str(exc) or type(exc).__name__)
                 continue
@@ -263,7 +263,7 @@ class JiraSource(Source):
 
     # --- issue -> event ----------------------------------------------------------------------
 
-    def to_event(self, issue: Mapping[str, Any], all_day: bool = False, duration: int = 0) -> Event:
+    def to_event(self, issue: Mapping[str, Any], kind_info: KindInfo) -> Event:
         s = self.settings
         key = issue.get("key")
         if not isinstance(key, str) or not key.strip():
@@ -305,13 +305,7 @@ class JiraSource(Source):
         if updated is not None:
             lines.append(f"Updated: {updated.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
 
-        if all_day:
-            day = created.astimezone(tz).date()
-            start: Any = day
-            end: Any = day + timedelta(days=1)
-        else:
-            start = created
-            end = created + timedelta(seconds=max(0, duration))
+        start, end = kind_info.span(created, tz)
         attrs = {k: v for k, v in {
             "status": status, "status_category": category if isinstance(category, str) else None,
             "priority": priority, "issue_type": issue_type,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from icsfeed.model import Event
-from icsfeed.sources.base import Source, SourceError, SourceSettings
+from icsfeed.sources.base import KindInfo, Source, SourceError, SourceSettings
 from icsfeed.sources.http import HttpAuth, HttpSettings, get_json, make_session, safe_url
 from icsfeed.sources.mapping import RecordError, parse_when
 
@@ -146,7 +146,7 @@ class ZendeskSource(Source):
         events: dict[str, Event] = {}
         for ticket in tickets:
             try:
-                event = self.to_event(ticket, names, kind_info.all_day, kind_info.duration_seconds)
+                event = self.to_event(ticket, names, kind_info)
             except (RecordError, ValueError, TypeError) as exc:
                 self.skip(ticket, str(exc) or type(exc).__name__)
                 continue
@@ -230,8 +230,7 @@ class ZendeskSource(Source):
 
     # --- ticket -> event ----------------------------------------------------------------------
 
-    def to_event(self, ticket: Any, org_keys: Mapping[str, str], all_day: bool = False,
-                 duration: int = 0) -> Event:
+    def to_event(self, ticket: Any, org_keys: Mapping[str, str], kind_info: KindInfo) -> Event:
         s = self.settings
         if not isinstance(ticket, Mapping):
             raise RecordError(f"ticket is a {type(ticket).__name__}, not an object")
@@ -268,13 +267,7 @@ class ZendeskSource(Source):
         if updated is not None:
             lines.append(f"Updated: {updated.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
 
-        if all_day:
-            day = created.astimezone(tz).date()
-            start: Any = day
-            end: Any = day + timedelta(days=1)
-        else:
-            start = created
-            end = created + timedelta(seconds=max(0, duration))
+        start, end = kind_info.span(created, tz)
         attrs = {k: v for k, v in {
             "status": status_word or None, "priority": priority, "type": ticket_type,
             "tags": tags or None, "organization_id": org_id, "group_id": ticket.get("group_id"),
