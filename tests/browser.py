@@ -203,32 +203,17 @@ def accounts_output(config_dir: Path, data_dir: Path, env: dict[str, str]) -> di
     return urls
 
 
-class SiteServer(Served):
-    """``icsfeed serve`` on a port chosen before start, so server.base_url can name it."""
-
-    def __init__(self, config_dir: Path, data_dir: Path, port: int, env: dict[str, str]) -> None:
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.config_dir, self.data_dir = config_dir, data_dir
-        self.log_path = data_dir.parent / f"serve-{port}.log"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "icsfeed", "--config", str(config_dir), "--data", str(data_dir),
-             "serve", "--bind", f"127.0.0.1:{port}"],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-
-
-def start_site_server(config_dir: Path, data_dir: Path, admin: tuple[str, str]) -> tuple[SiteServer, dict[str, str]]:
+def start_site_server(config_dir: Path, data_dir: Path, admin: tuple[str, str]) -> tuple[Served, dict[str, str]]:
     """Start on a free port; retried because the port can be taken between probing and binding."""
     for _attempt in range(3):
         port = free_port()
         env = {"ICSFEED_SECRET_KEY": "browser-tests-" + secrets.token_hex(8),
                "ICSFEED_BASE_URL": f"http://127.0.0.1:{port}",
                "ICSFEED_ADMIN_USER": admin[0], "ICSFEED_ADMIN_PASSWORD": admin[1]}
-        served = SiteServer(config_dir, data_dir, port, env)
+        # the port is chosen before start, so that server.base_url can name it
+        served = Served(config_dir, data_dir, env=env, port=port, secret=None)
         try:
-            served.wait_ready(timeout=30)
+            served.start(timeout=30)
             return served, env
         except AssertionError:
             served.stop()

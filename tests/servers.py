@@ -62,12 +62,15 @@ class IcsfeedServer:
     """``icsfeed serve`` in a subprocess; use as a context manager or call stop()."""
 
     def __init__(self, config_dir: Path, data_dir: Path, *, env: dict[str, str] | None = None,
-                 log_level: str = "INFO", scheduler: bool = True, port: int | None = None) -> None:
+                 log_level: str = "INFO", scheduler: bool = True, port: int | None = None,
+                 secret: str | None = SECRET) -> None:
+        """``secret`` None: the server uses its data directory's key (or one ``env`` gives)."""
         self.config_dir, self.data_dir = Path(config_dir), Path(data_dir)
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "ICSFEED_SECRET_KEY": SECRET, "PYTHONPATH": str(REPO),
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.secret = secret
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                    **({"ICSFEED_SECRET_KEY": secret} if secret is not None else {}), **(env or {})}
         self.log_level = log_level
         self.scheduler = scheduler
         self.proc: subprocess.Popen[bytes] | None = None
@@ -151,6 +154,8 @@ class IcsfeedServer:
 
     def feed_url(self, feed_id: str, version: int = 1) -> str:
         """Subscription URL of ``account/<id>`` or ``team/<id>`` on this server."""
+        if self.secret != SECRET:
+            raise RuntimeError("this server's key is not SECRET: take URLs from `icsfeed accounts`")
         kind, _, name = feed_id.partition("/")
         path = f"/feeds/{name}.ics" if kind == "account" else f"/teams/{name}.ics"
         return f"{self.base}{path}?token={feed_token(feed_id, version)}"
