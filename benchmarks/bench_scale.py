@@ -116,11 +116,9 @@ def child(base: Path) -> None:
 def _insights_sample(config: object, store: object) -> dict[str, float]:
     """Insights (on by default in the product) recompute every account a poll touched; time
     that for a sample of accounts with the default settings, to extrapolate."""
-    try:
-        from icsfeed.insights import refresh_account
-        from icsfeed.insights.settings import InsightsSettings
-    except ImportError:
-        return {}
+    from icsfeed.insights import refresh_account
+    from icsfeed.insights.settings import InsightsSettings
+
     accounts = list(config.accounts.values())[:20]  # type: ignore[attr-defined]
     started = time.perf_counter()
     for account in accounts:

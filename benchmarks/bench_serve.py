@@ -77,15 +77,17 @@ def wrk(url: str, headers: dict[str, str] | None = None) -> dict[str, float]:
             "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0}
 
 
-def _wait_http(url: str) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Until ``url`` answers at all (bounded to 15 s); SystemExit if ``proc`` dies or never listens."""
     deadline = time.monotonic() + 15
     while True:
         try:
             requests.get(url, timeout=2)
             return
         except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
+            if time.monotonic() > deadline or proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() is not None else ""
+                raise SystemExit(f"{what} did not start: {err}") from None
             time.sleep(0.05)
 
 
@@ -119,15 +121,7 @@ def run() -> dict[str, float]:
         server.start()
         nginx_url = f"http://127.0.0.1:{nginx_port}/acme.ics"
         icsfeed_url = server.feed_url("account/acme")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                requests.get(nginx_url, timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or nginx.poll() is not None:
-                    raise SystemExit(f"nginx did not start: {nginx.stderr.read().decode() if nginx.stderr else ''}") from None
-                time.sleep(0.05)
+        _wait_http(nginx_url, nginx, "nginx")
         # nginx serves the very gzip bytes icsfeed makes (gzip_static), and the same plain body
         ours_gz = requests.get(icsfeed_url, timeout=10, headers={"Accept-Encoding": "gzip"}, stream=True)
         gz_body = ours_gz.raw.read(decode_content=False)
@@ -170,7 +164,7 @@ def run() -> dict[str, float]:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             base = f"http://127.0.0.1:{ceiling_port}"
-            _wait_http(base + "/304")
+            _wait_http(base + "/304", ceiling, "the waitress ceiling app")
             for name, path, headers in (("200 gzip body", "/", {}), ("304 (If-None-Match)", "/304", {}),
                                         ("304, a new connection each", "/304", {"Connection": "close"})):
                 c = wrk(base + path, headers)

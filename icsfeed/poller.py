@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from icsfeed.config import Config
+from icsfeed.insights import refresh_insights
 from icsfeed.model import Event
 from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
@@ -139,8 +140,6 @@ def refresh_due_insights(config: Config, store: Store, now: float | None = None)
     thousand accounts cost a thousand refreshes here, not ten thousand inside the polls.
     Returns the number of account keys refreshed; on a storage error they stay due.
     """
-    from icsfeed.insights import refresh_insights
-
     due = store.insights_due()
     if not due:
         return 0

@@ -12,6 +12,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from icsfeed.config import Config
+from icsfeed.insights import refresh_all
 from icsfeed.live import LiveConfig
 from icsfeed.poller import poll_source, refresh_due_insights
 from icsfeed.render import render_feeds
@@ -150,10 +151,6 @@ class PollScheduler:
             log.error("cannot note next poll of %s: %s", source_id, exc)
 
     def _refresh_insights(self) -> None:
-        try:
-            from icsfeed.insights import refresh_all
-        except ImportError:
-            return
         try:
             refresh_all(self.live.current(), self.store, time.time())
         except StoreError as exc:

@@ -268,7 +268,8 @@ def test_polls_mark_accounts_and_one_refresh_recomputes_each_once(make_env, monk
 
     refreshed: list[set[str | None]] = []
     real = insights.refresh_insights
-    monkeypatch.setattr(insights, "refresh_insights", lambda c, s, keys, t: refreshed.append(set(keys)) or real(c, s, keys, t))
+    monkeypatch.setattr("icsfeed.poller.refresh_insights",
+                        lambda c, s, keys, t: refreshed.append(set(keys)) or real(c, s, keys, t))
     assert refresh_due_insights(config, store) == 2
     assert refreshed == [{"acme", "globex"}], "each account once, in one refresh, though two polls touched acme"
     assert {s.partition(":")[2] for s in insight_sources()} == {"acme", "globex"}

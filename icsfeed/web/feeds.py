@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -40,8 +41,6 @@ CALENDAR = "text/calendar; charset=utf-8"
 _FEED_PATH = re.compile(r"/(feeds|teams)/([^/]+)\.ics")
 #: metric labels, the names the routes had when Flask served them
 _ENDPOINTS: dict[FeedType, str] = {"account": "feeds.account_feed", "team": "feeds.team_feed"}
-_STATUS_LINES = {200: "200 OK", 304: "304 Not Modified", 404: "404 NOT FOUND", 500: "500 INTERNAL SERVER ERROR",
-                 503: "503 SERVICE UNAVAILABLE"}
 
 
 def not_found() -> Response:
@@ -102,7 +101,7 @@ class FeedRequests:
         metrics = self.flask_app.extensions.get("icsfeed_metrics")
         if metrics is not None:
             metrics.count_request(_ENDPOINTS[feed_type], answer.status)
-        start_response(_STATUS_LINES[answer.status], [*answer.headers, *SECURITY_HEADERS])
+        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", [*answer.headers, *SECURITY_HEADERS])
         if method == "HEAD" or not answer.body:
             return [b""]
         wrapper = environ.get("wsgi.file_wrapper")
