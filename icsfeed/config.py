@@ -123,6 +123,10 @@ class ServerConfig(_Model):
         return host.strip("[]"), int(port)
 
 
+#: overrides ``storage.url`` (as ICSFEED_DATA does the data directory): one config, several databases
+STORAGE_URL_ENV = "ICSFEED_STORAGE_URL"
+
+
 class StorageConfig(_Model):
     """Any SQLAlchemy URL; by default SQLite in the data directory."""
 
@@ -474,6 +478,8 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
         except ValidationError as exc:
             problems.extend(("config", p, m) for p, m in _pydantic_problems(exc, section))
             sections[section] = model()
+    if os.environ.get(STORAGE_URL_ENV):
+        sections["storage"] = StorageConfig(url=os.environ[STORAGE_URL_ENV])
     sections["insights"] = _insights_settings(merged["insights"], problems)
     kinds: dict[str, KindConfig] = {}
     for kind_name in {**BUILTIN_KINDS, **merged["kinds"]}:
