@@ -23,6 +23,7 @@ from icsfeed.insights.base import (
     fmt_number,
     insight_event,
     iso_week,
+    link_text,
     robust_level,
     start_dt,
 )
@@ -112,12 +113,11 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool) -> Event | Non
         lines += ["", f"Open tickets now: {len(tickets)}"]
         for row in tickets[:15]:
             ev = row.event
-            lines.append(f"• {ev.title}" + (f" — {ev.url}" if ev.url else ""))
+            lines.append(f"• {ev.title}{link_text(ev.url)}")
         if len(tickets) > 15:
             lines.append(f"• … and {len(tickets) - 15} more")
         parts.append(f"{_plural('ticket', len(tickets))} open")
-    if ctx.month_view_url:
-        lines += ["", "The month at a glance (the link below):"]
+    lines += ["", "The month at a glance (the link below):"]
     title = f"Last week at {ctx.account.name}: " + ", ".join(parts)
     return insight_event(
         ctx, NAME, _key(ctx, monday), title, monday, monday, "\n".join(lines), severity="info",
