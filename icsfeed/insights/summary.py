@@ -3,10 +3,10 @@
 On each Monday (account time) an all-day event covers the seven days before it: events
 per kind against the usual week (median of ``baseline_weeks`` weeks before), the flags
 raised that week, and — on the current Monday only — the tickets open now. Its link opens
-the month view of the feed showing it (a team's in a team feed). A summary made while its Monday was the current one is kept as
-made once the next Monday comes (tickets open then and all); earlier Mondays without one
-(a first run) are filled in for ``backfill_weeks``, without the open-ticket line, which
-would not be true of then.
+the month view of the feed showing it (a team's in a team feed). A summary made while its
+Monday was the current one is kept as made once the next Monday comes (tickets open then
+and all); earlier Mondays without one (a first run) are filled in for ``backfill_weeks``,
+without the open-ticket line, which would not be true of then.
 """
 
 from __future__ import annotations
