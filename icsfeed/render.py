@@ -28,7 +28,7 @@ from icsfeed import __version__
 from icsfeed.config import CSS_COLORS, Config, KindConfig
 from icsfeed.model import Event
 from icsfeed.routing import FeedSpec, all_feeds, view_url
-from icsfeed.store import EventRow, FeedQuery, Store
+from icsfeed.store import EventRow, Store
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -371,7 +371,8 @@ def fragments_for(config: Config, store: Store, rows: list[EventRow]) -> list[by
         fragment = _render_or_skip(config, row)
         if fragment is not None:
             out.append(fragment)
-            fresh.append((row.id, fragment, key))
+            if not links_month_view(row.event):  # without a feed, such an event links nothing: not kept
+                fresh.append((row.id, fragment, key))
     store.save_fragments(fresh)
     return out
 
@@ -382,6 +383,8 @@ def fragment_renderer(config: Config) -> Callable[[EventRow], tuple[bytes, str] 
     key = render_key(config)
 
     def render(row: EventRow) -> tuple[bytes, str] | None:
+        if links_month_view(row.event):  # rendered per feed, with its own view link (build_feed)
+            return None
         fragment = _render_or_skip(config, row)
         return None if fragment is None else (fragment, key)
 
@@ -406,14 +409,6 @@ def feed_secret(config: Config) -> bytes | None:
         return None
 
 
-def _view_linked(store: Store, query: FeedQuery) -> dict[int, EventRow]:
-    """The feed's events that link "the month view of this feed" (a few insight flags)."""
-    kinds = frozenset({"insight"}) if query.kinds is None else query.kinds & {"insight"}
-    if not kinds:
-        return {}
-    return {row.id: row for row in store.query_events(replace(query, kinds=kinds)) if links_month_view(row.event)}
-
-
 def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
                kinds: Iterable[str] | None = None, *, key: str | None = None,
                save_fragments: bool = True, secret: bytes | None = None) -> RenderedFeed:
@@ -421,9 +416,10 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
 
     Stored fragments are joined as they are; only events without a current fragment are
     decoded and rendered (and, with ``save_fragments``, stored for the next render; the web
-    layer, which only reads, passes False). Events that link the month view are rendered
-    for this feed with its own view URL (``secret``: the token key, read when not given),
-    never taken from the stored fragment, which all feeds showing the event share.
+    layer, which only reads, passes False). Events that link the month view never have a
+    stored fragment (a fragment is shared by every feed that shows the event): they are
+    rendered for each feed with its own view URL (``secret``: the token key, read when not
+    given). They are a few flags per account, so this costs no query of its own.
     """
     query = spec.query(now)
     if kinds is not None:
@@ -431,19 +427,23 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
         query = replace(query, kinds=wanted if query.kinds is None else query.kinds & wanted)
     key = key or render_key(config)
     listed = store.query_fragments(query, key)
-    secret = secret if secret is not None else feed_secret(config)
-    view = view_url(config, secret, spec) if secret is not None else None
-    linked = _view_linked(store, query) if view is not None else {}
     missing = [i for i, fragment in listed if fragment is None]
     rendered: dict[int, bytes | None] = {}
     if missing:
         rows = store.events_by_id(missing)
+        view: str | None = None
+        if any(links_month_view(row.event) for row in rows.values()):
+            secret = secret if secret is not None else feed_secret(config)
+            view = view_url(config, secret, spec) if secret is not None else None
         fresh = []
         for i in missing:
             row = rows.get(i)
-            fragment = _render_or_skip(config, row) if row is not None else None
+            if row is None:
+                continue
+            linked = links_month_view(row.event)
+            fragment = _render_or_skip(config, row, view if linked else None)
             rendered[i] = fragment
-            if fragment is not None:
+            if fragment is not None and not linked:  # a view link is this feed's: never stored
                 fresh.append((i, fragment, key))
         if save_fragments:
             store.save_fragments(fresh)
@@ -451,9 +451,7 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     parts = [head]
     count = 0
     for i, fragment in listed:
-        if i in linked:
-            fragment = _render_or_skip(config, linked[i], view)
-        elif fragment is None:
+        if fragment is None:
             fragment = rendered.get(i)
         if fragment is None:
             continue
