@@ -19,7 +19,8 @@ from test_insights_bursts import burst, quiet_history
 from test_insights_support import World, at, make_config, make_world, ticket
 
 from icsfeed.live import LiveConfig
-from icsfeed.render import render_feeds
+from icsfeed.render import build_feed, render_feeds
+from icsfeed.routing import find_feed
 from icsfeed.tokens import feed_token, load_secret_key
 from icsfeed.web import create_app
 
@@ -82,6 +83,12 @@ def test_team_feed_links_the_team_view_and_never_an_account_token(tmp_path: Path
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert "Last week at ACME Corp" in html and acme_token not in html
+    # and a filtered variant (&kinds=…), which the web layer joins when it is asked for
+    spec = find_feed(world.config, "team", "heads-up")
+    assert spec is not None
+    variant = build_feed(world.config, world.store, spec, NOW, kinds=["insight"], save_fragments=False, secret=secret)
+    assert b"Last week at ACME Corp" in variant.body
+    assert acme_token not in _unfolded(variant.body) and team_token in _unfolded(variant.body)
 
 
 def test_flags_stored_with_the_account_view_url_are_relinked(tmp_path: Path) -> None:
