@@ -110,8 +110,8 @@ class ServerConfig(_Model):
         """Each entry as a normalised network ("127.0.0.1" -> "127.0.0.1/32")."""
         if value is None:
             return ()
-        if isinstance(value, str):
-            value = [value]
+        if isinstance(value, str):  # "127.0.0.1, 10.0.0.0/8", as ${ICSFEED_TRUSTED_PROXIES} may give it
+            value = [v for v in re.split(r"[\s,]+", value) if v]
         if not isinstance(value, (list, tuple)):
             raise ValueError("trusted_proxies must be a list of addresses or CIDRs, such as [127.0.0.1, 10.0.0.0/8]")
         out = []
