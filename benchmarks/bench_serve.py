@@ -6,7 +6,10 @@ compressed variant). ``wrk`` drives both with the same settings for 10 s each an
 benchmark reads requests/s, latency and the count of non-2xx/3xx answers.
 
 Measured: full 200 answers (identity and gzip), and the 304 path (If-None-Match with the
-current ETag) which is what subscribed calendars mostly do.
+current ETag) which is what subscribed calendars mostly do. Then the deployment: nginx
+running the shipped site (deploy/nginx/icsfeed.conf: TLS and its one-second micro-cache)
+in front of icsfeed, next to the same nginx serving the same bytes as a static file over
+the same TLS, in the same run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import requests
 from common import line, make_env, synthetic_event
+from nginx_site import Certificate, Nginx, make_certificate, render_site
 from servers import IcsfeedServer, free_port
 
 from icsfeed.render import render_feeds
@@ -48,6 +52,14 @@ http {{
     types {{ text/calendar ics; }}
     server {{
         listen 127.0.0.1:{port};
+        root {prefix}/www;
+        gzip_static on;
+        etag on;
+    }}
+    server {{  # the same files over the TLS settings of the shipped site
+        listen 127.0.0.1:{tls_port} ssl http2;
+        ssl_certificate {cert}; ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:static_tls:10m; ssl_session_timeout 1d;
         root {prefix}/www;
         gzip_static on;
         etag on;
@@ -93,7 +105,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
 
 def run() -> dict[str, float]:
     threads = os.environ.get("ICSFEED_BENCH_THREADS")  # default: server.threads from config
-    env = make_env(["acme"], extra_yaml=f"server: {{threads: {threads}}}\n" if threads else "")
+    server_yaml = "server: {trusted_proxies: [127.0.0.1]" + (f", threads: {threads}" if threads else "") + "}\n"
+    env = make_env(["acme"], extra_yaml=server_yaml)
     now = datetime.now(timezone.utc)
     rnd = random.Random(7)
     env.store.apply_poll("bench", [synthetic_event("bench", i, "acme", now, rnd) for i in range(N)], absence="keep",
@@ -109,8 +122,10 @@ def run() -> dict[str, float]:
     (prefix / "www" / "acme.ics").write_bytes(stored.body)
     for path in (prefix, prefix / "www", prefix / "www" / "acme.ics"):
         path.chmod(0o755 if path.is_dir() else 0o644)  # nginx workers run as nobody
-    nginx_port = free_port()
-    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=nginx_port))
+    nginx_port, tls_port = free_port(), free_port()
+    cert = make_certificate(prefix / "tls")
+    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=nginx_port, tls_port=tls_port,
+                                                         cert=cert.cert, key=cert.key))
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         raise SystemExit("nginx is not installed (Debian package nginx-light)")
     nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix)],
@@ -156,6 +171,7 @@ def run() -> dict[str, float]:
             print(line(f"{name}: nginx static file", f"{b['rps']:,.0f} req/s",
                        f"p50 {b['p50']:.1f} ms, p99 {b['p99']:.1f} ms"))
             print(line("  ratio icsfeed / nginx", f"{a['rps'] / b['rps']:.2f}", "(goal >= 0.3)"))
+        figures.update(_shipped_site(prefix, server, cert, f"https://127.0.0.1:{tls_port}/acme.ics", stored.body, gz_body))
         # the ceiling: waitress itself with an app that does nothing (same threads)
         ceiling_port = free_port()
         (prefix / "body.gz").write_bytes(gz_body)
@@ -186,6 +202,54 @@ def run() -> dict[str, float]:
             nginx.wait(timeout=10)
         shutil.rmtree(prefix, ignore_errors=True)
         shutil.rmtree(env.base, ignore_errors=True)
+    return figures
+
+
+def _shipped_site(prefix: Path, server: IcsfeedServer, cert: Certificate, static_url: str, body: bytes,
+                  gz_body: bytes) -> dict[str, float]:
+    """nginx with deploy/nginx/icsfeed.conf in front of icsfeed, next to nginx static, both https."""
+    https_port, http_port = free_port(), free_port()
+    site = render_site(https_port=https_port, http_port=http_port, upstream=f"127.0.0.1:{server.port}", cert=cert,
+                       cache_dir=prefix / "site" / "cache", access_log=prefix / "site" / "access.log")
+    nginx = Nginx(prefix / "site", site, (https_port, http_port)).start()
+    figures: dict[str, float] = {}
+    try:
+        url = server.feed_url("account/acme").replace(server.base, f"https://127.0.0.1:{https_port}")
+        ca = str(cert.ca)
+        ours = requests.get(url, headers={"Accept-Encoding": "identity"}, verify=ca, timeout=10)
+        ours_gz = requests.get(url, headers={"Accept-Encoding": "gzip"}, verify=ca, timeout=10, stream=True)
+        assert ours.content == body and ours_gz.raw.read(decode_content=False) == gz_body, "not the same bytes"
+        etag = ours.headers["ETag"]
+        assert requests.get(url, headers={"If-None-Match": etag, "Accept-Encoding": "identity"}, verify=ca,
+                            timeout=10).status_code == 304
+        static = requests.get(static_url, headers={"Accept-Encoding": "identity"}, verify=ca, timeout=10)
+        assert static.content == body
+        static_etag = static.headers["ETag"]
+        print("Deployed: nginx running the shipped site (deploy/nginx/icsfeed.conf: TLS, 1 s micro-cache) in front of "
+              "icsfeed, next to nginx serving the same bytes as a static file over the same TLS (HTTP/1.1, keep-alive)")
+        runs = {
+            "200 identity": ({"Accept-Encoding": "identity"}, {"Accept-Encoding": "identity"}),
+            "200 gzip": ({"Accept-Encoding": "gzip"}, {"Accept-Encoding": "gzip"}),
+            "304 (If-None-Match)": ({"If-None-Match": etag, "Accept-Encoding": "identity"},
+                                    {"If-None-Match": static_etag, "Accept-Encoding": "identity"}),
+        }
+        for name, (site_headers, static_headers) in runs.items():
+            a = wrk(url, site_headers)
+            b = wrk(static_url, static_headers)
+            slug = name.split(" ")[0] + ("_gz" if "gzip" in name else "")
+            figures[f"site_{slug}"], figures[f"site_static_{slug}"] = a["rps"], b["rps"]
+            figures[f"site_{slug}_bad"] = a["bad"] + a["socket_errors"]
+            print(line(f"{name}: nginx (shipped site) + icsfeed, https", f"{a['rps']:,.0f} req/s",
+                       f"p50 {a['p50']:.1f} ms, p99 {a['p99']:.1f} ms, errors {a['bad'] + a['socket_errors']:.0f}"))
+            print(line(f"{name}: nginx static file, https", f"{b['rps']:,.0f} req/s",
+                       f"p50 {b['p50']:.1f} ms, p99 {b['p99']:.1f} ms"))
+            print(line("  ratio shipped site / static", f"{a['rps'] / b['rps']:.2f}", "(goal >= 0.5)"))
+    finally:
+        nginx.stop()  # which also writes out its buffered access log
+    log = (prefix / "site" / "access.log").read_text()
+    print(line("  answered by icsfeed (the rest from nginx's cache)",
+               f"{sum(log.count(f'cache={s}') for s in ('MISS', 'EXPIRED', 'REVALIDATED', 'BYPASS')):,}",
+               f"of {log.count(chr(10)):,} requests"))
     return figures
 
 

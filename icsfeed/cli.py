@@ -171,10 +171,14 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
     host, port = (bind or config.server.bind).rsplit(":", 1)
     app = create_app(live, store, secret)
     log.info("serving on http://%s:%s/ (base URL %s)", host, port, config.server.base_url)
+    if config.server.trusted_proxies:
+        log.info("forwarded headers are believed from %s only", ", ".join(config.server.trusted_proxies))
+    _print_admin_login(config, host, port)
     server = waitress.create_server(app, host=host.strip("[]"), port=int(port), threads=config.server.threads,
                                     ident="icsfeed",
-                                    # keep X-Forwarded-* visible: the admin pages treat a proxied request as
-                                    # not local (nothing else reads them; no proxy is trusted)
+                                    # waitress trusts no proxy and must not strip X-Forwarded-*:
+                                    # icsfeed.web.proxy applies them for server.trusted_proxies and
+                                    # removes them for every other peer
                                     clear_untrusted_proxy_headers=False)
     _stop_on_signal(server.close)
     try:
@@ -186,6 +190,33 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
         if scheduler is not None:
             scheduler.shutdown()
         store.close()
+
+
+def _print_admin_login(config: Config, host: str, port: str) -> None:
+    """Without admin credentials, the admin pages need the generated token: print the link."""
+    from icsfeed.web.admin import admin_auth, admin_token_path, load_admin_token, login_link
+
+    log = logging.getLogger("icsfeed.serve")
+    auth = admin_auth(config)
+    if auth.mode == "half-configured":
+        log.warning("admin credentials are half-configured (%s): admin pages refuse everyone", auth.where)
+        return
+    if auth.mode != "token":
+        return
+    try:
+        token = load_admin_token(config.data_dir)
+    except OSError as exc:
+        log.error("no admin credentials and no admin token (%s): admin pages refuse everyone", exc)
+        return
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host.strip("[]"), host.strip("[]"))
+    local = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    links = [login_link(local, token)]
+    if config.server.base_url.rstrip("/") != local:
+        links.append(login_link(config.server.base_url, token))
+    click.echo("Admin pages (subscribe, status, metrics) need a login; open\n"
+               + "".join(f"    {link}\n" for link in links)
+               + f"(the token is kept in {admin_token_path(config.data_dir)}; set ICSFEED_ADMIN_USER and "
+               "ICSFEED_ADMIN_PASSWORD to log in with a password instead)")
 
 
 def _stop_on_signal(stop: Any) -> None:

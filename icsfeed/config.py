@@ -9,6 +9,7 @@ merged: mappings (``server``, ``storage``, ``feeds``, ``kinds``) key by key, lis
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -100,6 +101,26 @@ class ServerConfig(_Model):
     threads: int = Field(default=8, ge=1, le=256)
     admin_user: str | None = None
     admin_password: str | None = None
+    #: peers (addresses or CIDRs) whose X-Forwarded-For/-Proto/-Host are believed: the reverse proxy
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> tuple[str, ...]:
+        """Each entry as a normalised network ("127.0.0.1" -> "127.0.0.1/32")."""
+        if value is None:
+            return ()
+        if isinstance(value, str):  # "127.0.0.1, 10.0.0.0/8", as ${ICSFEED_TRUSTED_PROXIES} may give it
+            value = [v for v in re.split(r"[\s,]+", value) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("trusted_proxies must be a list of addresses or CIDRs, such as [127.0.0.1, 10.0.0.0/8]")
+        out = []
+        for entry in value:
+            try:
+                out.append(str(ipaddress.ip_network(str(entry).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or CIDR") from None
+        return tuple(out)
 
     @field_validator("base_url")
     @classmethod

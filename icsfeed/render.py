@@ -26,8 +26,11 @@ from icalendar.parser import Contentline, Parameters
 
 from icsfeed import __version__
 from icsfeed.config import CSS_COLORS, Config, KindConfig
-from icsfeed.routing import FeedSpec, all_feeds
+from icsfeed.model import Event
+from icsfeed.routing import FeedSpec, all_feeds, view_url
 from icsfeed.store import EventRow, Store
+from icsfeed.tokens import load_secret_key
+from icsfeed.urls import safe_url
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,10 @@ PRODID = f"-//icsfeed//icsfeed {__version__}//EN"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ufffe\uffff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
-_SPACE = re.compile(r"\s")  # the characters str.isspace() calls whitespace
+#: an insight's attribute meaning "link the month view of the feed that shows me"
+VIEW_LINK_ATTR = "view_link"
+#: bumped when a VEVENT's bytes change for the same event and settings: stored fragments are stale
+FRAGMENT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,15 @@ def render_key(config: Config) -> str:
         "kinds": {n: k.model_dump(mode="json") for n, k in sorted(config.kinds.items())},
         "feeds": config.feeds.model_dump(mode="json", include={"method_publish", "organizer_name",
                                                                 "organizer_email", "max_title", "max_detail"}),
-        "host": config.uid_host, "version": __version__,
+        "host": config.uid_host, "version": __version__, "format": FRAGMENT_FORMAT,
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def feed_render_key(config: Config, spec: FeedSpec, *, base: str | None = None) -> str:
-    """Hash of everything a feed's bytes depend on besides its events (``base``: render_key(config))."""
-    shape = [base or render_key(config), spec.name, spec.color, config.feeds.refresh_interval.total_seconds()]
+def feed_render_key(config: Config, spec: FeedSpec, *, base: str | None = None, view: str | None = None) -> str:
+    """Hash of everything a feed's bytes depend on besides its events (``base``: render_key(config);
+    ``view``: the feed's month view URL, which its flags link: a new token re-renders the feed)."""
+    shape = [base or render_key(config), spec.name, spec.color, config.feeds.refresh_interval.total_seconds(), view]
     return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:32]
 
 
@@ -84,17 +91,19 @@ def clean_title(value: str, limit: int) -> str:
     return clean_text(one_line, limit) or "(untitled)"
 
 
-def safe_url(url: str | None) -> str | None:
-    """An absolute http(s) URL, or None: ``javascript:`` and relative links never get out."""
-    if not url:
-        return None
-    url = url.strip()
-    if len(url) > 2000 or _CONTROL.search(url) or _SPACE.search(url):
-        return None
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return None
-    return url
+def links_month_view(ev: Event) -> bool:
+    """Whether the event's link is "the month view of the feed that shows it" (insight flags).
+
+    Such a link is never stored with a token: each feed gets its own (see :func:`build_feed`),
+    so a team feed never carries an account's token. Flags stored before this rule carry the
+    account's view URL itself (``…/view/<id>?token=…``); they are recognised by that shape.
+    """
+    if ev.kind != "insight":  # insights.base.INSIGHT_KIND (insights import this module)
+        return False
+    if ev.attrs.get(VIEW_LINK_ATTR):
+        return True
+    parts = urlsplit(ev.url or "")
+    return parts.path.startswith("/view/") and "token=" in parts.query
 
 
 # --- one event ---------------------------------------------------------------------------
@@ -143,11 +152,11 @@ class _Texts:
     created: datetime
 
 
-def _texts(config: Config, row: EventRow, kind: KindConfig) -> _Texts:
+def _texts(config: Config, row: EventRow, kind: KindConfig, view: str | None) -> _Texts:
     ev = row.event
     feeds = config.feeds
     start, end = _bounds(row, kind)
-    url = safe_url(ev.url)
+    url = safe_url(view if links_month_view(ev) else ev.url)
     detail = clean_text(ev.detail or "", feeds.max_detail).strip()  # libical drops a blank DESCRIPTION
     if ev.end is None and not ev.all_day:
         detail = f"{detail}\n(ongoing: no end reported yet)".strip()
@@ -167,13 +176,13 @@ def _stamp(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc).replace(microsecond=0)
 
 
-def vevent_component(config: Config, row: EventRow) -> icalendar.Event:
+def vevent_component(config: Config, row: EventRow, view: str | None = None) -> icalendar.Event:
     """One VEVENT as an icalendar component: the reference :func:`render_vevent` is tested
     against byte for byte, and what a request-time renderer would build (the benchmark baseline)."""
     ev = row.event
     kind = config.kinds.get(ev.kind) or config.kinds["alert"]
     feeds = config.feeds
-    t = _texts(config, row, kind)
+    t = _texts(config, row, kind, view)
     vevent = icalendar.Event()
     vevent.add("uid", row.uid)
     vevent.add("dtstamp", t.modified)
@@ -284,12 +293,16 @@ def _organizer_line(email: str, name: str) -> bytes:
     return _lib_line("ORGANIZER", _organizer(email, name))
 
 
-def render_vevent(config: Config, row: EventRow) -> bytes:
-    """One VEVENT (escaped, folded, CRLF), byte-identical to vevent_component(...).to_ical()."""
+def render_vevent(config: Config, row: EventRow, view: str | None = None) -> bytes:
+    """One VEVENT (escaped, folded, CRLF), byte-identical to vevent_component(...).to_ical().
+
+    ``view``: the month view URL of the feed being rendered, for events that link it
+    (:func:`links_month_view`); without it (a stored fragment, shared by feeds) they link nothing.
+    """
     ev = row.event
     kind = config.kinds.get(ev.kind) or config.kinds["alert"]
     feeds = config.feeds
-    t = _texts(config, row, kind)
+    t = _texts(config, row, kind, view)
     modified = _stamp_text(row.last_modified)
     start_params, start = _when(t.start)
     end_params, end = _when(t.end)
@@ -358,7 +371,8 @@ def fragments_for(config: Config, store: Store, rows: list[EventRow]) -> list[by
         fragment = _render_or_skip(config, row)
         if fragment is not None:
             out.append(fragment)
-            fresh.append((row.id, fragment, key))
+            if not links_month_view(row.event):  # without a feed, such an event links nothing: not kept
+                fresh.append((row.id, fragment, key))
     store.save_fragments(fresh)
     return out
 
@@ -369,29 +383,43 @@ def fragment_renderer(config: Config) -> Callable[[EventRow], tuple[bytes, str] 
     key = render_key(config)
 
     def render(row: EventRow) -> tuple[bytes, str] | None:
+        if links_month_view(row.event):  # rendered per feed, with its own view link (build_feed)
+            return None
         fragment = _render_or_skip(config, row)
         return None if fragment is None else (fragment, key)
 
     return render
 
 
-def _render_or_skip(config: Config, row: EventRow) -> bytes | None:
+def _render_or_skip(config: Config, row: EventRow, view: str | None = None) -> bytes | None:
     try:
-        return render_vevent(config, row)
+        return render_vevent(config, row, view)
     except Exception as exc:  # one unrenderable event must not take the feed down
         log.warning("cannot render event %s (%s/%s): %s: %s; it is left out of the feed",
                     row.uid, row.event.source, str(row.event.key)[:80], type(exc).__name__, exc)
         return None
 
 
+def feed_secret(config: Config) -> bytes | None:
+    """The token key, for the month view links in feeds; None when it cannot be read."""
+    try:
+        return load_secret_key(config.data_dir)
+    except OSError as exc:
+        log.warning("cannot read the secret key (%s): feeds are rendered without month view links", exc)
+        return None
+
+
 def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
                kinds: Iterable[str] | None = None, *, key: str | None = None,
-               save_fragments: bool = True) -> RenderedFeed:
+               save_fragments: bool = True, secret: bytes | None = None) -> RenderedFeed:
     """A feed's bytes and ETag (optionally only some kinds).
 
     Stored fragments are joined as they are; only events without a current fragment are
     decoded and rendered (and, with ``save_fragments``, stored for the next render; the web
-    layer, which only reads, passes False).
+    layer, which only reads, passes False). Events that link the month view never have a
+    stored fragment (a fragment is shared by every feed that shows the event): they are
+    rendered for each feed with its own view URL (``secret``: the token key, read when not
+    given). They are a few flags per account, so this costs no query of its own.
     """
     query = spec.query(now)
     if kinds is not None:
@@ -403,12 +431,19 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     rendered: dict[int, bytes | None] = {}
     if missing:
         rows = store.events_by_id(missing)
+        view: str | None = None
+        if any(links_month_view(row.event) for row in rows.values()):
+            secret = secret if secret is not None else feed_secret(config)
+            view = view_url(config, secret, spec) if secret is not None else None
         fresh = []
         for i in missing:
             row = rows.get(i)
-            fragment = _render_or_skip(config, row) if row is not None else None
+            if row is None:
+                continue
+            linked = links_month_view(row.event)
+            fragment = _render_or_skip(config, row, view if linked else None)
             rendered[i] = fragment
-            if fragment is not None:
+            if fragment is not None and not linked:  # a view link is this feed's: never stored
                 fresh.append((i, fragment, key))
         if save_fragments:
             store.save_fragments(fresh)
@@ -418,8 +453,8 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     for i, fragment in listed:
         if fragment is None:
             fragment = rendered.get(i)
-            if fragment is None:
-                continue
+        if fragment is None:
+            continue
         parts.append(fragment)
         count += 1
     parts.append(tail)
@@ -442,18 +477,20 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
     today = now.astimezone(timezone.utc).date().isoformat()
     wanted = set(only) if only is not None else None
     base_key = render_key(config)
+    secret = feed_secret(config)
     rendered = []
     with _RENDER_LOCK:
         states = store.feed_render_generations()
         for spec in all_feeds(config):
             if wanted is not None and spec.feed_id not in wanted:
                 continue
-            key = feed_render_key(config, spec, base=base_key)
+            view = view_url(config, secret, spec) if secret is not None else None
+            key = feed_render_key(config, spec, base=base_key, view=view)
             dirty, old_key, day, generation = states.get(spec.feed_id, (True, None, None, 0))
             if not (force or dirty or old_key != key or day != today):
                 continue
             started = time.perf_counter()
-            feed = build_feed(config, store, spec, now, key=base_key)
+            feed = build_feed(config, store, spec, now, key=base_key, secret=secret)
             # no gzip here: the web layer compresses on the first request for an ETag
             store.save_feed(spec.feed_id, feed.body, b"", feed.etag, event_count=feed.event_count,
                             now=now.timestamp(), render_seconds=time.perf_counter() - started,

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from typing import Literal
+from urllib.parse import quote
 
 from icsfeed.config import AccountConfig, Config, TeamConfig
 from icsfeed.model import severity_rank
@@ -101,6 +102,22 @@ def affected_feeds(config: Config, touched: Iterable[Touched]) -> set[str]:
 
 
 def subscription_url(config: Config, secret: bytes, spec: FeedSpec) -> str:
-    """The https URL to paste into a calendar (Google: at most 256 characters)."""
+    """The https URL to paste into a calendar (Google: at most 256 characters).
+
+    Built from ``server.base_url`` alone, never from a request: the address subscribers
+    reach stays the configured one whatever Host or X-Forwarded-* headers a request brought.
+    """
     token = feed_token(secret, spec.feed_id, spec.token_version)
     return f"{config.server.base_url}{spec.path}?token={token}"
+
+
+def view_path(spec: FeedSpec) -> str:
+    """The path of a feed's month view (``/view/<account>``, ``/view/team/<team>``)."""
+    return f"/view/{quote(spec.id, safe='')}" if spec.type == "account" else f"/view/team/{quote(spec.id, safe='')}"
+
+
+def view_url(config: Config, secret: bytes, spec: FeedSpec) -> str:
+    """The absolute URL of the feed's own month view, with the feed's own token: the only
+    view link a feed may carry (a team feed never links an account's view)."""
+    token = feed_token(secret, spec.feed_id, spec.token_version)
+    return f"{config.server.base_url}{view_path(spec)}?token={token}"

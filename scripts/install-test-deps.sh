@@ -38,6 +38,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 for pkg in prometheus-alertmanager restic chromium nginx-light wrk fonts-noto-color-emoji; do
     deb_installed "$pkg" || missing+=("$pkg")
 done
+# systemd-analyze checks the shipped units (tests/test_deploy_files.py)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-test-deps: installing ${missing[*]}"

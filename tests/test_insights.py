@@ -11,6 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import icalendar
 import pytest
 from parsers import check_all, parse_icalendar
 from test_insights_support import ACCOUNTS, alert, at, backup, days, make_config, make_world, ticket
@@ -20,6 +21,7 @@ from icsfeed.config import ConfigError
 from icsfeed.insights import refresh_all
 from icsfeed.insights.base import Detector
 from icsfeed.insights.settings import InsightsSettings
+from icsfeed.render import render_feeds
 from icsfeed.tokens import check_token, load_secret_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +121,14 @@ def test_monday_summary_counts_against_usual_and_links_the_month_view(tmp_path: 
     assert "• Sun 15 Mar 2026: Missed weekly full backup for db01 (usually Sunday)" in lines
     assert "• #T1 Checkout is slow — https://helpdesk.example/tickets/T1" in lines
     assert s.attrs["counts"] == {"alert": 3, "backup": 7, "ticket": 2}
-    url = urlsplit(s.url or "")
+    # it links "the month view of the feed that shows it": no token is stored with it (each
+    # feed renders its own link, tests/test_team_links.py); the account feed links ACME's view
+    assert s.url is None and s.attrs["view_link"] is True
+    render_feeds(world.config, world.store, now=NOW)
+    stored = world.store.get_feed("account/acme")
+    assert stored is not None
+    [vevent] = [e for e in icalendar.Calendar.from_ical(stored.body).walk("VEVENT") if str(e["SUMMARY"]).endswith(s.title)]
+    url = urlsplit(str(vevent["URL"]))
     assert (url.scheme, url.netloc, url.path) == ("https", "feeds.example.com", "/view/acme")
     token = parse_qs(url.query)["token"][0]
     assert check_token(load_secret_key(world.config.data_dir), "account/acme", 1, token)

@@ -1,7 +1,8 @@
 """Pages without a browser: the month grid's rules, admin access, status, metrics, subscribe links.
 
-HTTP tests use Flask's test client (a non-local peer is simulated with ``REMOTE_ADDR``);
-the same pages are driven in real Chromium by test_pages_browser.py.
+HTTP tests use Flask's test client (the peer is set with ``REMOTE_ADDR``; ``Env.admin()`` is
+a client logged in with the generated admin token); the same pages are driven in real
+Chromium by test_pages_browser.py. Admin access itself: test_admin_auth.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from icsfeed.routing import all_feeds, find_feed, subscription_url
 from icsfeed.store import EventRow, Store
 from icsfeed.tokens import feed_token
 from icsfeed.web import create_app
+from icsfeed.web.admin import load_admin_token
 from icsfeed.web.month import POPOVER_MAX, BadMonth, build_month, grid_days, parse_month
 
 SECRET = b"pages-test-secret-0123456789abcdef"
@@ -58,6 +60,17 @@ def _no_admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+class AtBaseURL(FlaskClient):
+    """A test client whose requests go to ``base`` (scheme and host), from 127.0.0.1."""
+
+    base = "http://localhost/"
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("base_url", self.base)
+        kwargs.setdefault("environ_base", LOCAL)
+        return super().open(*args, **kwargs)
+
+
 class Env:
     def __init__(self, config: Config, store: Store) -> None:
         self.config, self.store = config, store
@@ -66,6 +79,14 @@ class Env:
 
     def client(self) -> FlaskClient:
         return self.app.test_client()
+
+    def admin(self) -> FlaskClient:
+        """A client logged in with the generated admin token, reaching the app at base_url."""
+        client = AtBaseURL(self.app, self.app.response_class, use_cookies=True)
+        base = urlsplit(self.config.server.base_url)
+        client.base = f"{base.scheme}://{base.netloc}/"
+        assert client.get(f"/login?token={load_admin_token(self.config.data_dir)}").status_code == 303
+        return client
 
     def token(self, feed_id: str) -> str:
         return feed_token(SECRET, feed_id, 1)
@@ -250,13 +271,13 @@ def test_month_view_bad_month_is_a_clear_400(env: Callable[..., Env]) -> None:
 def test_tokens_are_never_logged(env: Callable[..., Env], caplog: pytest.LogCaptureFixture) -> None:
     e = env()
     caplog.set_level("DEBUG")
-    client = e.client()
+    client = e.admin()
     token = e.token("account/acme")
-    client.get(f"/view/acme?token={token}", environ_base=LOCAL)
-    client.get("/", environ_base=LOCAL)
-    client.get("/metrics", environ_base=LOCAL)
+    client.get(f"/view/acme?token={token}")
+    assert token in client.get("/").get_data(as_text=True)
+    client.get("/metrics")
     assert token not in caplog.text
-    assert token not in client.get("/metrics", environ_base=LOCAL).get_data(as_text=True)
+    assert token not in client.get("/metrics").get_data(as_text=True)
 
 
 # --- admin access -------------------------------------------------------------------------------------
@@ -264,20 +285,19 @@ def test_tokens_are_never_logged(env: Callable[..., Env], caplog: pytest.LogCapt
 ADMIN_PATHS = ("/", "/status", "/metrics")
 
 
-def test_without_credentials_admin_pages_answer_localhost_only(env: Callable[..., Env]) -> None:
-    client = env().client()
+def test_without_credentials_admin_pages_need_the_admin_token(env: Callable[..., Env]) -> None:
+    e = env()
+    client = e.client()
     for path in ADMIN_PATHS:
-        assert client.get(path, environ_base=LOCAL).status_code == 200, path
-        assert client.get(path, environ_base={"REMOTE_ADDR": "::1"}).status_code == 200, path
-        refused = client.get(path, environ_base=REMOTE)
-        assert refused.status_code == 403, path
-        assert b"admin pages are open to localhost only: set ICSFEED_ADMIN_USER/PASSWORD" in refused.data
-        # a proxy on the same machine makes every client look local: its headers deny, never grant
-        proxied = client.get(path, environ_base=LOCAL, headers={"X-Forwarded-For": "127.0.0.1"})
-        assert proxied.status_code == 403, path
-        assert client.get(path, environ_base=LOCAL, headers={"X-Real-IP": "10.1.1.1"}).status_code == 403
-    page = client.get("/", environ_base=LOCAL).get_data(as_text=True)
-    assert "admin pages are open to localhost only" in page
+        # a proxy on the same machine makes every client look local: local is no credential
+        for environ in (LOCAL, {"REMOTE_ADDR": "::1"}, REMOTE):
+            refused = client.get(path, environ_base=environ)
+            assert refused.status_code == 401, path
+            assert b"Authentication required: open the login link" in refused.data
+        assert client.get(path, environ_base=LOCAL, headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 401
+        assert e.admin().get(path).status_code == 200, path
+    page = e.admin().get("/").get_data(as_text=True)
+    assert 'action="/logout"' in page
 
 
 def _basic(user: str, password: str) -> dict[str, str]:
@@ -298,7 +318,7 @@ def test_credentials_from_the_environment(env: Callable[..., Env], monkeypatch: 
             assert client.get(path, environ_base=environ, headers=_basic("admin", "s3cret pässword")).status_code == 401
             assert client.get(path, environ_base=environ, headers=_basic("ops", "s3cret pässword")).status_code == 200
     page = client.get("/", environ_base=REMOTE, headers=_basic("ops", "s3cret pässword")).get_data(as_text=True)
-    assert "open to localhost only" not in page
+    assert 'action="/logout"' not in page  # basic auth: the browser keeps the login
     assert "s3cret" not in page
 
 
@@ -327,7 +347,7 @@ def test_month_view_is_not_an_admin_page(env: Callable[..., Env], monkeypatch: p
 
 def test_subscribe_links_encode_the_subscription_url(env: Callable[..., Env]) -> None:
     e = env()
-    html = e.client().get("/", environ_base=LOCAL).get_data(as_text=True)
+    html = e.admin().get("/").get_data(as_text=True)
     import html as htmllib
     for spec in all_feeds(e.config):
         url = subscription_url(e.config, SECRET, spec)
@@ -349,9 +369,9 @@ def test_subscribe_links_encode_the_subscription_url(env: Callable[..., Env]) ->
 
 def test_subscribe_warns_about_long_and_unreachable_urls(env: Callable[..., Env]) -> None:
     long_base = "https://calendars.example.com/" + "x" * 220
-    html = env(base_url=long_base).client().get("/", environ_base=LOCAL).get_data(as_text=True)
+    html = env(base_url=long_base).admin().get("/").get_data(as_text=True)
     assert "Too long for Google Calendar" in html
-    local = env(base_url="http://127.0.0.1:8080").client().get("/", environ_base=LOCAL).get_data(as_text=True)
+    local = env(base_url="http://127.0.0.1:8080").admin().get("/").get_data(as_text=True)
     assert "cannot reach it" in local
 
 
@@ -362,7 +382,7 @@ def test_status_shows_failing_and_stale_sources_escaped(env: Callable[..., Env])
     long_ago = time.time() - 4 * 600  # four intervals of s1
     e.add(ev("a", "alert", datetime.now(UTC)), now=long_ago)
     e.store.record_failure("s1", "HTTP 500 from <script>alert(1)</script> (token [redacted])", time.time())
-    html = e.client().get("/status", environ_base=LOCAL).get_data(as_text=True)
+    html = e.admin().get("/status").get_data(as_text=True)
     row = re.search(r'<tr class="source (\w+)" data-source="s1">(.*?)</tr>', html, re.S)
     assert row is not None
     assert row.group(1) == "bad"
@@ -376,7 +396,7 @@ def test_status_healthy_source_and_feeds(env: Callable[..., Env]) -> None:
     e = env()
     e.add(ev("a", "alert", datetime.now(UTC)))
     render_feeds(e.config, e.store)
-    html = e.client().get("/status", environ_base=LOCAL).get_data(as_text=True)
+    html = e.admin().get("/status").get_data(as_text=True)
     assert re.search(r'<tr class="source ok" data-source="s1">', html)
     assert "All sources healthy" in html
     assert re.search(r'data-feed="account/acme">\s*<th scope="row">account/acme</th>\s*<td>ACME &lt;Corp&gt;</td>\s*<td class="num">1</td>', html)
@@ -387,7 +407,7 @@ def test_status_says_when_a_config_change_was_refused(env: Callable[..., Env]) -
     (Path(e.config.config_dir) / "broken.yaml").write_text("accounts: [oops\n", encoding="utf-8")
     assert e.live.reload_if_changed() is False
     assert e.live.last_error
-    html = e.client().get("/status", environ_base=LOCAL).get_data(as_text=True)
+    html = e.admin().get("/status").get_data(as_text=True)
     assert "config change refused; the last good config keeps running" in html
     assert "broken.yaml" in html
 
@@ -401,7 +421,7 @@ def test_metrics_read_the_store_and_count_requests(env: Callable[..., Env], monk
     e.store.record_failure("s1", "boom", time.time())
     render_feeds(e.config, e.store)
     client = e.client()
-    assert client.get("/metrics", environ_base=REMOTE).status_code == 403
+    assert client.get("/metrics", environ_base=REMOTE).status_code == 401
     monkeypatch.setenv("ICSFEED_METRICS_PUBLIC", "1")
     client.get("/view/acme?token=wrong")
     text = client.get("/metrics", environ_base=REMOTE).get_data(as_text=True)
@@ -413,7 +433,7 @@ def test_metrics_read_the_store_and_count_requests(env: Callable[..., Env], monk
     assert 'icsfeed_feed_events{feed="account/acme"} 2.0' in text
     assert re.search(r'icsfeed_feed_render_seconds\{feed="team/ops"\} \d', text)
     assert 'icsfeed_http_requests_total{endpoint="pages.account_view",status="404"} 1.0' in text
-    assert 'icsfeed_http_requests_total{endpoint="pages.metrics_endpoint",status="403"} 1.0' in text
+    assert 'icsfeed_http_requests_total{endpoint="pages.metrics_endpoint",status="401"} 1.0' in text
     assert "icsfeed_store_up 1.0" in text and "icsfeed_config_refused 0.0" in text
     # a second app (another process) has its own request counter, and the same store figures
     other = Env(e.config, e.store).client().get("/metrics", environ_base=REMOTE).get_data(as_text=True)
@@ -437,13 +457,13 @@ def test_find_feed_and_view_agree_on_ids(env: Callable[..., Env]) -> None:
     e = env()
     spec = find_feed(e.config, "team", "ops")
     assert spec is not None
-    html = e.client().get("/", environ_base=LOCAL).get_data(as_text=True)
+    html = e.admin().get("/").get_data(as_text=True)
     assert f'/view/team/ops?token={e.token("team/ops")}' in html
     assert f'/view/acme?token={e.token("account/acme")}' in html
 
 
-def test_localhost_mode_over_a_real_socket(serve: Callable[..., Any], tmp_path: Path) -> None:
-    """waitress sets REMOTE_ADDR from the socket; any proxy header (the server keeps them) denies."""
+def test_admin_pages_over_a_real_socket_need_the_token(serve: Callable[..., Any], tmp_path: Path) -> None:
+    """From 127.0.0.1 (as through a proxy on this machine) with or without proxy headers: 401."""
     import os
 
     import requests
@@ -453,12 +473,9 @@ def test_localhost_mode_over_a_real_socket(serve: Callable[..., Any], tmp_path: 
     write_config(tmp_path / "config", {"icsfeed.yaml": "accounts: [{id: acme, name: ACME}]\n"})
     assert not os.environ.get("ICSFEED_ADMIN_USER") and not os.environ.get("ICSFEED_ADMIN_PASSWORD")
     served = serve(tmp_path / "config", tmp_path / "data")
-    status = requests.get(served.base + "/status", timeout=10)
+    for headers in ({}, {"X-Real-IP": "203.0.113.9"}, {"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"}):
+        assert requests.get(served.base + "/status", headers=headers, timeout=10).status_code == 401, headers
+    token = load_admin_token(tmp_path / "data")
+    status = requests.get(served.base + "/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert status.status_code == 200
-    assert "admin pages are open to localhost only" in status.text
     assert status.headers["Content-Security-Policy"].startswith("default-src 'self'")
-    assert requests.get(served.base + "/status", headers={"X-Real-IP": "203.0.113.9"}, timeout=10).status_code == 403
-    # `icsfeed serve` keeps X-Forwarded-For visible (clear_untrusted_proxy_headers=False), so a
-    # request through a reverse proxy on this machine is not taken for a local one
-    assert requests.get(served.base + "/status", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10).status_code == 403
-    assert requests.get(served.base + "/status", headers={"Forwarded": "for=203.0.113.9"}, timeout=10).status_code == 403

@@ -10,8 +10,8 @@
   that puts text into messages (origin errors echoing the request, a command printing its
   environment to stderr).
 * Bumping token_version in config revokes the old URL on reload, without a restart.
-* Admin pages refuse without (or with wrong) credentials; security headers are on feeds,
-  refusals and pages.
+* Admin pages refuse without (or with wrong) credentials, from 127.0.0.1 too (more in
+  test_admin_auth.py); security headers are on feeds, refusals and pages.
 """
 
 from __future__ import annotations
@@ -334,14 +334,17 @@ def test_admin_pages_refuse_without_credentials(served: IcsfeedServer) -> None:
 
 
 @pytest.mark.slow
-def test_admin_pages_are_local_only_without_credentials(tmp_path: Path) -> None:
+def test_admin_pages_need_the_generated_token_without_credentials(tmp_path: Path) -> None:
     config_dir = write_config(tmp_path / "config", {"a.yaml": BASE_CONFIG})
     (config_dir / "events.json").write_text(_events())
     with IcsfeedServer(config_dir, tmp_path / "data", scheduler=False) as server:
-        assert requests.get(server.base + "/status", timeout=5).status_code == 200  # loopback peer
+        # a loopback peer is what a reverse proxy on this host looks like: no credential
+        assert requests.get(server.base + "/status", timeout=5).status_code == 401
         for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
             r = requests.get(server.base + "/status", headers={header: "127.0.0.1"}, timeout=5)
-            assert r.status_code == 403, header  # a proxy in front: not local any more
+            assert r.status_code == 401, header
+        token = (tmp_path / "data" / "admin_token").read_text().strip()
+        assert requests.get(server.base + "/status", headers={"Authorization": f"Bearer {token}"}, timeout=5).ok
 
 
 @pytest.mark.slow

@@ -207,6 +207,9 @@ def test_web_process_serves_a_new_render_at_once_here_and_within_a_second_from_e
         assert "Renamed elsewhere" in client.get(url).get_data(as_text=True)
     finally:
         other.close()
-    metrics = client.get("/metrics").get_data(as_text=True)
+    from icsfeed.web.admin import load_admin_token  # /metrics is an admin page
+
+    admin = {"Authorization": f"Bearer {load_admin_token(config.data_dir)}"}
+    metrics = client.get("/metrics", headers=admin).get_data(as_text=True)
     assert 'icsfeed_http_requests_total{endpoint="feeds.account_feed",status="200"}' in metrics
     assert 'icsfeed_http_requests_total{endpoint="feeds.account_feed",status="304"} 1.0' in metrics

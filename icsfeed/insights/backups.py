@@ -40,6 +40,7 @@ from icsfeed.insights.base import (
     fmt_day,
     insight_event,
     iso_week,
+    link_text,
     live,
     start_dt,
 )
@@ -399,7 +400,7 @@ def _missed_flag(ctx: AccountContext, series: Series, group: list[tuple[date, Rh
         prev = before[-1]
         when = start_dt(prev).astimezone(ctx.tz)
         line = f"Last {'full ' if series.full else ''}backup before: {fmt_day(when.date())} {when:%H:%M}"
-        lines.append(f"{line} — {prev.url}" if prev.url else line)
+        lines.append(line + link_text(prev.url))
     return insight_event(
         ctx, NAME, f"{ctx.account.id}:{series.key}:{first.isoformat()}", title, first, last, "\n".join(lines),
         attrs={**_attrs(series, rhythm, "missed", [d.isoformat() for d, _ in group]),

@@ -18,14 +18,14 @@ from datetime import date, datetime, time, timedelta, timezone
 from functools import cached_property
 from statistics import median
 from typing import Any
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from icsfeed.config import AccountConfig, Config
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
+from icsfeed.render import VIEW_LINK_ATTR
 from icsfeed.store import EventRow, FeedQuery, Store, to_ts
-from icsfeed.tokens import feed_token, load_secret_key
+from icsfeed.urls import safe_url
 
 INSIGHT_KIND = "insight"
 SOURCE_PREFIX = "insight-"
@@ -105,7 +105,6 @@ class AccountContext:
     history: History
     #: the insight events this detector stored before (its own source id only)
     stored: list[Event] = field(default_factory=list)
-    _view_url: str | None = field(default=None, repr=False)
 
     @cached_property
     def tz(self) -> ZoneInfo:
@@ -121,13 +120,6 @@ class AccountContext:
 
     def local_day(self, when: datetime | date) -> date:
         return when.astimezone(self.tz).date() if isinstance(when, datetime) else when
-
-    @property
-    def month_view_url(self) -> str | None:
-        """The account's month view (/view/<id>?token=…), with the account feed's own token."""
-        if self._view_url is None:
-            self._view_url = month_view_url(self.config, self.account) or ""
-        return self._view_url or None
 
 
 @dataclass(frozen=True)
@@ -146,26 +138,30 @@ def account_zone(config: Config, account: AccountConfig) -> ZoneInfo:
     return ZoneInfo(account.timezone or config.feeds.timezone)
 
 
-def month_view_url(config: Config, account: AccountConfig) -> str | None:
-    """The month view link summaries and flags carry; None when no secret key can be read."""
-    try:
-        secret = load_secret_key(config.data_dir)
-    except OSError:
-        return None
-    token = feed_token(secret, f"account/{account.id}", account.token_version)
-    return f"{config.server.base_url}/view/{quote(account.id)}?token={token}"
-
-
 def insight_event(ctx: AccountContext, detector: str, key: str, title: str, first: date, last: date,
                   detail: str, *, url: str | None = None, severity: str = "warning",
                   attrs: dict[str, Any] | None = None) -> Event:
-    """An all-day ⚠️ event from ``first`` to ``last`` (inclusive) in the account's feed."""
+    """An all-day ⚠️ event from ``first`` to ``last`` (inclusive) in the account's feed.
+
+    It links ``url`` (an origin's page, published only if :func:`safe_url` accepts it) or
+    else the month view of whichever feed shows it: no token is stored with a flag, so a
+    team feed links the team's view and an account feed the account's (see render).
+    """
+    link = safe_url(url)
+    extra = {} if link else {VIEW_LINK_ATTR: True}
     return Event(
         source=source_id(detector, ctx.account.id), key=key, kind=INSIGHT_KIND, title=title,
-        start=first, end=last + timedelta(days=1), detail=detail, url=url or ctx.month_view_url,
+        start=first, end=last + timedelta(days=1), detail=detail, url=link,
         account=ctx.account.id, status="confirmed", severity=severity,
-        attrs={"insight": detector, **(attrs or {})},
+        attrs={"insight": detector, **(attrs or {}), **extra},
     )
+
+
+def link_text(url: str | None) -> str:
+    """`` — <url>`` to append to a line of a flag's text, or nothing: only a link
+    :func:`safe_url` accepts is copied into the text people see (never ``javascript:``)."""
+    link = safe_url(url)
+    return f" — {link}" if link else ""
 
 
 def live(rows: list[EventRow], kinds: list[str] | frozenset[str]) -> list[Event]:

@@ -30,6 +30,7 @@ from icsfeed.insights.base import (
     fmt_day,
     fmt_number,
     insight_event,
+    link_text,
     live,
     robust_level,
     start_dt,
@@ -182,10 +183,7 @@ def _flag(ctx: AccountContext, s: BurstSettings, d1: date, d2: date, v: DayVerdi
     ]
     for name, group in ranked[: s.top_alerts]:
         latest = max(group, key=start_dt)
-        line = f"• {len(group)}× {name}"
-        if latest.url:
-            line += f" — {latest.url}"
-        lines.append(line)
+        lines.append(f"• {len(group)}× {name}{link_text(latest.url)}")
     if len(ranked) > s.top_alerts:
         lines.append(f"• … and {len(ranked) - s.top_alerts} more kinds of alert")
     return insight_event(

@@ -3,10 +3,10 @@
 On each Monday (account time) an all-day event covers the seven days before it: events
 per kind against the usual week (median of ``baseline_weeks`` weeks before), the flags
 raised that week, and — on the current Monday only — the tickets open now. Its link opens
-the account's month view. A summary made while its Monday was the current one is kept as
-made once the next Monday comes (tickets open then and all); earlier Mondays without one
-(a first run) are filled in for ``backfill_weeks``, without the open-ticket line, which
-would not be true of then.
+the month view of the feed showing it (a team's in a team feed). A summary made while its
+Monday was the current one is kept as made once the next Monday comes (tickets open then
+and all); earlier Mondays without one (a first run) are filled in for ``backfill_weeks``,
+without the open-ticket line, which would not be true of then.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from icsfeed.insights.base import (
     fmt_number,
     insight_event,
     iso_week,
+    link_text,
     robust_level,
     start_dt,
 )
@@ -112,12 +113,11 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool) -> Event | Non
         lines += ["", f"Open tickets now: {len(tickets)}"]
         for row in tickets[:15]:
             ev = row.event
-            lines.append(f"• {ev.title}" + (f" — {ev.url}" if ev.url else ""))
+            lines.append(f"• {ev.title}{link_text(ev.url)}")
         if len(tickets) > 15:
             lines.append(f"• … and {len(tickets) - 15} more")
         parts.append(f"{_plural('ticket', len(tickets))} open")
-    if ctx.month_view_url:
-        lines += ["", "The month at a glance (the link below):"]
+    lines += ["", "The month at a glance (the link below):"]
     title = f"Last week at {ctx.account.name}: " + ", ".join(parts)
     return insight_event(
         ctx, NAME, _key(ctx, monday), title, monday, monday, "\n".join(lines), severity="info",

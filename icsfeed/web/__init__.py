@@ -33,9 +33,10 @@ def create_app(live: LiveConfig, store: Store, secret: bytes) -> Flask:
     from icsfeed.web import feeds
 
     app.register_blueprint(feeds.bp)
-    from icsfeed.web import pages  # subscribe, month view, status
+    from icsfeed.web import admin, pages  # subscribe, month view, status; the admin login
 
     pages.init_app(app)
+    app.register_blueprint(admin.bp)
 
     @app.after_request
     def security_headers(response: Response) -> Response:
@@ -43,8 +44,11 @@ def create_app(live: LiveConfig, store: Store, secret: bytes) -> Flask:
             response.headers.setdefault(name, value)
         return response
 
-    # feed GET/HEADs are answered in front of Flask (see icsfeed.web.feeds)
-    app.wsgi_app = feeds.FeedRequests(app, app.wsgi_app)  # type: ignore[method-assign]
+    # feed GET/HEADs are answered in front of Flask (see icsfeed.web.feeds); in front of
+    # both, forwarded headers are applied for trusted proxies and removed for anyone else
+    from icsfeed.web.proxy import TrustedProxies
+
+    app.wsgi_app = TrustedProxies(feeds.FeedRequests(app, app.wsgi_app), live)  # type: ignore[method-assign]
     return app
 
 

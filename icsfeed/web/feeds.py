@@ -125,7 +125,8 @@ class FeedRequests:
         kinds_arg = args.get("kinds")
         if kinds_arg:  # a filtered variant: joined from stored fragments now (nothing is written)
             kinds = {k.strip() for k in kinds_arg.split(",") if k.strip()}
-            built = build_feed(config, ctx.store, spec, datetime.now(timezone.utc), kinds=kinds, save_fragments=False)
+            built = build_feed(config, ctx.store, spec, datetime.now(timezone.utc), kinds=kinds, save_fragments=False,
+                               secret=ctx.secret)
             return _feed_answer(built.body, built.etag, None, gz=False, refresh=refresh)
 
         try:

@@ -23,7 +23,7 @@ from dateutil.rrule import rrulestr
 
 from icsfeed.config import KindConfig
 from icsfeed.model import Event
-from icsfeed.render import clean_text, clean_title, safe_url
+from icsfeed.render import clean_text, clean_title, links_month_view, safe_url
 from icsfeed.store import EventRow
 
 #: events listed in one popover; the count on the icon still counts them all
@@ -211,7 +211,9 @@ def _occurrences(ev: Event, kind: KindConfig, tz: tzinfo, start: date, end: date
     for first, last_excl, when, sort_key in _spans(ev, kind, tz, start, end):
         occurrence = Occurrence(
             title=clean_title(ev.title, max_title), when=when,
-            detail=clean_text(ev.detail or "", DETAIL_MAX), url=safe_url(ev.url),
+            detail=clean_text(ev.detail or "", DETAIL_MAX),
+            # a flag's "month view" link is the page it is shown on (and an old one's held a token)
+            url=None if links_month_view(ev) else safe_url(ev.url),
             severity=clean_title(ev.severity, 40) if ev.severity else None,
             status=ev.status, sort_key=sort_key)
         day = max(first, start)

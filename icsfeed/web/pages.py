@@ -28,7 +28,7 @@ from icsfeed.routing import FeedSpec, FeedType, all_feeds, find_feed, subscripti
 from icsfeed.store import FeedQuery, Store, StoreError
 from icsfeed.tokens import check_token, feed_token
 from icsfeed.web import context
-from icsfeed.web.admin import LOCAL_ONLY_NOTE, admin_auth, admin_required
+from icsfeed.web.admin import admin_auth, admin_required
 from icsfeed.web.feeds import not_found
 from icsfeed.web.month import BadMonth, build_month, grid_range, parse_month, plural
 from icsfeed.web.status import build_status
@@ -109,6 +109,31 @@ def reachability_warning(config: Config) -> str | None:
     return None
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
+
+
+def reached_at_warning(config: Config) -> str | None:
+    """This page was reached at another scheme or host than ``server.base_url`` names.
+
+    Feed URLs are built from base_url alone, so a mismatch means they point elsewhere than
+    where this browser reached icsfeed, or icsfeed does not see the proxy's https (the proxy
+    is not in ``server.trusted_proxies``, so its X-Forwarded-Proto/-Host are not believed).
+    """
+    base = urlsplit(config.server.base_url)
+    base_host, here = (base.hostname or "").lower(), (urlsplit(request.host_url).hostname or "").lower()
+    same_host = base_host == here or (_loopback(base_host) and _loopback(here))
+    if base.scheme == request.scheme and same_host:
+        return None
+    return (f"You reached this page at {request.scheme}://{request.host}, but feed URLs are built from "
+            f"server.base_url ({config.server.base_url}). Behind a reverse proxy, list the proxy in "
+            "server.trusted_proxies so that icsfeed sees the https address it is reached at; otherwise "
+            "check that base_url is the address subscribers reach.")
+
+
 @bp.route("/")
 @admin
 def subscribe() -> str:
@@ -117,6 +142,7 @@ def subscribe() -> str:
     subs = [subscription(config, ctx.secret, spec) for spec in all_feeds(config)]
     refresh = config.feeds.refresh_interval
     return render_template("subscribe.html", subs=subs, warning=reachability_warning(config),
+                           reached_at=reached_at_warning(config),
                            refresh=_human(refresh), google_max=GOOGLE_MAX_URL, **_admin_context(config))
 
 
@@ -130,7 +156,7 @@ def _human(delta: timedelta) -> str:
 
 
 def _admin_context(config: Config) -> dict[str, object]:
-    return {"admin_note": LOCAL_ONLY_NOTE if admin_auth(config).mode == "localhost" else None, "admin_page": True}
+    return {"admin_page": True, "admin_logout": admin_auth(config).mode == "token"}
 
 
 # --- month view --------------------------------------------------------------------------------
