@@ -47,6 +47,9 @@ _JSON_MEMBER = re.compile(rf"(?i)([\"']{SECRET_NAME}s?[\"']\s*:\s*)([\"'])(?!\*\
 #: authentication" stays a phrase
 _SCHEME_TOKEN = re.compile(r"(?i)\b(bearer|basic|token)(\s+)(?!\*\*\*)(?=[A-Za-z._~-]*[0-9+/=])([A-Za-z0-9+/=._~-]{8,})")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+#: what a ${VAR} may hold that is no secret and would garble every message if masked:
+#: YAML's booleans and short numbers (a port, a count)
+_NOT_SECRET = re.compile(r"(?i)true|false|yes|no|on|off|null|none|\d{1,7}")
 
 _lock = threading.Lock()
 _registered: frozenset[str] = frozenset()
@@ -60,7 +63,7 @@ def is_secret_name(name: str) -> bool:
 def secret_forms(value: str) -> set[str]:
     """A secret and the ways it comes back: percent-encoded (query strings), ``+`` for
     spaces, JSON-escaped (an origin's error body)."""
-    if len(value) < MIN_SECRET:
+    if len(value) < MIN_SECRET or _NOT_SECRET.fullmatch(value):
         return set()
     forms = {value, quote(value, safe=""), quote_plus(value), quote(value, safe="/:@")}
     forms.add(json.dumps(value)[1:-1])
