@@ -168,8 +168,6 @@ def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[E
             source.skip(ev.key, f"unknown kind {ev.kind!r}")
         elif len(str(ev.key)) > 500:
             source.skip(str(ev.key)[:60], "key longer than 500 characters")
-        elif ev.account is not None and len(ev.account) > 500:
-            source.skip(ev.key, "account longer than 500 characters")
         else:  # cut here, not only when rendered: the store never keeps a 50 MB detail
             events.append(ev.bounded(max_title, max_detail))
     return events

@@ -49,7 +49,8 @@ class FileSource(MappedSource):
                 data = handle.read(limit + 1)
             if len(data) > limit:
                 raise SourceError(f"{path.name}: more than max_bytes ({limit})")
-            text = data.decode(_encoding(self.settings.encoding), "replace")
+            # universal newlines, as a text file is read: \r\n and \r end a line (U+2028 does not)
+            text = data.decode(_encoding(self.settings.encoding), "replace").replace("\r\n", "\n").replace("\r", "\n")
         except LookupError:
             raise SourceError(f"unknown encoding {self.settings.encoding!r}") from None
         except FileNotFoundError:
