@@ -197,8 +197,12 @@ class TrickleOrigin:
     """
 
     def __init__(self, body: bytes, *, interval: float = 1.0, trickle_headers: bool = False,
-                 content_type: str = "application/json", max_seconds: float = 40.0) -> None:
+                 content_type: str = "application/json", max_seconds: float = 40.0,
+                 first: list[bytes] | None = None) -> None:
+        """``first``: bodies answered at once, on a kept-alive connection, before the trickle
+        (page 1 of a paged API comes quickly, page 2 does not)."""
         self.body, self.interval, self.trickle_headers = body, interval, trickle_headers
+        self.first = list(first or [])
         self.content_type, self.max_seconds = content_type, max_seconds
         self.requests: list[str] = []
         self._server: ThreadingHTTPServer | None = None
@@ -222,6 +226,14 @@ class TrickleOrigin:
                 if length:
                     self.rfile.read(length)
                 origin.requests.append(f"{self.command} {self.path}")
+                if origin.first:
+                    body = origin.first.pop(0)
+                    self.send_response(200)
+                    self.send_header("Content-Type", origin.content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return  # the connection stays open for the next request
                 head = (f"HTTP/1.1 200 OK\r\nContent-Type: {origin.content_type}\r\n"
                         f"Content-Length: {len(origin.body)}\r\nX-Padding: {'p' * 40}\r\n\r\n").encode()
                 started = time.monotonic()

@@ -210,6 +210,24 @@ def test_a_trickling_origin_fails_the_poll_at_the_timeout(make_env: MakeEnv, sou
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("source_type", ["jira", "zendesk"])
+def test_a_trickled_second_page_on_a_kept_alive_connection_is_cut_at_the_timeout(
+        make_env: MakeEnv, source_type: str) -> None:
+    """Page 1 comes at once and keeps the connection open; page 2 trickles over that same
+    connection, which the deadline of page 2's request must cover too."""
+    page1 = {"jira": {"issues": [], "nextPageToken": "page-2", "isLast": False},
+             "zendesk": {"tickets": [], "after_cursor": "page-2", "end_of_stream": False}}[source_type]
+    with TrickleOrigin(TRICKLED[source_type], interval=1.0, first=[json.dumps(page1).encode()]) as origin:
+        config, store = env_with(make_env, HTTP_TYPES[source_type].format(url=origin.url, extra="timeout: 3"))
+        began = time.monotonic()
+        report = poll_source(config, store, "s")
+        elapsed = time.monotonic() - began
+    assert len(origin.requests) >= 2, origin.requests  # page 2 was asked for
+    assert not report.ok and "within 3s" in (report.error or ""), report.error
+    assert elapsed < 6.0, f"{source_type}: a trickled page 2 held a 3 s poll for {elapsed:.1f}s"
+
+
+@pytest.mark.slow
 def test_trickled_headers_are_cut_at_the_timeout_too(make_env: MakeEnv) -> None:
     with TrickleOrigin(b"[]", interval=1.0, trickle_headers=True) as origin:
         config, store = env_with(make_env, HTTP_TYPES["http_json"].format(url=origin.url, extra="timeout: 3, retries: 2"))

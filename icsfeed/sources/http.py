@@ -95,8 +95,8 @@ _CURRENT: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("icsf
 class Deadline:
     """A time limit for everything a request does, enforced on its sockets.
 
-    Inside ``with deadline:`` every connection the session opens registers its socket
-    here; when the time is up a timer thread shuts those sockets down, so whatever read
+    Inside ``with deadline:`` every connection the session opens or takes from its pool
+    registers its socket here; when the time is up a timer thread shuts those sockets down, so whatever read
     or handshake is blocked on them returns at once (urllib3 then raises, and the retry
     logic sees :attr:`expired`). Read timeouts alone cannot do this: each read that gets a
     byte starts its timeout again.
@@ -178,11 +178,23 @@ class _HTTPSConnection(HTTPSConnection):
         return _watch_new(super()._new_conn())
 
 
-class _HTTPPool(HTTPConnectionPool):
+class _WatchedPool:
+    """A pool whose kept-alive connections register with the current deadline when they
+    are taken for a request (a new one registers when it connects)."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            _watch_new(sock)
+        return conn
+
+
+class _HTTPPool(_WatchedPool, HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
 
 
-class _HTTPSPool(HTTPSConnectionPool):
+class _HTTPSPool(_WatchedPool, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
@@ -448,6 +460,9 @@ def _read(response: requests.Response, limit: int, where: str, deadline: Deadlin
             raise SourceError(f"{where}: no complete answer within {timeout:g}s ({size} bytes received)") from None
         if error_body:
             return b"".join(chunks)
+        if isinstance(exc, requests.exceptions.ContentDecodingError):
+            encoding = response.headers.get("Content-Encoding", "?")
+            raise SourceError(f"{where}: cannot decode the answer (Content-Encoding {encoding}) after {size} bytes") from None
         if isinstance(exc, (requests.exceptions.Timeout, requests.exceptions.ConnectionError)):
             raise SourceError(f"{where}: body not received within {timeout:g}s (after {size} bytes)") from None
         reason = re.search(r"IncompleteRead\([^)]*\)", str(exc))
