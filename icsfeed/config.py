@@ -348,9 +348,13 @@ def _interpolate(value: Any, path: str, problems: list[tuple[str, str]],
 def named_secrets(value: Any) -> set[str]:
     """Values a source's raw settings mark as secret by their name, wherever they are:
     ``password:``/``token:``/``api_token:`` and headers such as ``X-Api-Key``, ``params``
-    and query parameters such as ``api_key``, URL userinfo, ``--token VALUE`` and
-    ``--token=VALUE`` in an ``argv``, and the base64 of basic auth's ``user:password``."""
+    and query parameters such as ``api_key`` (or plain ``key``), URL userinfo, ``--token
+    VALUE`` and ``--token=VALUE`` in an ``argv``, and the base64 of basic auth's
+    ``user:password``. The ``mapping`` names record fields, never secrets: it is skipped."""
     found: set[str] = set()
+
+    def param(name: str) -> bool:
+        return redact.is_secret_name(name) or name.strip().lower() == "key"
 
     def url(text: str) -> None:
         if "://" not in text and "?" not in text:
@@ -363,7 +367,7 @@ def named_secrets(value: Any) -> set[str]:
             found.add(parts.password)
             found.update(redact.basic_forms(parts.username or "", parts.password))
         for name, item in parse_qsl(parts.query, keep_blank_values=False):
-            if redact.is_secret_name(name):
+            if param(name):
                 found.add(item)
 
     def argv(items: list[Any]) -> None:
@@ -377,26 +381,29 @@ def named_secrets(value: Any) -> set[str]:
                 elif i + 1 < len(items) and isinstance(items[i + 1], str):
                     found.add(items[i + 1])
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, parent: str = "") -> None:
         if isinstance(node, dict):
             user = node.get("username", node.get("email"))
             for key, item in node.items():
+                name = str(key)
+                if name == "mapping" and not parent:
+                    continue
                 if isinstance(item, str):
-                    if redact.is_secret_name(str(key)):
+                    if redact.is_secret_name(name) or (parent == "params" and param(name)):
                         found.add(item)
-                        if isinstance(user, str) and str(key) in ("password", "api_token"):
+                        if isinstance(user, str) and name in ("password", "api_token"):
                             found.update(redact.basic_forms(user, item))
                             found.update(redact.basic_forms(f"{user}/token", item))  # Zendesk's API token user
                     url(item)
                 else:
-                    walk(item)
+                    walk(item, name)
         elif isinstance(node, list):
             argv(node)
             for item in node:
                 if isinstance(item, str):
                     url(item)
                 else:
-                    walk(item)
+                    walk(item, parent)
         elif isinstance(node, str):
             url(node)
 
