@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from icsfeed.config import Config, ConfigError, load_config
+from icsfeed.redact import install_log_redaction, printable, redact
 from icsfeed.store import Store, StoreError
 from icsfeed.tokens import load_secret_key
 
@@ -28,7 +29,7 @@ class Env:
             return load_config(self.config_dir, self.data_dir)
         except ConfigError as exc:
             for file, path, message in exc.problems:
-                click.echo(f"{file}: {path}: {message}" if path else f"{file}: {message}", err=True)
+                echo(f"{file}: {path}: {message}" if path else f"{file}: {message}", err=True)
             raise SystemExit(2) from None
 
     def store(self, config: Config) -> Store:
@@ -53,14 +54,28 @@ def main(ctx: click.Context, config_dir: str, data_dir: str, log_level: str) -> 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.INFO)  # its DEBUG lines carry full URLs: query-string secrets
+    logging.getLogger("urllib3").setLevel(logging.INFO)  # its DEBUG lines are noise (and redacted like all)
+    install_log_redaction()  # no secret in any log line, from icsfeed, urllib3, requests or waitress
     ctx.obj = Env(config_dir, data_dir)
+
+
+def echo(text: str, err: bool = False) -> None:
+    """click.echo of text from origins: it may hold lone surrogates or characters the
+    terminal's encoding lacks (written as escapes, never a UnicodeEncodeError), or
+    control characters (escaped, so that an origin cannot drive the terminal)."""
+    stream = click.get_text_stream("stderr" if err else "stdout")
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text = printable(text).encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        text = printable(text).encode("ascii", "backslashreplace").decode("ascii")
+    click.echo(text, err=err)
 
 
 @main.command()
 @click.pass_obj
 def check(env: Env) -> None:
-    """Validate the config; exit non-zero naming file, path and problem."""
+    """Validate the config; exit 2 listing every problem as ``file: path: problem``."""
     config = env.config()
     click.echo(f"ok: {len(config.accounts)} accounts, {len(config.teams)} teams, "
                f"{len(config.sources)} sources in {config.config_dir}")
@@ -77,15 +92,15 @@ def poll(env: Env, once: bool, sources: tuple[str, ...]) -> None:
     config = env.config()
     unknown = [s for s in sources if s not in config.sources]
     if unknown:
-        click.echo(f"unknown source(s): {', '.join(unknown)} (known: {', '.join(config.sources)})", err=True)
+        echo(f"unknown source(s): {', '.join(unknown)} (known: {', '.join(config.sources)})", err=True)
         raise SystemExit(2)
     store = env.store(config)
     if once:
         reports = poll_now(config, store, sources or None)
-        for report in reports:
-            click.echo(report.line())
+        for report in reports:  # already redacted by the poller; once more costs nothing
+            echo(redact(report.line(), config.secrets))
             for reason in report.skipped[:10]:
-                click.echo(f"  skipped {reason}")
+                echo(f"  skipped {redact(reason, config.secrets)}")
         if any(not r.ok for r in reports):
             raise SystemExit(1)
         return

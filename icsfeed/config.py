@@ -15,13 +15,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from icsfeed import redact
 from icsfeed.sources import load_source_class
 from icsfeed.sources.base import KindInfo, SourceContext, SourceSettings
 
@@ -91,6 +92,9 @@ def _check_color(value: str | None) -> str | None:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
 class ServerConfig(_Model):
@@ -283,17 +287,10 @@ class SourceConfig(_Model):
         return dict(self.model_extra or {})
 
 
-class ConfigFile(_Model):
-    """One YAML file: every section optional."""
-
-    server: dict[str, Any] | None = None
-    storage: dict[str, Any] | None = None
-    feeds: dict[str, Any] | None = None
-    kinds: dict[str, dict[str, Any]] | None = None
-    insights: dict[str, Any] | None = None
-    accounts: list[AccountConfig] = Field(default_factory=list)
-    teams: list[TeamConfig] = Field(default_factory=list)
-    sources: list[SourceConfig] = Field(default_factory=list)
+#: the top-level keys of a config file; each is validated on its own
+MAPPING_SECTIONS = ("server", "storage", "feeds", "insights")
+LIST_SECTIONS = ("accounts", "teams", "sources")
+SECTIONS = frozenset({*MAPPING_SECTIONS, "kinds", *LIST_SECTIONS})
 
 
 @dataclass(frozen=True)
@@ -316,6 +313,10 @@ class Config:
     origins: dict[str, str] = field(default_factory=dict)
     #: (path, mtime_ns, size) of every file read, to notice changes
     fingerprint: tuple[tuple[str, int, int], ...] = ()
+    #: every secret in the config, in the forms it may come back in (icsfeed.redact): the
+    #: values ``${VAR}`` put in, credentials, and what a name marks as a key. No error,
+    #: skipped reason, log line or page shows any of them.
+    secrets: frozenset[str] = frozenset()
 
     @property
     def storage_url(self) -> str:
@@ -344,14 +345,18 @@ class Config:
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    """Replace ${VAR} (and ${VAR:-default}) in every string of a YAML tree."""
+def _interpolate(value: Any, path: str, problems: list[tuple[str, str]],
+                 secrets: set[str] | None = None) -> Any:
+    """Replace ${VAR} (and ${VAR:-default}) in every string of a YAML tree; every value
+    taken from the environment is added to ``secrets`` (whatever it is, it is one)."""
     if isinstance(value, str):
         def sub(match: re.Match[str]) -> str:
             if match.group(0) == "$${":
                 return "${"
             name, default = match.group(1), match.group(2)
             if name in os.environ:
+                if secrets is not None:
+                    secrets.add(os.environ[name])
                 return os.environ[name]
             if default is not None:
                 return default
@@ -359,10 +364,83 @@ def _interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
             return ""
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), problems, secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{path}[{i}]", problems, secrets) for i, v in enumerate(value)]
     return value
+
+
+def named_secrets(value: Any) -> set[str]:
+    """Values a source's raw settings mark as secret by their name, wherever they are:
+    ``password:``/``token:``/``api_token:`` and headers such as ``X-Api-Key``, ``params``
+    and query parameters such as ``api_key`` (or plain ``key``), URL userinfo, ``--token
+    VALUE`` and ``--token=VALUE`` in an ``argv``, and the base64 of basic auth's
+    ``user:password``. The ``mapping`` names record fields, never secrets: it is skipped."""
+    found: set[str] = set()
+
+    def param(name: str) -> bool:
+        return redact.is_secret_name(name) or name.strip().lower() == "key"
+
+    def url(text: str) -> None:
+        if "://" not in text and "?" not in text:
+            return
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            return
+        if parts.password:
+            found.add(parts.password)
+            found.update(redact.basic_forms(parts.username or "", parts.password))
+        for name, item in parse_qsl(parts.query, keep_blank_values=False):
+            if param(name):
+                found.add(item)
+
+    def argv(items: list[Any]) -> None:
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not item.startswith("-"):
+                continue
+            name, sep, rest = item.partition("=")
+            if redact.is_secret_name(name):
+                if sep:
+                    found.add(rest)
+                elif i + 1 < len(items) and isinstance(items[i + 1], str):
+                    found.add(items[i + 1])
+
+    def walk(node: Any, parent: str = "") -> None:
+        if isinstance(node, dict):
+            user = node.get("username", node.get("email"))
+            for key, item in node.items():
+                name = str(key)
+                if name == "mapping" and not parent:
+                    continue
+                if isinstance(item, str):
+                    if redact.is_secret_name(name) or (parent == "params" and param(name)):
+                        found.add(item)
+                        if isinstance(user, str) and name in ("password", "api_token"):
+                            found.update(redact.basic_forms(user, item))
+                            found.update(redact.basic_forms(f"{user}/token", item))  # Zendesk's API token user
+                    url(item)
+                else:
+                    walk(item, name)
+        elif isinstance(node, list):
+            argv(node)
+            for item in node:
+                if isinstance(item, str):
+                    url(item)
+                else:
+                    walk(item, parent)
+        elif isinstance(node, str):
+            url(node)
+
+    walk(value)
+    return found
+
+
+def _secret_set(values: set[str]) -> frozenset[str]:
+    out: set[str] = set()
+    for value in values:
+        out |= redact.secret_forms(value)
+    return frozenset(out)
 
 
 def _error_path(loc: tuple[Any, ...]) -> str:
@@ -429,6 +507,10 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
     settings: dict[str, SourceSettings] = {}
     origins: dict[str, str] = {}
     team_files: dict[str, tuple[str, int]] = {}
+    #: what ${VAR} put in, and what names mark as secret (see named_secrets)
+    secret_values: set[str] = set()
+    #: "feeds.max_title" -> the file that set it last, to name it in a problem
+    setters: dict[str, str] = {}
 
     for path in files:
         name = _display(path)
@@ -449,47 +531,51 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
             problems.append((name, "", f"the top level must be a mapping, not a {type(raw).__name__}"))
             continue
         env_problems: list[tuple[str, str]] = []
-        raw = _interpolate(raw, "", env_problems)
+        raw = _interpolate(raw, "", env_problems, secret_values)
         problems.extend((name, p, m) for p, m in env_problems)
-        try:
-            parsed = ConfigFile.model_validate(raw)
-        except ValidationError as exc:
-            problems.extend((name, p, m) for p, m in _pydantic_problems(exc))
-            continue
-        for section in ("server", "storage", "feeds", "insights"):
-            merged[section].update(getattr(parsed, section) or {})
-        for kind_name, kind in (parsed.kinds or {}).items():
+        for key in raw:
+            if key not in SECTIONS:
+                problems.append((name, str(key), f"unknown section (known: {', '.join(sorted(SECTIONS))})"))
+        for section in MAPPING_SECTIONS:
+            value = _mapping(raw, section, name, problems)
+            merged[section].update(value)
+            setters.update({f"{section}.{key}": name for key in value})
+            if section in ("server", "storage"):
+                secret_values |= named_secrets(value)
+        for kind_name, kind in _mapping(raw, "kinds", name, problems).items():
+            if not isinstance(kind, dict):
+                problems.append((name, f"kinds.{kind_name}", f"must be a mapping, not a {type(kind).__name__}"))
+                continue
             merged["kinds"][kind_name] = {**merged["kinds"].get(kind_name, {}), **kind}
             merged.setdefault("kind_files", {})[kind_name] = name
-        for i, account in enumerate(parsed.accounts):
+        for i, item in enumerate(_items(raw, "accounts", name, problems)):
+            account = _validated(AccountConfig, item, f"accounts[{i}]", name, problems)
+            if account is None:
+                continue
             if account.id in accounts:
                 problems.append((name, f"accounts[{i}].id", f"duplicate account id {account.id!r} (also in {origins['account:' + account.id]})"))
             accounts[account.id] = account
             origins.setdefault("account:" + account.id, name)
-        for i, team in enumerate(parsed.teams):
+        for i, item in enumerate(_items(raw, "teams", name, problems)):
+            team = _validated(TeamConfig, item, f"teams[{i}]", name, problems)
+            if team is None:
+                continue
             if team.id in teams:
                 problems.append((name, f"teams[{i}].id", f"duplicate team id {team.id!r} (also in {origins['team:' + team.id]})"))
             teams[team.id] = team
             origins.setdefault("team:" + team.id, name)
             team_files[team.id] = (name, i)
-        for i, source in enumerate(parsed.sources):
-            where = f"sources[{i}]"
+        for i, item in enumerate(_items(raw, "sources", name, problems)):
+            if isinstance(item, dict):
+                secret_values |= named_secrets({k: v for k, v in item.items() if k not in COMMON_SOURCE_KEYS})
+            checked = _source(item, f"sources[{i}]", name, problems)
+            if checked is None:
+                continue
+            source, source_settings = checked
             if source.id in sources:
-                problems.append((name, f"{where}.id", f"duplicate source id {source.id!r} (also in {origins['source:' + source.id]})"))
-            try:
-                cls = load_source_class(source.type)
-            except KeyError as exc:
-                problems.append((name, f"{where}.type", str(exc.args[0])))
-                continue
-            try:
-                settings[source.id] = cls.parse_settings(source.raw_settings)
-            except ValidationError as exc:
-                problems.extend((name, p, m) for p, m in _pydantic_problems(exc, where))
-                continue
-            except ValueError as exc:
-                problems.append((name, where, str(exc)))
-                continue
+                problems.append((name, f"sources[{i}].id", f"duplicate source id {source.id!r} (also in {origins['source:' + source.id]})"))
             sources[source.id] = source
+            settings[source.id] = source_settings
             origins.setdefault("source:" + source.id, name)
 
     sections: dict[str, Any] = {}
@@ -497,11 +583,11 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
         try:
             sections[section] = model.model_validate(merged[section])
         except ValidationError as exc:
-            problems.extend(("config", p, m) for p, m in _pydantic_problems(exc, section))
+            problems.extend((_setter(setters, p), p, m) for p, m in _pydantic_problems(exc, section))
             sections[section] = model()
     if os.environ.get(STORAGE_URL_ENV):
         sections["storage"] = StorageConfig(url=os.environ[STORAGE_URL_ENV])
-    sections["insights"] = _insights_settings(merged["insights"], problems)
+    sections["insights"] = _insights_settings(merged["insights"], problems, setters)
     kinds: dict[str, KindConfig] = {}
     for kind_name in {**BUILTIN_KINDS, **merged["kinds"]}:
         data = {**BUILTIN_KINDS.get(kind_name, {}), **merged["kinds"].get(kind_name, {})}
@@ -528,17 +614,108 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
         for j, kind_name in enumerate(team.kinds or []):
             if kind_name not in kinds:
                 problems.append((file, f"teams[{i}].kinds[{j}]", f"unknown kind {kind_name!r} (known: {', '.join(kinds)})"))
-    if problems:
-        raise ConfigError(problems)
+    for source_settings in settings.values():
+        secret_values |= _secret_str_values(source_settings)
+    secrets = _secret_set(secret_values)
+    redact.register(secrets)  # the log filter of this process removes them too
+    if problems:  # a problem may quote a value: that value may be a secret
+        raise ConfigError([(f, p, redact.redact(m, secrets)) for f, p, m in problems])
     return Config(
         config_dir=config_dir, data_dir=data_dir, server=sections["server"],
         storage=sections["storage"], feeds=sections["feeds"], kinds=kinds,
         accounts=accounts, teams=teams, sources=sources, source_settings=settings,
         insights=sections["insights"], origins=origins, fingerprint=_fingerprint(files),
+        secrets=secrets,
     )
 
 
-def _insights_settings(raw: dict[str, Any], problems: list[tuple[str, str, str]]) -> Any:
+def _mapping(raw: dict[str, Any], section: str, file: str, problems: list[tuple[str, str, str]]) -> dict[str, Any]:
+    value = raw.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append((file, section, f"must be a mapping, not a {type(value).__name__}"))
+        return {}
+    return value
+
+
+def _items(raw: dict[str, Any], section: str, file: str, problems: list[tuple[str, str, str]]) -> list[Any]:
+    value = raw.get(section)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append((file, section, f"must be a list, not a {type(value).__name__}"))
+        return []
+    return value
+
+
+def _validated(model: type[_ModelT], item: Any, where: str, file: str,
+               problems: list[tuple[str, str, str]]) -> _ModelT | None:
+    """One account, team or source entry on its own, so that its problems hide no other's."""
+    try:
+        return model.model_validate(item)
+    except ValidationError as exc:
+        problems.extend((file, p, m) for p, m in _pydantic_problems(exc, where))
+        return None
+
+
+def _source(item: Any, where: str, file: str,
+            problems: list[tuple[str, str, str]]) -> tuple[SourceConfig, SourceSettings] | None:
+    """A source's common keys and its type's settings, each checked even when the other
+    is broken: a bad ``interval`` must not hide an unknown ``type`` or a missing ``url``."""
+    if not isinstance(item, dict):
+        problems.append((file, where, f"a source is a mapping, not a {type(item).__name__}"))
+        return None
+    source = _validated(SourceConfig, item, where, file, problems)
+    type_name = item.get("type")
+    if not isinstance(type_name, str):
+        return None  # reported by SourceConfig above
+    try:
+        cls = load_source_class(type_name)
+    except KeyError as exc:
+        problems.append((file, f"{where}.type", str(exc.args[0])))
+        return None
+    try:
+        source_settings = cls.parse_settings({k: v for k, v in item.items() if k not in COMMON_SOURCE_KEYS})
+    except ValidationError as exc:
+        problems.extend((file, p, m) for p, m in _pydantic_problems(exc, where))
+        return None
+    except ValueError as exc:
+        problems.append((file, where, str(exc)))
+        return None
+    return (source, source_settings) if source is not None else None
+
+
+def _secret_str_values(settings: BaseModel) -> set[str]:
+    """Every SecretStr value in a source's settings (validators may build them: Zendesk's
+    basic auth from email and api_token)."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            found.add(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+    return found
+
+
+def _setter(setters: dict[str, str], path: str) -> str:
+    """The file a problem at ``feeds.max_title`` (or ``feeds.max_title.x``) comes from."""
+    key = ".".join(path.split(".")[:2]).split("[")[0]
+    return setters.get(key, "config")
+
+
+def _insights_settings(raw: dict[str, Any], problems: list[tuple[str, str, str]],
+                       setters: dict[str, str] | None = None) -> Any:
     """Validate the ``insights:`` section with the insights package's own model."""
     try:
         from icsfeed.insights.settings import InsightsSettings
@@ -547,7 +724,7 @@ def _insights_settings(raw: dict[str, Any], problems: list[tuple[str, str, str]]
     try:
         return InsightsSettings.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(("config", p, m) for p, m in _pydantic_problems(exc, "insights"))
+        problems.extend((_setter(setters or {}, p), p, m) for p, m in _pydantic_problems(exc, "insights"))
         return InsightsSettings()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
@@ -108,10 +108,55 @@ class Event:
             alarm_before=timedelta(seconds=alarm) if alarm else None,
         )
 
+    def bounded(self, max_title: int, max_detail: int) -> Event:
+        """This event with its text cut to what a feed shows (``feeds.max_title`` and
+        ``max_detail``), so that the store never keeps, reloads or hashes more.
+
+        The cut is a function of the input only: the same record cuts to the same text on
+        every poll, so its content hash, and with it SEQUENCE, stays put. Attribute values
+        are cut like the detail, and an URL longer than :data:`MAX_URL` (no calendar
+        opens it) is dropped.
+        """
+        title, detail = cut_text(self.title, max_title), cut_text(self.detail, max_detail)
+        url = self.url if self.url is None or len(self.url) <= MAX_URL else None
+        attrs = _bounded_value(self.attrs, max_detail)
+        if title is self.title and detail is self.detail and url is self.url and attrs is self.attrs:
+            return self
+        return replace(self, title=title, detail=detail, url=url, attrs=attrs)
+
     def content_hash(self) -> str:
         """Hash of everything a client sees; a change bumps SEQUENCE and LAST-MODIFIED."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: longest URL an event keeps (render publishes far shorter ones only)
+MAX_URL = 8192
+#: most items an attribute list or mapping keeps
+MAX_ATTR_ITEMS = 1000
+
+
+def cut_text(value: str, limit: int) -> str:
+    """At most ``limit`` characters, cut with "…" the way render cuts (then a no-op)."""
+    if len(value) <= limit:
+        return value
+    return value[: limit - 1].rstrip() + "…"
+
+
+def _bounded_value(value: Any, limit: int) -> Any:
+    """Strings cut to ``limit``, containers to MAX_ATTR_ITEMS, the same object when nothing is cut."""
+    if isinstance(value, str):
+        return cut_text(value, limit)
+    if isinstance(value, Mapping):
+        items = list(value.items())[:MAX_ATTR_ITEMS]
+        out = {k: _bounded_value(v, limit) for k, v in items}
+        same = len(items) == len(value) and all(out[k] is v for k, v in items)
+        return value if same else out
+    if isinstance(value, (list, tuple)):
+        kept = [_bounded_value(v, limit) for v in value[:MAX_ATTR_ITEMS]]
+        same = len(kept) == len(value) and all(a is b for a, b in zip(kept, value, strict=False))
+        return value if same else kept
+    return value
 
 
 def _instant(value: datetime | date) -> float | date:

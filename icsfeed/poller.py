@@ -1,7 +1,9 @@
 """One poll: fetch from a source, apply to the store in one transaction, mark what changed.
 
-A source that fails leaves its last good events in place; the error (with secrets taken out)
-is recorded for the status page and the scheduler's backoff.
+A source that fails leaves its last good events in place; the error (with secrets taken out
+by :func:`icsfeed.redact.redact`, like every skipped reason) is recorded for the status page
+and the scheduler's backoff. Events are cut to ``feeds.max_title``/``max_detail`` before
+they are stored.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, SecretStr
 from icsfeed.config import Config
 from icsfeed.insights import refresh_insights
 from icsfeed.model import Event
+from icsfeed.redact import redact, secret_forms
 from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
 from icsfeed.sources import Source, SourceError, load_source_class
@@ -52,15 +55,15 @@ class PollReport:
         return text + f" ({self.seconds:.2f}s)"
 
 
-def secrets_of(settings: BaseModel) -> list[str]:
-    """Every secret value in a source's settings (SecretStr anywhere in the tree)."""
-    found: list[str] = []
+def secrets_of(settings: BaseModel) -> set[str]:
+    """Every secret value in a source's settings (SecretStr anywhere in the tree), in the
+    forms it may come back in. ``Config.secrets`` holds these too, and more (every
+    ``${VAR}`` value, keys named as such); this covers settings made without a config."""
+    found: set[str] = set()
 
     def walk(value: Any) -> None:
         if isinstance(value, SecretStr):
-            secret = value.get_secret_value()
-            if secret:
-                found.append(secret)
+            found.update(secret_forms(value.get_secret_value()))
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 walk(getattr(value, name))
@@ -72,14 +75,12 @@ def secrets_of(settings: BaseModel) -> list[str]:
                 walk(v)
 
     walk(settings)
-    return sorted(found, key=len, reverse=True)
+    return found
 
 
-def redact(message: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if len(secret) >= 3:
-            message = message.replace(secret, "***")
-    return message
+def source_secrets(config: Config, source_id: str) -> set[str]:
+    """What the messages of a source's poll must not show."""
+    return set(config.secrets) | secrets_of(config.source_settings[source_id])
 
 
 def build_source(config: Config, source_id: str) -> Source:
@@ -91,7 +92,7 @@ def build_source(config: Config, source_id: str) -> Source:
 def poll_source(config: Config, store: Store, source_id: str, *, now: float | None = None) -> PollReport:
     """Poll one source and apply the result; never raises for a failing source."""
     cfg = config.sources[source_id]
-    secrets = secrets_of(config.source_settings[source_id])
+    secrets = source_secrets(config, source_id)
     started = time.monotonic()
     now = now if now is not None else time.time()
     state = store.source_state(source_id)
@@ -157,6 +158,7 @@ def refresh_due_insights(config: Config, store: Store, now: float | None = None)
 def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[Event]:
     """Events that can be stored; anything else is skipped with a reason."""
     events = []
+    max_title, max_detail = config.feeds.max_title, config.feeds.max_detail
     for ev in fetched:
         if not isinstance(ev, Event):
             source.skip(ev, "not an Event")
@@ -166,8 +168,8 @@ def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[E
             source.skip(ev.key, f"unknown kind {ev.kind!r}")
         elif len(str(ev.key)) > 500:
             source.skip(str(ev.key)[:60], "key longer than 500 characters")
-        else:
-            events.append(ev)
+        else:  # cut here, not only when rendered: the store never keeps a 50 MB detail
+            events.append(ev.bounded(max_title, max_detail))
     return events
 
 
@@ -179,8 +181,9 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None) 
         try:
             reports.append(poll_source(config, store, source_id))
         except StoreError as exc:
-            log.error("cannot store poll of %s: %s", source_id, exc)
-            reports.append(PollReport(source_id, ok=False, error=str(exc)))
+            message = redact(str(exc), source_secrets(config, source_id))
+            log.error("cannot store poll of %s: %s", source_id, message)
+            reports.append(PollReport(source_id, ok=False, error=message))
     try:
         refresh_due_insights(config, store)
     except StoreError as exc:

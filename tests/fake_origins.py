@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeOrigin", "RecordedRequest", "Reply", "json_response"]
+__all__ = ["FakeOrigin", "RecordedRequest", "Reply", "TrickleOrigin", "json_response"]
 
 
 @dataclass
@@ -186,3 +186,91 @@ class FakeOrigin:
             return target(request)
         except Exception as exc:  # a broken test handler shows as a 599, not a hang
             return Reply(599, f"fake origin handler failed: {type(exc).__name__}: {exc}")
+
+
+class TrickleOrigin:
+    """An origin on 127.0.0.1 that answers every request, but slowly: one byte every
+    ``interval`` seconds, of the body (headers at once) or, with ``trickle_headers``, of the
+    whole answer from the status line on. It never stalls long enough for a read timeout to
+    fire, which is what makes it hostile. Each answer ends after ``max_seconds`` at the
+    latest (the connection is closed), so a client without a deadline is slow, not stuck.
+    """
+
+    def __init__(self, body: bytes, *, interval: float = 1.0, trickle_headers: bool = False,
+                 content_type: str = "application/json", max_seconds: float = 40.0,
+                 first: list[bytes] | None = None) -> None:
+        """``first``: bodies answered at once, on a kept-alive connection, before the trickle
+        (page 1 of a paged API comes quickly, page 2 does not)."""
+        self.body, self.interval, self.trickle_headers = body, interval, trickle_headers
+        self.first = list(first or [])
+        self.content_type, self.max_seconds = content_type, max_seconds
+        self.requests: list[str] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "TrickleOrigin is not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> Self:
+        import time
+
+        origin = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                origin.requests.append(f"{self.command} {self.path}")
+                if origin.first:
+                    body = origin.first.pop(0)
+                    self.send_response(200)
+                    self.send_header("Content-Type", origin.content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return  # the connection stays open for the next request
+                head = (f"HTTP/1.1 200 OK\r\nContent-Type: {origin.content_type}\r\n"
+                        f"Content-Length: {len(origin.body)}\r\nX-Padding: {'p' * 40}\r\n\r\n").encode()
+                started = time.monotonic()
+                slow = (head + origin.body) if origin.trickle_headers else origin.body
+                try:
+                    if not origin.trickle_headers:
+                        self.wfile.write(head)
+                        self.wfile.flush()
+                    for i in range(len(slow)):
+                        if time.monotonic() - started > origin.max_seconds:
+                            break
+                        self.wfile.write(slow[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(origin.interval)
+                except OSError:
+                    pass  # the client gave up: what a deadline is for
+                self.close_connection = True
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="trickle-origin", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

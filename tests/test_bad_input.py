@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -187,3 +188,42 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     result = cli(config_dir, blocker / "data", "poll", "--once")
     assert result.returncode == 3
     assert "cannot create data directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_reports_every_independent_problem_of_one_file(tmp_path: Path) -> None:
+    """A bad interval must not hide an unknown type further down, nor a bad account a bad team."""
+    config_dir = write_config(tmp_path / "config", {"a.yaml": """
+accounts:
+  - {id: acme}
+  - {id: globex, name: Globex, timezone: Mars/Olympus}
+teams:
+  - {id: ops, name: Ops, kinds: [alert, nope]}
+  - {id: t2}
+sources:
+  - {id: s1, type: file, interval: soon, path: x, mapping: {key: id, title: t, start: s}}
+  - {id: s2, type: carrier-pigeon}
+  - {id: s3, type: http_json, interval: 0, mapping: {key: id, title: t, start: s}}
+  - {id: s4, type: command, jitter: later, argv: [x], mapping: {key: id, title: t, start: s}, shell: true}
+feeds: {max_title: 3}
+frobnicate: 1
+"""})
+    result = cli(config_dir, tmp_path / "data", "check")
+    assert result.returncode == 2, result.stdout
+    expected = [
+        "a.yaml: accounts[0].name: required setting is missing",
+        "a.yaml: accounts[1].timezone: ",
+        "a.yaml: teams[1].name: required setting is missing",
+        "a.yaml: teams[0].kinds[1]: unknown kind 'nope'",
+        "a.yaml: sources[0].interval: ",
+        "a.yaml: sources[1].type: unknown source type 'carrier-pigeon'",
+        "a.yaml: sources[2].interval: ",
+        "a.yaml: sources[2].url: required setting is missing",
+        "a.yaml: sources[3].jitter: ",
+        "a.yaml: sources[3].shell: unknown setting",
+        "a.yaml: feeds.max_title: ",
+        "a.yaml: frobnicate: unknown section",
+    ]
+    lines = result.stderr.splitlines()
+    missing = [e for e in expected if not any(e in line for line in lines)]
+    assert not missing, f"not reported: {missing}\n{result.stderr}"
+    assert all(re.match(r"^\S+\.yaml: \S+: \S", line) for line in lines), result.stderr  # file: path: problem

@@ -125,12 +125,13 @@ class AlertmanagerSource(Source):
         if s.receiver:
             params["receiver"] = s.receiver
         with make_session(s) as session:
-            alerts = get_json(session, f"{s.url}/api/v2/alerts", timeout=s.timeout, params=params)
+            alerts = get_json(session, f"{s.url}/api/v2/alerts", timeout=s.timeout, max_bytes=s.max_bytes, params=params)
             silences: Any = []
             if s.include_silences:
                 silence_filter = s.filter if s.silence_filter is None else s.silence_filter
                 silence_params = {"filter": silence_filter} if silence_filter else None
-                silences = get_json(session, f"{s.url}/api/v2/silences", timeout=s.timeout, params=silence_params)
+                silences = get_json(session, f"{s.url}/api/v2/silences", timeout=s.timeout, max_bytes=s.max_bytes,
+                                    params=silence_params)
         if not isinstance(alerts, list) or not isinstance(silences, list):
             raise SourceError(f"{safe_url(s.url)}: not an Alertmanager API v2 answer (expected JSON lists)")
         now = datetime.now(UTC)

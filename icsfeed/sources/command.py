@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal
@@ -17,6 +16,7 @@ from icsfeed.sources.mapping import (
     MappedSource,
     records_in,
 )
+from icsfeed.sources.process import OutputTooLarge, TimedOut, run_bounded
 
 
 class CommandSettings(MappedSettings):
@@ -32,7 +32,8 @@ class CommandSettings(MappedSettings):
 
 
 class CommandSource(MappedSource):
-    """Runs the command each poll; a non-zero exit or a timeout fails the poll."""
+    """Runs the command each poll; a non-zero exit, a timeout or more output than
+    ``max_bytes`` fails the poll (the program and its children are killed)."""
 
     type_name = "command"
     Settings = CommandSettings
@@ -51,15 +52,15 @@ class CommandSource(MappedSource):
             env["ICSFEED_SINCE"] = since.isoformat()
         name = os.path.basename(program)
         try:
-            done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=s.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise SourceError(f"{name}: no result within {s.timeout:g}s") from None
+            done = run_bounded(argv, cwd=cwd, env=env, timeout=s.timeout, max_bytes=s.max_bytes)
+        except TimedOut:
+            raise SourceError(f"{name}: no result within {s.timeout:g}s (stopped)") from None
+        except OutputTooLarge:
+            raise SourceError(f"{name}: output larger than max_bytes ({s.max_bytes}); stopped it") from None
         except OSError as exc:
             raise SourceError(f"cannot run {name}: {exc.strerror}") from None
         if done.returncode != 0:
-            first = (done.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:300]
+            first = (done.stderr.decode("utf-8", "replace").strip().split("\n") or [""])[-1].strip()[:300]
             raise SourceError(f"{name} exited with status {done.returncode}: {first}")
-        if len(done.stdout) > s.max_bytes:
-            raise SourceError(f"{name}: output larger than max_bytes ({s.max_bytes})")
-        text = done.stdout.decode("utf-8", "replace")
+        text = done.stdout.decode("utf-8-sig", "replace")  # a byte-order mark is no record
         return list(self.events_from(records_in(self, text, s.format, s.items, name)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterable
@@ -39,11 +40,19 @@ class FileSource(MappedSource):
 
     def fetch(self, since: datetime | None) -> Iterable[Event]:
         path = self.resolve_path(self.settings.path)
+        limit = self.settings.max_bytes
         try:
             size = path.stat().st_size
-            if size > self.settings.max_bytes:
-                raise SourceError(f"{path.name}: {size} bytes is more than max_bytes ({self.settings.max_bytes})")
-            text = path.read_text(encoding=self.settings.encoding, errors="replace")
+            if size > limit:
+                raise SourceError(f"{path.name}: {size} bytes is more than max_bytes ({limit})")
+            with path.open("rb") as handle:  # bounded even if it grows (or is a pipe) meanwhile
+                data = handle.read(limit + 1)
+            if len(data) > limit:
+                raise SourceError(f"{path.name}: more than max_bytes ({limit})")
+            # universal newlines, as a text file is read: \r\n and \r end a line (U+2028 does not)
+            text = data.decode(_encoding(self.settings.encoding), "replace").replace("\r\n", "\n").replace("\r", "\n")
+        except LookupError:
+            raise SourceError(f"unknown encoding {self.settings.encoding!r}") from None
         except FileNotFoundError:
             raise SourceError(f"file not found: {path}") from None
         except OSError as exc:
@@ -62,3 +71,10 @@ class FileSource(MappedSource):
         else:
             records = records_in(self, text, fmt, self.settings.items, path.name)
         return list(self.events_from(records))
+
+
+def _encoding(name: str) -> str:
+    """The codec to read with: UTF-8 files may start with a byte-order mark (Excel's CSV
+    export does), which is no part of the first record or column name."""
+    codec = codecs.lookup(name).name
+    return "utf-8-sig" if codec == "utf-8" else codec

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from icsfeed.model import Event
-from icsfeed.sources.http import HttpSettings, make_session, read_body, request, safe_url
+from icsfeed.sources.http import HttpSettings, fetch, make_session, safe_url
 from icsfeed.sources.mapping import MappedSettings, MappedSource, records_in
 
 
@@ -53,7 +53,7 @@ class HttpJsonSource(MappedSource):
         url = s.url.replace("{since}", since_text)
         params = {k: v.replace("{since}", since_text) for k, v in s.params.items()}
         with make_session(s) as session:
-            response = request(session, "GET", url, timeout=s.timeout, params=params, stream=True)
-            with response:
-                body = read_body(response, s.max_bytes, safe_url(url), s.timeout)
-        return list(self.events_from(records_in(self, body, "json", s.items, safe_url(url))))
+            answer = fetch(session, "GET", url, timeout=s.timeout, max_bytes=s.max_bytes, params=params)
+        # a charset in Content-Type decodes the body; without one JSON is UTF-8 (BOM accepted)
+        document = answer.text() if answer.charset else answer.body
+        return list(self.events_from(records_in(self, document, "json", s.items, safe_url(url))))

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 
 from icsfeed.model import Event
 from icsfeed.sources.base import Absence, KindInfo, Source, SourceError, SourceSettings
-from icsfeed.sources.http import HttpSettings, make_session, read_body, request, safe_url
+from icsfeed.sources.http import HttpSettings, fetch, make_session
 
 #: RRULE frequencies that cannot be a maintenance calendar and would expand into
 #: hundreds of thousands of occurrences (dateutil walks every one since DTSTART)
@@ -180,25 +180,20 @@ class IcsSource(Source):
             if cached.get("last_modified"):
                 headers["If-Modified-Since"] = cached["last_modified"]
         where = _redacted(url)
-        session = make_session(s)
-        try:
+        with make_session(s) as session:  # ``where`` in every message: calendar URLs carry a secret in the path
+            answer = fetch(session, "GET", url, timeout=s.timeout, max_bytes=s.max_bytes, where=where,
+                           headers=headers, accept_status=(304,))
+        if answer.status == 304:
+            if cached is None:
+                raise SourceError(f"{where}: answered 304 Not Modified to an unconditional request")
             try:
-                response = request(session, "GET", url, timeout=s.timeout, headers=headers, stream=True)
-            except SourceError as exc:  # calendar URLs often carry a secret in the path
-                raise SourceError(_without_path(str(exc), url, where)) from None
-            with response:
-                if response.status_code == 304:
-                    if cached is None:
-                        raise SourceError(f"{where}: answered 304 Not Modified to an unconditional request")
-                    try:
-                        return base64.b64decode(cached["body"]), lambda: None
-                    except (KeyError, ValueError):
-                        raise SourceError(f"{where}: 304 Not Modified but the cached copy is unreadable") from None
-                body = read_body(response, s.max_bytes, where, s.timeout)
-                etag = response.headers.get("ETag")
-                last_modified = response.headers.get("Last-Modified")
-        finally:
-            session.close()
+                return base64.b64decode(cached["body"]), lambda: None
+            except (KeyError, ValueError):
+                raise SourceError(f"{where}: 304 Not Modified but the cached copy is unreadable") from None
+        # RFC 5545's default is UTF-8; a charset the server names wins (kept as UTF-8 from here on)
+        body = answer.text().encode("utf-8") if answer.charset and answer.charset != "utf-8" else answer.body
+        etag = answer.headers.get("ETag")
+        last_modified = answer.headers.get("Last-Modified")
 
         def remember() -> None:
             if etag or last_modified:
@@ -512,15 +507,6 @@ def _redacted(url: str) -> str:
     if re.fullmatch(r"[A-Za-z][\w.-]{0,39}\.(ics|ical|ifb|icalendar)", last):
         return f"{parts.scheme}://{host}/…/{last}"
     return f"{parts.scheme}://{host}/…"
-
-
-def _without_path(message: str, url: str, where: str) -> str:
-    """An error message with the URL's path (and so its secret) replaced by ``where``."""
-    message = message.replace(safe_url(url), where)
-    path = urlsplit(url).path
-    if len(path) > 1:
-        message = message.replace(path, where)
-    return message
 
 
 def _reason(exc: BaseException) -> str:

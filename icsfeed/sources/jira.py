@@ -38,7 +38,7 @@ from pydantic import Field, field_validator
 
 from icsfeed.model import Event
 from icsfeed.sources.base import KindInfo, Source, SourceError, SourceSettings
-from icsfeed.sources.http import HttpSettings, make_session, request, safe_url
+from icsfeed.sources.http import HttpSettings, fetch, make_session, safe_url
 from icsfeed.sources.mapping import RecordError, lookup, parse_when, render_value
 
 log = logging.getLogger(__name__)
@@ -201,11 +201,8 @@ class JiraSource(Source):
     # --- paging ------------------------------------------------------------------------------
 
     def _post(self, session: Any, url: str, body: dict[str, Any]) -> Mapping[str, Any]:
-        response = request(session, "POST", url, timeout=self.settings.timeout, json=body)
-        try:
-            data = response.json()
-        except ValueError:
-            raise SourceError(f"{safe_url(url)}: answer is not JSON ({len(response.content)} bytes)") from None
+        s = self.settings
+        data = fetch(session, "POST", url, timeout=s.timeout, max_bytes=s.max_bytes, json=body).json()
         if not isinstance(data, Mapping) or not isinstance(data.get("issues"), list):
             raise SourceError(f"{safe_url(url)}: unexpected answer (no list of issues)")
         return data

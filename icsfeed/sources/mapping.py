@@ -133,13 +133,19 @@ def select_items(document: Any, path: str | None) -> list[Any]:
 
 class _RecordFormatter(string.Formatter):
     """str.format over a record where a field name is a dotted path, and nothing else:
-    no attribute access, so a template cannot reach into Python objects."""
+    no attribute access, so a template cannot reach into Python objects. A list reads
+    ``a, b`` and an object compact JSON, never Python's repr."""
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
         value = lookup(kwargs["__record__"], field_name)
         if value is _MISSING or value is None:
             raise KeyError(field_name)
         return value, field_name
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, (list, tuple, Mapping, bool)):
+            value = _text(value)
+        return super().format_field(value, format_spec)
 
 
 _FORMATTER = _RecordFormatter()
@@ -219,10 +225,16 @@ def to_all_day(value: datetime | date, tz: Any) -> date:
 # --- records -> events ----------------------------------------------------------------------
 
 def _text(value: Any) -> str:
+    """A record's value as the text people read: a list as ``a, b``, an object as compact
+    JSON (``{"nested":"object"}``), true/false as JSON writes them; never Python's repr."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     return str(value)
 
 
@@ -307,6 +319,8 @@ def parse_json_document(text: str | bytes, what: str) -> Any:
     """JSON or a SourceError that says what was wrong (never half a document)."""
     from icsfeed.sources.base import SourceError
 
+    if isinstance(text, str):
+        text = text.removeprefix("\ufeff")  # a byte-order mark is no part of the document
     try:
         return json.loads(text)
     except RecursionError:
@@ -325,7 +339,9 @@ def records_in(source: Source, text: str | bytes, fmt: str, items: str | None, w
     from icsfeed.sources.base import SourceError
 
     if fmt == "jsonl":
-        return parse_json_lines(text.decode("utf-8", "replace") if isinstance(text, bytes) else text, source)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8-sig", "replace")
+        return parse_json_lines(text.removeprefix("\ufeff"), source)
     try:
         return select_items(parse_json_document(text, what), items)
     except RecordError as exc:
@@ -333,9 +349,13 @@ def records_in(source: Source, text: str | bytes, fmt: str, items: str | None, w
 
 
 def parse_json_lines(text: str, source: Source) -> list[Any]:
-    """JSON Lines: a broken line is skipped with its line number, the rest go on."""
+    """JSON Lines: a broken line is skipped with its line number, the rest go on.
+
+    Lines end at ``\n`` only (a ``\r`` before it is JSON whitespace): U+2028, U+2029,
+    U+0085 and the other characters ``str.splitlines`` breaks at are text inside a record.
+    """
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

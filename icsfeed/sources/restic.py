@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from icsfeed.model import Event
+from icsfeed.redact import redact
 from icsfeed.sources.base import Source, SourceError, SourceSettings
 from icsfeed.sources.mapping import RecordError, parse_when
 
@@ -188,14 +189,12 @@ class ResticSource(Source):
         return self.redact(line)
 
     def redact(self, text: str) -> str:
-        """Replace secret values and URL credentials (rest:https://user:pw@host) by ***."""
+        """Secret values and URL credentials (rest:https://user:pw@host) replaced by ***."""
         s = self.settings
         secrets = [v.get_secret_value() for v in s.env.values()]
         if s.password is not None:
             secrets.append(s.password.get_secret_value())
-        for secret in sorted(filter(None, secrets), key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return re.sub(r"(://[^/\s:@]+:)[^@/\s]+@", r"\1***@", text)
+        return redact(text, secrets)
 
     # --- snapshots -> events ---------------------------------------------------------
 

@@ -175,7 +175,7 @@ class ZendeskSource(Source):
         tickets: list[Any] = []
         cursor: str | None = None
         for number in range(1, s.max_pages + 1):
-            data = get_json(session, url, timeout=s.timeout, params=params)
+            data = get_json(session, url, timeout=s.timeout, max_bytes=s.max_bytes, params=params)
             if not isinstance(data, Mapping) or not isinstance(data.get("tickets"), list):
                 raise SourceError(f"{safe_url(url)}: unexpected answer (no list of tickets)")
             tickets.extend(data["tickets"])
@@ -217,7 +217,7 @@ class ZendeskSource(Source):
         url = f"{s.site}{ORGANIZATIONS_PATH}"
         for i in range(0, len(wanted), SHOW_MANY_LIMIT):
             chunk = wanted[i:i + SHOW_MANY_LIMIT]
-            data = get_json(session, url, timeout=s.timeout, params={"ids": ",".join(chunk)})
+            data = get_json(session, url, timeout=s.timeout, max_bytes=s.max_bytes, params={"ids": ",".join(chunk)})
             if not isinstance(data, Mapping) or not isinstance(data.get("organizations"), list):
                 raise SourceError(f"{safe_url(url)}: unexpected answer (no list of organizations)")
             for org in data["organizations"]:
