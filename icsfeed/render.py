@@ -297,7 +297,7 @@ def render_vevent(config: Config, row: EventRow, view: str | None = None) -> byt
     """One VEVENT (escaped, folded, CRLF), byte-identical to vevent_component(...).to_ical().
 
     ``view``: the month view URL of the feed being rendered, for events that link it
-    (:func:`links_month_view`); without it (a stored fragment, shared by feeds) they link nothing.
+    (:func:`links_month_view`); without it they link nothing.
     """
     ev = row.event
     kind = config.kinds.get(ev.kind) or config.kinds["alert"]

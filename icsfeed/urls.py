@@ -28,17 +28,24 @@ _HOST = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?")
 # that no published link holds a quote of either kind.
 _PATH_SAFE = "%!$&()*+,;=:@/"
 _QUERY_SAFE = _PATH_SAFE + "?"
+#: a link that is already what :func:`_published` would make of it (lower-case http(s), an
+#: ASCII host of valid labels, a short port, no "%" and nothing to encode): most origin links
+_PUBLISHED = re.compile(
+    r"https?://(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?::[0-9]{1,4})?"
+    r"(?:/[A-Za-z0-9._~!$&()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~!$&()*+,;=:@/?-]*)?(?:#[A-Za-z0-9._~!$&()*+,;=:@/?-]*)?")
 
 
 def safe_url(url: object) -> str | None:
     """``url`` as a valid absolute http(s) RFC 3986 URI, or None if it cannot be one."""
     if not isinstance(url, str) or not url:
         return None
-    return _safe_url(url)
+    if len(url) <= MAX_URL and _PUBLISHED.fullmatch(url):
+        return url  # the same as _published(url), at a tenth of the cost
+    return _published(url)
 
 
-@lru_cache(maxsize=8192)
-def _safe_url(url: str) -> str | None:
+@lru_cache(maxsize=4096)
+def _published(url: str) -> str | None:
     url = url.strip()
     if not url or len(url) > MAX_URL or _REFUSED.search(url):
         return None
