@@ -1,0 +1,153 @@
+"""Opening the database: the engine, SQLite's pragmas, a read-only SQLite file, and errors
+that say where and why in one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, inspect, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from icsfeed.store.schema import metadata
+
+log = logging.getLogger("icsfeed.store")
+
+
+class StoreError(Exception):
+    """The database cannot be opened or written; the message says where and why."""
+
+
+class Database:
+    """The engine and how it was opened; the other parts of :class:`~icsfeed.store.Store`
+    run their statements on ``self.engine``."""
+
+    def __init__(self, url: str, *, uid_host: str = "icsfeed") -> None:
+        self.url = url
+        self.uid_host = uid_host
+        #: True when the database could only be opened for reading (a read-only data directory)
+        self.read_only = False
+        #: feeds saved through this Store (web caches in this process forget what they read before)
+        self.saves = 0
+        path = sqlite_path(url)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create data directory {path.parent}: {exc.strerror}") from None
+        self.engine: Engine = open_engine(url)
+        try:
+            metadata.create_all(self.engine)
+            self._add_missing_columns()
+        except SQLAlchemyError as exc:
+            if not (path is not None and self._open_read_only(path)):
+                raise StoreError(f"cannot open the database ({redact_url(url)}): {db_reason(exc)}") from None
+
+    def _open_read_only(self, path: Path) -> bool:
+        """A SQLite database in a directory that cannot be written: SQLite cannot make the
+        WAL index it needs next to it, so open the file as immutable, read-only. Feeds that
+        were rendered are served; every write fails with a clear "readonly database"."""
+        if not path.is_file() or os.access(path.parent, os.W_OK):
+            return False
+        engine = open_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true")
+        try:
+            with engine.connect() as conn:
+                have = set(inspect(conn).get_table_names())
+        except SQLAlchemyError:
+            engine.dispose()
+            return False
+        if not {"events", "feeds", "source_state"} <= have:
+            engine.dispose()
+            return False
+        self.engine.dispose()
+        self.engine, self.read_only = engine, True
+        log.warning("the data directory %s cannot be written: serving what is stored; polls and renders "
+                    "cannot be saved until it is writable and icsfeed is restarted", path.parent)
+        return True
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was created (create_all only makes missing tables)."""
+        from sqlalchemy import text
+
+        have = {c["name"] for c in inspect(self.engine).get_columns("feeds")}
+        if "dirty_gen" not in have:
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE feeds ADD COLUMN dirty_gen INTEGER NOT NULL DEFAULT 0"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for any other database)."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def open_engine(url: str) -> Engine:
+    try:
+        engine = create_engine(url)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise StoreError(f"bad storage URL: {type(exc).__name__}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except Exception:  # read-only directory: WAL cannot be set up; plain reads still work
+        pass
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    # feeds read their events' fragments by index, scattered over the table: memory-map the
+    # file (no read() per page) and keep more pages than the 2 MB default
+    cursor.execute("PRAGMA mmap_size=134217728")
+    cursor.execute("PRAGMA cache_size=-8192")
+    # checkpoint the WAL every ~40 MB instead of every 4 MB: a feed body is several MB, and
+    # each checkpoint syncs the database file (half the time of saving a 7 MB feed)
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    cursor.close()
+
+
+def bump_or_insert(conn: Any, key: Any, generation: Any, keys: Iterable[str], **values: Any) -> None:
+    """Rows of ``key``'s table for these keys get ``values`` and their ``generation`` counter
+    bumped (missing rows are inserted at 1): marks that a later step clears only if no newer
+    mark came in meanwhile (feeds to render, accounts whose insights are due)."""
+    table = key.table
+    for chunk in chunks(sorted(set(keys)), 500):
+        known = {r[0] for r in conn.execute(select(key).where(key.in_(chunk)))}
+        if known:
+            conn.execute(update(table).where(key.in_(sorted(known)))
+                         .values(**values, **{generation.name: func.coalesce(generation, 0) + 1}))
+        fresh = [{key.name: k, generation.name: 1, **values} for k in chunk if k not in known]
+        if fresh:
+            conn.execute(table.insert(), fresh)
+
+
+def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def db_reason(exc: SQLAlchemyError) -> str:
+    """The driver's own message, first line: what a user can act on."""
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).splitlines()[0][:300]
+
+
+def redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
