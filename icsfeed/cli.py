@@ -1,4 +1,4 @@
-"""The ``icsfeed`` command: serve, poll, render, check, accounts."""
+"""The ``icsfeed`` command: serve, poll, render, check, accounts, db."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -35,8 +35,23 @@ class Env:
         try:
             return Store(config.storage_url, uid_host=config.uid_host)
         except StoreError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise SystemExit(3) from None
+            fail(exc)
+
+    def storage_status(self, config: Config) -> str:
+        """Where the storage stands, opened without changing it: ``check`` fails on what
+        would stop ``serve`` (no driver, no connection, a schema to upgrade by hand)."""
+        from icsfeed.store.migrate import storage_status
+
+        try:
+            return storage_status(config.storage_url)
+        except StoreError as exc:
+            fail(exc)
+
+
+def fail(exc: Exception) -> NoReturn:
+    """A storage error: one line, exit 3."""
+    click.echo(f"error: {exc}", err=True)
+    raise SystemExit(3)
 
 
 @click.group()
@@ -53,6 +68,7 @@ def main(ctx: click.Context, config_dir: str, data_dir: str, log_level: str) -> 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # icsfeed.store logs what an upgrade did
     logging.getLogger("urllib3").setLevel(logging.INFO)  # its DEBUG lines carry full URLs: query-string secrets
     ctx.obj = Env(config_dir, data_dir)
 
@@ -62,8 +78,10 @@ def main(ctx: click.Context, config_dir: str, data_dir: str, log_level: str) -> 
 def check(env: Env) -> None:
     """Validate the config; exit non-zero naming file, path and problem."""
     config = env.config()
+    storage = env.storage_status(config)
     click.echo(f"ok: {len(config.accounts)} accounts, {len(config.teams)} teams, "
                f"{len(config.sources)} sources in {config.config_dir}")
+    click.echo(f"storage: {storage}")
 
 
 @main.command()
@@ -186,6 +204,38 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
         if scheduler is not None:
             scheduler.shutdown()
         store.close()
+
+
+@main.group()
+def db() -> None:
+    """The database's schema: where it stands, and upgrading it."""
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(env: Env) -> None:
+    """Print the database's schema revision against the one this icsfeed needs."""
+    click.echo(env.storage_status(env.config()))
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(env: Env) -> None:
+    """Upgrade the database's schema to this icsfeed's (run it once, before starting the
+    processes of a new version that share a PostgreSQL database)."""
+    from icsfeed.store.database import redact_url
+    from icsfeed.store.migrate import upgrade_url
+
+    config = env.config()
+    try:
+        before, after = upgrade_url(config.storage_url)
+    except StoreError as exc:
+        fail(exc)
+    where = redact_url(config.storage_url)
+    if before == after:
+        click.echo(f"{where}: already at {after.describe()}")
+    else:
+        click.echo(f"{where}: upgraded from {before.revision or 'empty'} to {after.describe()}")
 
 
 def _stop_on_signal(stop: Any) -> None:

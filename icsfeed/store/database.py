@@ -9,11 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, inspect, select, update
+from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-
-from icsfeed.store.schema import metadata
 
 log = logging.getLogger("icsfeed.store")
 
@@ -26,7 +24,12 @@ class Database:
     """The engine and how it was opened; the other parts of :class:`~icsfeed.store.Store`
     run their statements on ``self.engine``."""
 
-    def __init__(self, url: str, *, uid_host: str = "icsfeed") -> None:
+    def __init__(self, url: str, *, uid_host: str = "icsfeed", upgrade: bool | None = None) -> None:
+        """Open the database at ``url`` and make sure its schema is at head: created when
+        empty; upgraded when behind if ``upgrade`` (default: on SQLite only, see
+        :func:`~icsfeed.store.migrate.ensure_schema`), else a :class:`StoreError`."""
+        from icsfeed.store.migrate import ensure_schema
+
         self.url = url
         self.uid_host = uid_host
         #: True when the database could only be opened for reading (a read-only data directory)
@@ -34,49 +37,42 @@ class Database:
         #: feeds saved through this Store (web caches in this process forget what they read before)
         self.saves = 0
         path = sqlite_path(url)
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create data directory {path.parent}: {exc.strerror}") from None
+        make_data_dir(url)
         self.engine: Engine = open_engine(url)
         try:
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
-        except SQLAlchemyError as exc:
+            ensure_schema(self.engine, upgrade=self.engine.dialect.name == "sqlite" if upgrade is None else upgrade)
+        except (SQLAlchemyError, OSError) as exc:
             if not (path is not None and self._open_read_only(path)):
-                raise StoreError(f"cannot open the database ({redact_url(url)}): {db_reason(exc)}") from None
+                self.engine.dispose()
+                reason = db_reason(exc) if isinstance(exc, SQLAlchemyError) else f"{exc.strerror}: {exc.filename}"
+                raise StoreError(f"cannot open the database ({redact_url(url)}): {reason}") from None
+        except StoreError:
+            self.engine.dispose()
+            raise
 
     def _open_read_only(self, path: Path) -> bool:
         """A SQLite database in a directory that cannot be written: SQLite cannot make the
         WAL index it needs next to it, so open the file as immutable, read-only. Feeds that
         were rendered are served; every write fails with a clear "readonly database"."""
+        from icsfeed.store.migrate import describe
+
         if not path.is_file() or os.access(path.parent, os.W_OK):
             return False
         engine = open_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true")
         try:
-            with engine.connect() as conn:
-                have = set(inspect(conn).get_table_names())
+            status = describe(engine)
         except SQLAlchemyError:
             engine.dispose()
             return False
-        if not {"events", "feeds", "source_state"} <= have:
+        if status.state != "current":
             engine.dispose()
-            return False
+            raise StoreError(f"the database {path} has {status.describe()}, and cannot be upgraded: "
+                             f"its directory {path.parent} cannot be written")
         self.engine.dispose()
         self.engine, self.read_only = engine, True
         log.warning("the data directory %s cannot be written: serving what is stored; polls and renders "
                     "cannot be saved until it is writable and icsfeed is restarted", path.parent)
         return True
-
-    def _add_missing_columns(self) -> None:
-        """Columns added since a database was created (create_all only makes missing tables)."""
-        from sqlalchemy import text
-
-        have = {c["name"] for c in inspect(self.engine).get_columns("feeds")}
-        if "dirty_gen" not in have:
-            with self.engine.begin() as conn:
-                conn.execute(text("ALTER TABLE feeds ADD COLUMN dirty_gen INTEGER NOT NULL DEFAULT 0"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -89,6 +85,16 @@ class Database:
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` URL (None for any other database)."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def make_data_dir(url: str) -> None:
+    """The directory of a SQLite file (SQLite makes the file, not its directory)."""
+    path = sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {path.parent}: {exc.strerror}") from None
 
 
 def open_engine(url: str) -> Engine:
