@@ -37,13 +37,13 @@ class Env:
         except StoreError as exc:
             fail(exc)
 
-    def storage_status(self, config: Config) -> str:
+    def storage_status(self, config: Config, *, strict: bool = True) -> str:
         """Where the storage stands, opened without changing it: ``check`` fails on what
         would stop ``serve`` (no driver, no connection, a schema to upgrade by hand)."""
         from icsfeed.store.migrate import storage_status
 
         try:
-            return storage_status(config.storage_url)
+            return storage_status(config.storage_url, strict=strict)
         except StoreError as exc:
             fail(exc)
 
@@ -178,12 +178,12 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
     live = LiveConfig(config)
     secret = load_secret_key(config.data_dir)
     log = logging.getLogger("icsfeed.serve")
-    try:
-        render_feeds(config, store)
-    except StoreError as exc:  # e.g. a read-only data dir: feeds already rendered are still served
-        log.error("cannot render feeds at start: %s", exc)
     scheduler = None
-    if not no_scheduler:
+    if not no_scheduler:  # a web process alone (--no-scheduler) never renders or writes feeds
+        try:
+            render_feeds(config, store)
+        except StoreError as exc:  # e.g. a read-only data dir: feeds already rendered are still served
+            log.error("cannot render feeds at start: %s", exc)
         scheduler = PollScheduler(live, store)
         scheduler.start()
     host, port = (bind or config.server.bind).rsplit(":", 1)
@@ -215,7 +215,7 @@ def db() -> None:
 @click.pass_obj
 def db_current(env: Env) -> None:
     """Print the database's schema revision against the one this icsfeed needs."""
-    click.echo(env.storage_status(env.config()))
+    click.echo(env.storage_status(env.config(), strict=False))
 
 
 @db.command("upgrade")

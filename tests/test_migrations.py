@@ -171,6 +171,28 @@ def test_empty_database_created_once_by_processes_starting_together(config: Conf
         assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata) == []
 
 
+def test_database_behind_head(config: Config, engine: Engine) -> None:
+    migrate(engine, "0003")
+    write_tickets(config, tickets())
+    status = cli(config.config_dir, config.data_dir, "db", "current")
+    assert status.returncode == 0 and f"schema revision 0003 (head {head()})" in status.stdout, status
+    check = cli(config.config_dir, config.data_dir, "check")
+    served = cli(config.config_dir, config.data_dir, "poll", "--once")
+    if engine.dialect.name == "sqlite":  # one file, one installation: upgraded at start
+        assert check.returncode == 0 and "upgraded at next start" in check.stdout, check
+        assert served.returncode == 0, served.stderr
+    else:
+        for refused in (check, served):
+            assert refused.returncode == 3, refused
+            lines = refused.stderr.strip().splitlines()
+            assert lines[-1].startswith("error: the database (postgresql") and lines[-1].endswith(
+                f"has schema revision 0003 (head {head()}): run icsfeed db upgrade"), refused.stderr
+            assert "Traceback" not in refused.stderr
+        assert cli(config.config_dir, config.data_dir, "db", "upgrade").returncode == 0
+        assert cli(config.config_dir, config.data_dir, "poll", "--once").returncode == 0
+    assert f"schema revision {head()} (head)" in cli(config.config_dir, config.data_dir, "db", "current").stdout
+
+
 def test_database_of_a_newer_icsfeed_is_refused(config: Config, engine: Engine) -> None:
     Store(config.storage_url).close()
     with engine.begin() as conn:

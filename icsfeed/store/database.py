@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import and_, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 log = logging.getLogger("icsfeed.store")
 
@@ -128,16 +128,59 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def bump_or_insert(conn: Any, key: Any, generation: Any, keys: Iterable[str], **values: Any) -> None:
     """Rows of ``key``'s table for these keys get ``values`` and their ``generation`` counter
     bumped (missing rows are inserted at 1): marks that a later step clears only if no newer
-    mark came in meanwhile (feeds to render, accounts whose insights are due)."""
-    table = key.table
-    for chunk in chunks(sorted(set(keys)), 500):
-        known = {r[0] for r in conn.execute(select(key).where(key.in_(chunk)))}
-        if known:
-            conn.execute(update(table).where(key.in_(sorted(known)))
-                         .values(**values, **{generation.name: func.coalesce(generation, 0) + 1}))
-        fresh = [{key.name: k, generation.name: 1, **values} for k in chunk if k not in known]
-        if fresh:
-            conn.execute(table.insert(), fresh)
+    mark came in meanwhile (feeds to render, accounts whose insights are due). One atomic
+    statement: processes marking the same new key at once both count."""
+    bumped = {generation.name: func.coalesce(generation, 0) + 1, **values}
+    for chunk in chunks(sorted(set(keys)), 500):  # sorted: concurrent marks lock rows in one order
+        upsert(conn, key.table, [{key.name: k, generation.name: 1, **values} for k in chunk], bumped)
+
+
+def _dialect_insert(conn: Any) -> Any:
+    """The INSERT that knows ON CONFLICT, on the backends that have it (else None)."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        return insert
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+        return insert
+    return None
+
+
+def upsert(conn: Any, table: Any, rows: list[dict[str, Any]], changes: dict[str, Any]) -> None:
+    """Insert ``rows``; where one's primary key is already there, apply ``changes`` (column ->
+    value or expression of the stored row) to it instead. Atomic where the backend has
+    INSERT … ON CONFLICT DO UPDATE (PostgreSQL, SQLite): no unique violation when another
+    transaction inserted the same key first."""
+    if not rows:
+        return
+    keys = [c.name for c in table.primary_key]
+    insert = _dialect_insert(conn)
+    if insert is not None:
+        conn.execute(insert(table).on_conflict_do_update(index_elements=keys, set_=changes), rows)
+        return
+    for row in rows:  # other backends: update, else insert
+        where = and_(*(table.c[k] == row[k] for k in keys))
+        if not conn.execute(update(table).where(where).values(**changes)).rowcount:
+            conn.execute(table.insert().values(**row))
+
+
+def insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows whose primary key is not there yet, and leave the others alone, even
+    when another transaction inserts the same key at the same moment (ON CONFLICT DO NOTHING).
+    On SQLite it also takes the write lock, so what the transaction reads next stays true."""
+    if not rows:
+        return
+    insert = _dialect_insert(conn)
+    if insert is not None:
+        conn.execute(insert(table).on_conflict_do_nothing(), rows)
+        return
+    for row in rows:
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(**row))
+        except IntegrityError:
+            pass
 
 
 def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -10,8 +11,10 @@ from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from icsfeed.store.database import StoreError, bump_or_insert, db_reason
+from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
 from icsfeed.store.schema import feeds_table
+
+log = logging.getLogger("icsfeed.store")
 
 
 @dataclass(frozen=True)
@@ -72,27 +75,37 @@ class FeedsMixin:
     def save_feed(self, feed_id: str, body: bytes, body_gz: bytes, etag: str, *, event_count: int,
                   now: float, render_seconds: float, render_key: str, window_day: str,
                   generation: int | None = None) -> bool:
-        """Store a rendered feed; returns True when its bytes changed (Last-Modified moves then).
+        """Store a rendered feed, compare-and-set; returns True when its bytes changed
+        (Last-Modified moves then).
 
-        With ``generation`` (read before the render), the feed stays dirty if it was marked
-        dirty again while it was being rendered, so the next render picks that change up.
+        ``generation`` is the feed's dirty generation read before the render
+        (:meth:`feed_render_generations`). Several processes may render the same feed: the
+        body is written only if no render of a newer generation was saved meanwhile, and the
+        feed is marked clean only if no change was marked since ``generation``. So an older
+        render never overwrites a newer one, and stale bytes are never left marked clean.
+        Without ``generation`` the save is unconditional.
         """
         f = feeds_table
         try:
             with self.engine.begin() as conn:
-                old = conn.execute(select(f.c.etag, f.c.last_modified).where(f.c.feed_id == feed_id)).first()
-                changed = old is None or old.etag != etag
+                # a row to compare with (and SQLite's write lock), then that row locked on PostgreSQL:
+                # what is read here stays true until the commit
+                insert_missing(conn, f, [{"feed_id": feed_id, "dirty": True, "dirty_gen": 0}])
+                old = conn.execute(select(f.c.etag, f.c.body_gen).where(f.c.feed_id == feed_id)
+                                   .with_for_update()).one()
+                if generation is not None and old.body_gen is not None and old.body_gen > generation:
+                    log.info("render of %s from generation %d not saved: one from generation %d was",
+                             feed_id, generation, old.body_gen)
+                    return False
+                changed = old.etag != etag
                 clean: Any = False if generation is None else case(
                     (func.coalesce(f.c.dirty_gen, 0) == generation, False), else_=f.c.dirty)
                 values = {"rendered_at": now, "render_seconds": render_seconds, "event_count": event_count,
-                          "dirty": clean, "render_key": render_key, "window_day": window_day}
+                          "dirty": clean, "render_key": render_key, "window_day": window_day,
+                          "body_gen": generation}
                 if changed:
                     values.update(body=body, body_gz=body_gz, etag=etag, last_modified=now)
-                if old is None:
-                    values["dirty"] = False
-                    conn.execute(f.insert().values(feed_id=feed_id, **values))
-                else:
-                    conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
+                conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store feed {feed_id}: {db_reason(exc)}") from None
         self.saves += 1

@@ -214,11 +214,11 @@ def describe(engine: Engine) -> SchemaStatus:
         return schema_status(conn)
 
 
-def storage_status(url: str) -> str:
+def storage_status(url: str, *, strict: bool = True) -> str:
     """One line on a database, opened without changing it; a :class:`StoreError` for what
-    would stop icsfeed from starting on it (no driver, no connection, a newer schema, or on a
-    shared database a schema behind head). A SQLite file that does not exist yet is not
-    created."""
+    would stop icsfeed from starting on it (no driver, no connection, a newer schema, and with
+    ``strict`` on a shared database a schema behind head). A SQLite file that does not exist
+    yet is not created."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from icsfeed.store.database import db_reason, open_engine
@@ -238,7 +238,9 @@ def storage_status(url: str) -> str:
     if state == "ahead":
         raise StoreError(f"the database ({where}) has {status.describe()}: upgrade icsfeed, or use another database")
     if state in ("behind", "unversioned"):
-        if engine.dialect.name != "sqlite":
+        if engine.dialect.name != "sqlite" and strict:
             raise StoreError(f"the database ({where}) has {status.describe()}: run icsfeed db upgrade")
+        if engine.dialect.name != "sqlite":
+            return f"{where}: {status.describe()}: run icsfeed db upgrade"
         return f"{where}: {status.describe()}, upgraded at next start"
     return f"{where}: {status.describe()}"

@@ -82,6 +82,8 @@ feeds_table = Table(
     Column("dirty", Boolean, nullable=False, default=True),
     #: bumped by every mark_dirty; a render clears ``dirty`` only if no change came in meanwhile
     Column("dirty_gen", Integer, nullable=False, default=0),
+    #: the dirty generation the body was rendered from: an older render never overwrites it
+    Column("body_gen", Integer),
     Column("render_key", String(64)),
     Column("window_day", String(10)),
 )

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from icsfeed.store.database import StoreError, bump_or_insert, db_reason
+from icsfeed.store.database import StoreError, bump_or_insert, db_reason, upsert
 from icsfeed.store.schema import insights_due_table, source_state_table
 
 
@@ -52,16 +52,16 @@ class StateMixin:
         s = source_state_table
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(select(s.c.consecutive_failures).where(s.c.source == source_id)).first()
-                failures = (row.consecutive_failures if row else 0) + 1
                 self._upsert_state(conn, source_id, {
                     "last_attempt": now, "last_error": error[:2000], "last_error_at": now,
-                    "consecutive_failures": failures, "last_duration": duration,
+                    "consecutive_failures": func.coalesce(s.c.consecutive_failures, 0) + 1,
+                    "last_duration": duration,
                     "polls_total": func.coalesce(s.c.polls_total, 0) + 1,
                     "failures_total": func.coalesce(s.c.failures_total, 0) + 1})
+                failures = conn.execute(select(s.c.consecutive_failures).where(s.c.source == source_id)).scalar_one()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record the failed poll of {source_id}: {db_reason(exc)}") from None
-        return failures
+        return int(failures)
 
     def set_next_poll(self, source_id: str, when: float | None) -> None:
         try:
@@ -71,11 +71,12 @@ class StateMixin:
             raise StoreError(f"cannot note the next poll of {source_id}: {db_reason(exc)}") from None
 
     def _upsert_state(self, conn: Any, source_id: str, values: dict[str, Any]) -> None:
-        s = source_state_table
-        done = conn.execute(update(s).where(s.c.source == source_id).values(**values)).rowcount
-        if not done:
-            initial = {k: (1 if k.endswith("_total") else v) for k, v in values.items()}
-            conn.execute(s.insert().values(source=source_id, **{"consecutive_failures": 0, **initial}))
+        """``values`` into the source's row; a first row gets 1 for each counter (``*_total``,
+        ``consecutive_failures``) that ``values`` bumps."""
+        counters = ("_total", "consecutive_failures")
+        initial = {k: (1 if k.endswith(counters) and not isinstance(v, int) else v) for k, v in values.items()}
+        upsert(conn, source_state_table, [{"source": source_id, "consecutive_failures": 0, "polls_total": 0,
+                                            "failures_total": 0, **initial}], values)
 
     def source_state(self, source_id: str) -> SourceState:
         s = source_state_table
