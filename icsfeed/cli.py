@@ -33,7 +33,8 @@ class Env:
 
     def store(self, config: Config) -> Store:
         try:
-            return Store(config.storage_url, uid_host=config.uid_host)
+            return Store(config.storage_url, uid_host=config.uid_host, pool_size=config.storage.pool_size,
+                         max_overflow=config.storage.max_overflow)
         except StoreError as exc:
             fail(exc)
 

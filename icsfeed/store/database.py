@@ -24,7 +24,8 @@ class Database:
     """The engine and how it was opened; the other parts of :class:`~icsfeed.store.Store`
     run their statements on ``self.engine``."""
 
-    def __init__(self, url: str, *, uid_host: str = "icsfeed", upgrade: bool | None = None) -> None:
+    def __init__(self, url: str, *, uid_host: str = "icsfeed", upgrade: bool | None = None,
+                 pool_size: int | None = None, max_overflow: int | None = None) -> None:
         """Open the database at ``url`` and make sure its schema is at head: created when
         empty; upgraded when behind if ``upgrade`` (default: on SQLite only, see
         :func:`~icsfeed.store.migrate.ensure_schema`), else a :class:`StoreError`."""
@@ -38,7 +39,7 @@ class Database:
         self.saves = 0
         path = sqlite_path(url)
         make_data_dir(url)
-        self.engine: Engine = open_engine(url)
+        self.engine: Engine = open_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         try:
             ensure_schema(self.engine, upgrade=self.engine.dialect.name == "sqlite" if upgrade is None else upgrade)
         except (SQLAlchemyError, OSError) as exc:
@@ -97,10 +98,37 @@ def make_data_dir(url: str) -> None:
             raise StoreError(f"cannot create data directory {path.parent}: {exc.strerror}") from None
 
 
-def open_engine(url: str) -> Engine:
+def driver_url(url: str) -> str:
+    """The URL with its driver named: plain ``postgresql://`` means psycopg 3 (the driver
+    of the ``postgres`` extra), whichever default the installed SQLAlchemy has."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+#: what a missing driver's error says to do
+DRIVER_HINT = {"postgresql": "pip install 'icsfeed[postgres]' (psycopg 3, for postgresql:// URLs)"}
+
+
+def open_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None) -> Engine:
+    """An engine for ``url``; a missing driver or a bad URL is a one-line :class:`StoreError`.
+
+    A database server's connections are checked before use (``pool_pre_ping``): the first
+    request after a server restart gets a new connection, not an error."""
+    url = driver_url(url)
+    options: dict[str, Any] = {}
+    if not url.startswith("sqlite"):
+        options = {"pool_pre_ping": True, "pool_size": pool_size or 5,
+                   "max_overflow": 5 if max_overflow is None else max_overflow}
     try:
-        engine = create_engine(url)
-    except (SQLAlchemyError, ValueError) as exc:
+        engine = create_engine(url, **options)
+    except ImportError as exc:  # the DBAPI module of the URL's dialect
+        dialect = url.partition("://")[0].partition("+")[0]
+        hint = DRIVER_HINT.get(dialect, "install it")
+        raise StoreError(f"the database driver for {redact_url(url)} is not installed "
+                         f"({type(exc).__name__}: {exc}): {hint}") from None
+    except (SQLAlchemyError, ValueError, TypeError) as exc:
         raise StoreError(f"bad storage URL: {type(exc).__name__}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
