@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -13,7 +14,7 @@ import click
 
 from icsfeed.config import Config, ConfigError, load_config
 from icsfeed.store import Store, StoreError
-from icsfeed.tokens import load_secret_key
+from icsfeed.tokens import SECRET_ENV, load_secret_key
 
 
 class Env:
@@ -47,6 +48,21 @@ class Env:
             return storage_status(config.storage_url, strict=strict)
         except StoreError as exc:
             fail(exc)
+
+
+    def secret(self, config: Config, store: Store | None = None) -> bytes:
+        """The token key every process of the installation uses (``accounts``, ``serve``,
+        ``poll`` alike): on a server database it is kept in the database."""
+        opened = None
+        if store is None and not os.environ.get(SECRET_ENV) and not config.storage_url.startswith("sqlite"):
+            store = opened = self.store(config)
+        try:
+            return load_secret_key(config.data_dir, store)
+        except StoreError as exc:
+            fail(exc)
+        finally:
+            if opened is not None:
+                opened.close()
 
 
 def fail(exc: Exception) -> NoReturn:
@@ -154,7 +170,7 @@ def accounts(env: Env) -> None:
     from icsfeed.routing import all_feeds, subscription_url
 
     config = env.config()
-    secret = load_secret_key(config.data_dir)
+    secret = env.secret(config)
     for spec in all_feeds(config):
         label = f"{spec.type} {spec.id}"
         click.echo(f"{label:<24} {spec.name}")
@@ -177,7 +193,7 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
     config = env.config()
     store = env.store(config)
     live = LiveConfig(config)
-    secret = load_secret_key(config.data_dir)
+    secret = env.secret(config, store)
     log = logging.getLogger("icsfeed.serve")
     scheduler = None
     if not no_scheduler:  # a web process alone (--no-scheduler) never renders or writes feeds

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from icsfeed.config import AccountConfig, Config
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
-from icsfeed.store import EventRow, FeedQuery, Store, to_ts
+from icsfeed.store import EventRow, FeedQuery, Store, StoreError, to_ts
 from icsfeed.tokens import feed_token, load_secret_key
 
 INSIGHT_KIND = "insight"
@@ -126,7 +126,7 @@ class AccountContext:
     def month_view_url(self) -> str | None:
         """The account's month view (/view/<id>?token=…), with the account feed's own token."""
         if self._view_url is None:
-            self._view_url = month_view_url(self.config, self.account) or ""
+            self._view_url = month_view_url(self.config, self.account, self.history.store) or ""
         return self._view_url or None
 
 
@@ -146,11 +146,12 @@ def account_zone(config: Config, account: AccountConfig) -> ZoneInfo:
     return ZoneInfo(account.timezone or config.feeds.timezone)
 
 
-def month_view_url(config: Config, account: AccountConfig) -> str | None:
-    """The month view link summaries and flags carry; None when no secret key can be read."""
+def month_view_url(config: Config, account: AccountConfig, store: Store | None = None) -> str | None:
+    """The month view link summaries and flags carry; None when no secret key can be read.
+    ``store``: on a server database the key every process shares is kept there."""
     try:
-        secret = load_secret_key(config.data_dir)
-    except OSError:
+        secret = load_secret_key(config.data_dir, store)
+    except (OSError, StoreError):
         return None
     token = feed_token(secret, f"account/{account.id}", account.token_version)
     return f"{config.server.base_url}/view/{quote(account.id)}?token={token}"

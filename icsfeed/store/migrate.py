@@ -36,7 +36,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 #: pg_advisory_lock key of schema upgrades (any constant; "icsfeed" in hex, more or less)
 UPGRADE_LOCK_KEY = 0x1C5FEED0
 #: the tables of icsfeed; a database with none of them is empty
-ICSFEED_TABLES = frozenset({"events", "source_state", "feeds", "insights_due"})
+ICSFEED_TABLES = frozenset({"events", "source_state", "feeds", "insights_due", "settings"})
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

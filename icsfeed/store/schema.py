@@ -95,3 +95,10 @@ insights_due_table = Table(
     #: bumped by every mark; clear_insights_due drops a key only if nothing marked it since
     Column("gen", Integer, nullable=False, default=1),
 )
+
+#: what every process of an installation must agree on (the feed tokens' secret key)
+settings_table = Table(
+    "settings", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
