@@ -4,22 +4,33 @@ two processes at once, and the driver named by the URL."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 from conftest import cli
+from parsers import parse_icalendar
 from servers import free_port, write_config
+from sqlalchemy import select
 
 from icsfeed.config import STORAGE_URL_ENV, Config, load_config
-from icsfeed.store import Store, insights_due_table
+from icsfeed.model import Event
+from icsfeed.poller import poll_source
+from icsfeed.render import render_feeds
+from icsfeed.scheduler import backoff_delay
+from icsfeed.store import Store, events_table, insights_due_table
 from icsfeed.store.database import bump_or_insert
+from icsfeed.store.schema import ACCOUNT_KEY_LENGTH
+from icsfeed.tokens import event_uid
 
 CONFIG = """
 accounts: [{id: acme, name: ACME, keys: [acme]}]
@@ -142,3 +153,91 @@ def test_pool_settings_and_a_lost_connection(pg_url: str, tmp_path: Path, monkey
         assert store.source_states() == {}
     finally:
         store.close()
+
+
+# --- every record the same on both backends (issue 10, item 3) ------------------------------
+
+HOSTILE = [
+    {"id": 1, "subject": "Good one", "customer": "acme"},
+    {"id": "nul\u0000key", "subject": "NUL in the key", "customer": "acme"},
+    {"id": 3, "subject": "NUL in the account", "customer": "ac\u0000me"},
+    {"id": 4, "subject": "NUL \u0000 in the text", "customer": "acme"},
+    {"id": 5, "subject": "A very long account", "customer": "x" * 300},
+    {"id": "🦄-6", "subject": "Astral 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🎫", "customer": "ACME 🏢"},
+    {"id": 7, "subject": "A long title " + "t" * 20000, "customer": "acme"},
+    {"id": "k" * 500, "subject": "The longest key kept", "customer": "acme"},
+    {"id": "surrogate-\ud800", "subject": "A lone surrogate", "customer": "acme"},
+    {"id": 10, "subject": "Good two", "customer": "acme"},
+]
+
+
+def write_records(config: Config, records: list[dict[str, object]]) -> None:
+    day = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+    # ASCII JSON: the NULs and the lone surrogate travel as \\u escapes, as origins send them
+    (config.config_dir / "tickets.json").write_text(json.dumps([{**r, "created": day} for r in records]))
+
+
+def test_every_record_is_stored_the_same_on_both_backends(make_env: object) -> None:
+    """On PostgreSQL a NUL in a key, account or text, or an account key over 256 characters,
+    used to fail the whole poll (the good records were lost); SQLite stored them all. Now both
+    store every record, with the same key and account mapping, so the same UIDs."""
+    config, store = make_env({"a.yaml": CONFIG})  # type: ignore[operator]
+    write_records(config, HOSTILE)
+    report = poll_source(config, store, "tickets")
+    assert report.ok and report.new == len(HOSTILE) and not report.skipped, report.line()
+    t = events_table
+    with store.engine.connect() as conn:
+        rows = {r.key: r for r in conn.execute(select(t.c.key, t.c.uid, t.c.account_key, t.c.data))}
+    expected_keys = {"1", "nul\ufffdkey", "3", "4", "5", "🦄-6", "7", "k" * 500, "surrogate-\ufffd", "10"}
+    assert set(rows) == expected_keys
+    for key, row in rows.items():
+        assert row.uid == event_uid("tickets", key, config.uid_host), key
+    assert rows["3"].account_key == "ac\ufffdme"
+    assert rows["5"].account_key == "x" * ACCOUNT_KEY_LENGTH, "cut to the column, the same everywhere"
+    assert rows["🦄-6"].account_key == "acme 🏢"
+    assert json.loads(rows["4"].data)["title"] == "NUL \u0000 in the text", "text keeps its NUL (JSON-escaped)"
+    assert json.loads(rows["🦄-6"].data)["title"] == "Astral 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🎫"
+    assert len(json.loads(rows["7"].data)["title"]) == 20013, "long text stored whole (render cuts it)"
+    assert store.insights_due().keys() >= {"acme", "x" * ACCOUNT_KEY_LENGTH, "ac\ufffdme"}
+
+    render_feeds(config, store)
+    body = store.get_feed("account/acme").body
+    titles = {str(e["SUMMARY"]) for e in parse_icalendar(body).walk("VEVENT")}
+    assert len(titles) == 7 and "🎫 Good one" in titles and "🎫 Good two" in titles and b"\x00" not in body
+    again = poll_source(config, store, "tickets")
+    assert (again.ok, again.new, again.updated, again.unchanged) == (True, 0, 0, len(HOSTILE)), again.line()
+
+
+def test_a_key_too_long_for_the_store_is_skipped_not_the_poll(make_env: object) -> None:
+    _config, store = make_env({"a.yaml": CONFIG})  # type: ignore[operator]
+    good = Event(source="tickets", key="1", kind="ticket", title="Good", start=datetime(2026, 11, 30, tzinfo=timezone.utc))
+    long = replace(good, key="k" * 600, title="Too long")
+    changes = store.apply_poll("tickets", [good, long], absence="keep", complete=True, now=1.0, previous_success=None)
+    assert (changes.new, changes.skipped) == (1, [("k" * 600, "key longer than 512 characters")])
+
+
+def refuse_inserts(store: Store) -> None:
+    """A trigger that makes the database itself refuse new events (a full disk, a constraint,
+    a quota: any reason the store cannot take a poll)."""
+    with store.engine.begin() as conn:
+        if store.engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN "
+                                 "SELECT RAISE(ABORT, 'events refused by the test'); END")
+        else:
+            conn.exec_driver_sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                                 "$$ BEGIN RAISE EXCEPTION 'events refused by the test'; END $$")
+            conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()")
+
+
+def test_a_poll_the_store_refuses_is_recorded_as_a_failure(make_env: object) -> None:
+    config, store = make_env({"a.yaml": CONFIG})  # type: ignore[operator]
+    write_records(config, HOSTILE[:1])
+    refuse_inserts(store)
+    first = poll_source(config, store, "tickets")
+    second = poll_source(config, store, "tickets")
+    assert (first.ok, first.failures, second.ok, second.failures) == (False, 1, False, 2)
+    assert "events refused by the test" in (second.error or "")
+    state = store.source_state("tickets")
+    assert state.consecutive_failures == 2 and state.failures_total == 2 and state.last_success is None
+    assert "cannot write poll of tickets: " in (state.last_error or "") and "refused by the test" in state.last_error
+    assert backoff_delay(config.sources["tickets"].interval, second.failures) > config.sources["tickets"].interval

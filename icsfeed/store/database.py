@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,17 @@ def insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
                 conn.execute(table.insert().values(**row))
         except IntegrityError:
             pass
+
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """Text every backend stores as given: NUL (PostgreSQL refuses it in text columns) and
+    lone surrogates (not encodable as UTF-8) become U+FFFD, the same on SQLite."""
+    if value.isascii() and "\x00" not in value:
+        return value
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
@@ -18,8 +17,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.model import Event, severity_rank
-from icsfeed.store.database import StoreError, chunks, db_reason
-from icsfeed.store.schema import events_table
+from icsfeed.store.database import StoreError, chunks, db_reason, storable_text
+from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table
 from icsfeed.tokens import event_uid
 
 log = logging.getLogger("icsfeed.store")
@@ -66,6 +65,8 @@ class PollChanges:
     cancelled: int = 0
     duplicates: int = 0
     touched: set[Touched] = field(default_factory=set)
+    #: records the store cannot hold as they are, left out of the poll: (key, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -117,6 +118,9 @@ class EventsMixin:
         unique: dict[str, Event] = {}
         for ev in events:
             ev = _storable(ev)
+            if len(ev.key) > EVENT_KEY_LENGTH:  # skipped, never the whole poll
+                changes.skipped.append((ev.key, f"key longer than {EVENT_KEY_LENGTH} characters"))
+                continue
             if ev.key in unique:
                 changes.duplicates += 1
                 log.warning("source %s returned key %r more than once; the last one wins", source_id, ev.key[:80])
@@ -310,18 +314,14 @@ class EventsMixin:
             raise StoreError(f"cannot store rendered events: {db_reason(exc)}") from None
 
 
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
 def _storable(ev: Event) -> Event:
-    """The event with a key and account the database can hold: lone surrogates (from a
-    ``\\ud800`` escape in an origin's JSON) cannot be encoded, so they become U+FFFD; the
-    same input always maps to the same key, so the UID stays stable."""
+    """The event with a key and account every backend holds the same: NUL (PostgreSQL
+    refuses it in text) and lone surrogates (from a ``\\ud800`` escape in an origin's JSON:
+    not UTF-8) become U+FFFD. The same input always maps to the same key, on SQLite and
+    PostgreSQL alike, so the UID stays stable."""
     key, account = str(ev.key), ev.account
-    if key.isascii() and (account is None or account.isascii()):
-        return ev
-    fixed_key = _SURROGATE.sub("\ufffd", key)
-    fixed_account = _SURROGATE.sub("\ufffd", account) if account else account
+    fixed_key = storable_text(key)
+    fixed_account = storable_text(account) if account else account
     if fixed_key == key and fixed_account == account:
         return ev
     return replace(ev, key=fixed_key, account=fixed_account)
@@ -353,7 +353,10 @@ def _event_row(r: tuple[Any, ...]) -> EventRow:
 
 
 def _account_key(account: str | None) -> str | None:
-    return account.strip().lower() if account and account.strip() else None
+    """The account as stored and routed: trimmed, lower-cased, at most ACCOUNT_KEY_LENGTH
+    characters (a longer origin value is cut, the same on every backend)."""
+    key = account.strip().lower() if account else ""
+    return key[:ACCOUNT_KEY_LENGTH] or None
 
 
 def _closed(ev: Event, seen_until: float) -> Event:

@@ -27,11 +27,13 @@ metadata = MetaData()
 ACCOUNT_KEY_LENGTH = 256
 #: longest origin key stored (``events.key``); a longer one is skipped with a reason
 EVENT_KEY_LENGTH = 512
+#: longest source id: a configured id (64) or an insight's ("insight-<detector>:<account id>")
+SOURCE_ID_LENGTH = 160
 
 events_table = Table(
     "events", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(64), nullable=False),
+    Column("source", String(SOURCE_ID_LENGTH), nullable=False),
     Column("key", String(EVENT_KEY_LENGTH), nullable=False),
     Column("uid", String(128), nullable=False),
     Column("kind", String(64), nullable=False),
@@ -55,7 +57,7 @@ events_table = Table(
 
 source_state_table = Table(
     "source_state", metadata,
-    Column("source", String(64), primary_key=True),
+    Column("source", String(SOURCE_ID_LENGTH), primary_key=True),
     Column("last_attempt", Float),
     Column("last_success", Float),
     Column("last_error", Text),
@@ -91,7 +93,7 @@ feeds_table = Table(
 #: accounts whose insights a poll made out of date (see Store.mark_insights_due)
 insights_due_table = Table(
     "insights_due", metadata,
-    Column("account_key", String(200), primary_key=True),
+    Column("account_key", String(ACCOUNT_KEY_LENGTH), primary_key=True),
     #: bumped by every mark; clear_insights_due drops a key only if nothing marked it since
     Column("gen", Integer, nullable=False, default=1),
 )

@@ -12,7 +12,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from icsfeed.store.database import StoreError, bump_or_insert, db_reason, upsert
+from icsfeed.store.database import StoreError, bump_or_insert, db_reason, storable_text, upsert
 from icsfeed.store.schema import insights_due_table, source_state_table
 
 
@@ -44,7 +44,7 @@ class StateMixin:
                                   "last_duration": duration, "last_result": json.dumps(result or {}),
                                   "polls_total": func.coalesce(s.c.polls_total, 0) + 1}
         if cursor is not None:
-            values["cursor"] = cursor
+            values["cursor"] = storable_text(cursor)
         self._upsert_state(conn, source_id, values)
 
     def record_failure(self, source_id: str, error: str, now: float, duration: float | None = None) -> int:
@@ -53,7 +53,7 @@ class StateMixin:
         try:
             with self.engine.begin() as conn:
                 self._upsert_state(conn, source_id, {
-                    "last_attempt": now, "last_error": error[:2000], "last_error_at": now,
+                    "last_attempt": now, "last_error": storable_text(error[:2000]), "last_error_at": now,
                     "consecutive_failures": func.coalesce(s.c.consecutive_failures, 0) + 1,
                     "last_duration": duration,
                     "polls_total": func.coalesce(s.c.polls_total, 0) + 1,
