@@ -241,3 +241,15 @@ def test_a_poll_the_store_refuses_is_recorded_as_a_failure(make_env: object) -> 
     assert state.consecutive_failures == 2 and state.failures_total == 2 and state.last_success is None
     assert "cannot write poll of tickets: " in (state.last_error or "") and "refused by the test" in state.last_error
     assert backoff_delay(config.sources["tickets"].interval, second.failures) > config.sources["tickets"].interval
+
+
+def test_insight_source_ids_of_long_account_ids_fit(make_env: object) -> None:
+    """An account id may have 64 characters; its insights' source id ("insight-summary:<id>")
+    then has 80: PostgreSQL used to refuse it (SQLite never checked the length)."""
+    _config, store = make_env({"a.yaml": CONFIG})  # type: ignore[operator]
+    source = "insight-summary:" + "a" * 64
+    flag = Event(source=source, key="week", kind="insight", title="Last week", account="a" * 64,
+                 start=datetime(2026, 11, 30, tzinfo=timezone.utc))
+    assert store.apply_poll(source, [flag], absence="keep", complete=True, now=1.0, previous_success=None).new == 1
+    store.mark_insights_due(["k" * 256])
+    assert store.source_state(source).polls_total == 1 and "k" * 256 in store.insights_due()
