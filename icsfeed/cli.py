@@ -255,6 +255,38 @@ def db_upgrade(env: Env) -> None:
         click.echo(f"{where}: upgraded from {before.revision or 'empty'} to {after.describe()}")
 
 
+@db.command("copy")
+@click.option("--from", "source_url", required=True, metavar="URL",
+              help="The database to copy from, e.g. sqlite:///data/icsfeed.db.")
+@click.pass_obj
+def db_copy(env: Env, source_url: str) -> None:
+    """Copy every event, feed and source state from URL into the configured storage (an
+    empty database), with the secret key, so subscription URLs keep working."""
+    from icsfeed.store.copy import copy_database
+    from icsfeed.store.database import redact_url
+    from icsfeed.tokens import load_secret_key
+
+    config = env.config()
+    try:
+        source = Store(source_url, uid_host=config.uid_host)
+    except StoreError as exc:
+        fail(exc)
+    target = env.store(config)
+    try:
+        key = None
+        if not source.shares_secret and not os.environ.get(SECRET_ENV):
+            key = load_secret_key(config.data_dir)  # the key the SQLite installation's URLs were made with
+        copied = copy_database(source, target, secret_key=key)
+    except StoreError as exc:
+        fail(exc)
+    finally:
+        source.close()
+        target.close()
+    click.echo(f"copied {copied.line()} from {redact_url(source_url)} to {redact_url(config.storage_url)}")
+    if key is not None and target.shares_secret:
+        click.echo(f"  and the secret key of {config.data_dir / 'secret_key'}: subscription URLs stay the same")
+
+
 def _stop_on_signal(stop: Any) -> None:
     def handler(signum: int, _frame: Any) -> None:
         logging.getLogger("icsfeed.serve").info("signal %d: shutting down", signum)
