@@ -146,7 +146,7 @@ def _store_refused(store: Store, source_id: str, message: str, now: float, elaps
     except StoreError as exc:
         log.error("cannot record the failed poll of %s: %s", source_id, exc)
         failures = failures_before + 1
-    log.error("poll of %s not stored (%d in a row): %s", source_id, failures, message)
+    log.error("poll of %s not stored: %s (%d in a row)", source_id, message, failures)
     return PollReport(source_id, ok=False, error=message, failures=failures, seconds=elapsed)
 
 

@@ -14,7 +14,7 @@ from icsfeed.store.database import StoreError, db_reason, insert_missing
 from icsfeed.store.schema import settings_table
 
 #: settings row of the token key (hex)
-SECRET_KEY_SETTING = "secret_key"
+KEY_ROW = "secret_key"
 
 
 class KeysMixin:
@@ -39,8 +39,8 @@ class KeysMixin:
             s = settings_table
             try:
                 with self.engine.begin() as conn:
-                    insert_missing(conn, s, [{"name": SECRET_KEY_SETTING, "value": offer}])
-                    stored: Any = conn.execute(select(s.c.value).where(s.c.name == SECRET_KEY_SETTING)).scalar_one()
+                    insert_missing(conn, s, [{"name": KEY_ROW, "value": offer}])
+                    stored: Any = conn.execute(select(s.c.value).where(s.c.name == KEY_ROW)).scalar_one()
             except SQLAlchemyError as exc:
                 raise StoreError(f"cannot read the shared secret key: {db_reason(exc)}") from None
             self._shared_secret = bytes.fromhex(stored)
@@ -51,8 +51,8 @@ class KeysMixin:
         s = settings_table
         try:
             with self.engine.begin() as conn:
-                conn.execute(s.delete().where(s.c.name == SECRET_KEY_SETTING))
-                conn.execute(s.insert().values(name=SECRET_KEY_SETTING, value=key.hex()))
+                conn.execute(s.delete().where(s.c.name == KEY_ROW))
+                conn.execute(s.insert().values(name=KEY_ROW, value=key.hex()))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store the shared secret key: {db_reason(exc)}") from None
         self._shared_secret = key
