@@ -68,6 +68,7 @@ class Database:
             return False
         if status.state != "current":
             engine.dispose()
+            self.engine.dispose()
             raise StoreError(f"the database {path} has {status.describe()}, and cannot be upgraded: "
                              f"its directory {path.parent} cannot be written")
         self.engine.dispose()
