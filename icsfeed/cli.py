@@ -1,20 +1,21 @@
-"""The ``icsfeed`` command: serve, poll, render, check, accounts."""
+"""The ``icsfeed`` command: serve, poll, render, check, accounts, db."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from icsfeed.config import Config, ConfigError, load_config
 from icsfeed.redact import install_log_redaction, printable, redact
 from icsfeed.store import Store, StoreError
-from icsfeed.tokens import load_secret_key
+from icsfeed.tokens import SECRET_ENV, load_secret_key
 
 
 class Env:
@@ -34,10 +35,41 @@ class Env:
 
     def store(self, config: Config) -> Store:
         try:
-            return Store(config.storage_url, uid_host=config.uid_host)
+            return Store(config.storage_url, uid_host=config.uid_host, pool_size=config.storage.pool_size,
+                         max_overflow=config.storage.max_overflow)
         except StoreError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise SystemExit(3) from None
+            fail(exc)
+
+    def storage_status(self, config: Config, *, strict: bool = True) -> str:
+        """Where the storage stands, opened without changing it: ``check`` fails on what
+        would stop ``serve`` (no driver, no connection, a schema to upgrade by hand)."""
+        from icsfeed.store.migrate import storage_status
+
+        try:
+            return storage_status(config.storage_url, strict=strict)
+        except StoreError as exc:
+            fail(exc)
+
+
+    def secret(self, config: Config, store: Store | None = None) -> bytes:
+        """The token key every process of the installation uses (``accounts``, ``serve``,
+        ``poll`` alike): on a server database it is kept in the database."""
+        opened = None
+        if store is None and not os.environ.get(SECRET_ENV) and not config.storage_url.startswith("sqlite"):
+            store = opened = self.store(config)
+        try:
+            return load_secret_key(config.data_dir, store)
+        except StoreError as exc:
+            fail(exc)
+        finally:
+            if opened is not None:
+                opened.close()
+
+
+def fail(exc: Exception) -> NoReturn:
+    """A storage error: one line, exit 3."""
+    click.echo(f"error: {exc}", err=True)
+    raise SystemExit(3)
 
 
 @click.group()
@@ -54,6 +86,7 @@ def main(ctx: click.Context, config_dir: str, data_dir: str, log_level: str) -> 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # icsfeed.store logs what an upgrade did
     logging.getLogger("urllib3").setLevel(logging.INFO)  # its DEBUG lines are noise (and redacted like all)
     install_log_redaction()  # no secret in any log line, from icsfeed, urllib3, requests or waitress
     ctx.obj = Env(config_dir, data_dir)
@@ -77,8 +110,10 @@ def echo(text: str, err: bool = False) -> None:
 def check(env: Env) -> None:
     """Validate the config; exit 2 listing every problem as ``file: path: problem``."""
     config = env.config()
+    storage = env.storage_status(config)
     click.echo(f"ok: {len(config.accounts)} accounts, {len(config.teams)} teams, "
                f"{len(config.sources)} sources in {config.config_dir}")
+    click.echo(f"storage: {storage}")
 
 
 @main.command()
@@ -150,7 +185,7 @@ def accounts(env: Env) -> None:
     from icsfeed.routing import all_feeds, subscription_url
 
     config = env.config()
-    secret = load_secret_key(config.data_dir)
+    secret = env.secret(config)
     for spec in all_feeds(config):
         label = f"{spec.type} {spec.id}"
         click.echo(f"{label:<24} {spec.name}")
@@ -173,14 +208,14 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
     config = env.config()
     store = env.store(config)
     live = LiveConfig(config)
-    secret = load_secret_key(config.data_dir)
+    secret = env.secret(config, store)
     log = logging.getLogger("icsfeed.serve")
-    try:
-        render_feeds(config, store)
-    except StoreError as exc:  # e.g. a read-only data dir: feeds already rendered are still served
-        log.error("cannot render feeds at start: %s", exc)
     scheduler = None
-    if not no_scheduler:
+    if not no_scheduler:  # a web process alone (--no-scheduler) never renders or writes feeds
+        try:
+            render_feeds(config, store)
+        except StoreError as exc:  # e.g. a read-only data dir: feeds already rendered are still served
+            log.error("cannot render feeds at start: %s", exc)
         scheduler = PollScheduler(live, store)
         scheduler.start()
     host, port = (bind or config.server.bind).rsplit(":", 1)
@@ -232,6 +267,70 @@ def _print_admin_login(config: Config, host: str, port: str) -> None:
                + "".join(f"    {link}\n" for link in links)
                + f"(the token is kept in {admin_token_path(config.data_dir)}; set ICSFEED_ADMIN_USER and "
                "ICSFEED_ADMIN_PASSWORD to log in with a password instead)")
+
+
+@main.group()
+def db() -> None:
+    """The database's schema: where it stands, and upgrading it."""
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(env: Env) -> None:
+    """Print the database's schema revision against the one this icsfeed needs."""
+    click.echo(env.storage_status(env.config(), strict=False))
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(env: Env) -> None:
+    """Upgrade the database's schema to this icsfeed's (run it once, before starting the
+    processes of a new version that share a PostgreSQL database)."""
+    from icsfeed.store.database import redact_url
+    from icsfeed.store.migrate import upgrade_url
+
+    config = env.config()
+    try:
+        before, after = upgrade_url(config.storage_url)
+    except StoreError as exc:
+        fail(exc)
+    where = redact_url(config.storage_url)
+    if before == after:
+        click.echo(f"{where}: already at {after.describe()}")
+    else:
+        click.echo(f"{where}: upgraded from {before.revision or 'empty'} to {after.describe()}")
+
+
+@db.command("copy")
+@click.option("--from", "source_url", required=True, metavar="URL",
+              help="The database to copy from, e.g. sqlite:///data/icsfeed.db.")
+@click.pass_obj
+def db_copy(env: Env, source_url: str) -> None:
+    """Copy every event, feed and source state from URL into the configured storage (an
+    empty database), with the secret key, so subscription URLs keep working."""
+    from icsfeed.store.copy import copy_database
+    from icsfeed.store.database import redact_url
+    from icsfeed.tokens import load_secret_key
+
+    config = env.config()
+    try:
+        source = Store(source_url, uid_host=config.uid_host)
+    except StoreError as exc:
+        fail(exc)
+    target = env.store(config)
+    try:
+        key = None
+        if not source.shares_secret and not os.environ.get(SECRET_ENV):
+            key = load_secret_key(config.data_dir)  # the key the SQLite installation's URLs were made with
+        copied = copy_database(source, target, secret_key=key)
+    except StoreError as exc:
+        fail(exc)
+    finally:
+        source.close()
+        target.close()
+    click.echo(f"copied {copied.line()} from {redact_url(source_url)} to {redact_url(config.storage_url)}")
+    if key is not None and target.shares_secret:
+        click.echo(f"  and the secret key of {config.data_dir / 'secret_key'}: subscription URLs stay the same")
 
 
 def _stop_on_signal(stop: Any) -> None:

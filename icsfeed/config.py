@@ -156,6 +156,11 @@ class StorageConfig(_Model):
     """Any SQLAlchemy URL; by default SQLite in the data directory."""
 
     url: str | None = None
+    #: connections each process keeps open to a database server (not SQLite), and how many
+    #: more it may open under load: N processes need N × (pool_size + max_overflow) ≤ the
+    #: server's max_connections
+    pool_size: int = Field(default=5, ge=1, le=200)
+    max_overflow: int = Field(default=5, ge=0, le=200)
 
 
 class FeedDefaults(_Model):
@@ -586,7 +591,7 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
             problems.extend((_setter(setters, p), p, m) for p, m in _pydantic_problems(exc, section))
             sections[section] = model()
     if os.environ.get(STORAGE_URL_ENV):
-        sections["storage"] = StorageConfig(url=os.environ[STORAGE_URL_ENV])
+        sections["storage"] = sections["storage"].model_copy(update={"url": os.environ[STORAGE_URL_ENV]})
     sections["insights"] = _insights_settings(merged["insights"], problems, setters)
     kinds: dict[str, KindConfig] = {}
     for kind_name in {**BUILTIN_KINDS, **merged["kinds"]}:

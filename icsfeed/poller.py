@@ -117,11 +117,16 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
     complete = not (source.incremental and since is not None)
     result = {"fetched": len(events), "skipped": len(source.skipped),
               "skipped_examples": [redact(s, secrets)[:300] for s in source.skipped[:5]]}
-    changes = store.apply_poll(
-        source_id, events, absence=cfg.absence or source.absence, complete=complete, now=now,
-        previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
-        affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
-        fragment=fragment_renderer(config))  # VEVENTs rendered as they are written
+    try:
+        changes = store.apply_poll(
+            source_id, events, absence=cfg.absence or source.absence, complete=complete, now=now,
+            previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
+            affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
+            fragment=fragment_renderer(config))  # VEVENTs rendered as they are written
+    except StoreError as exc:  # the store refused the poll: a failure like any other (backoff, /status)
+        return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
+    for key, reason in changes.skipped:  # records the store cannot hold: skipped like the source's own
+        source.skip(key, reason)
     if changes.touched:  # recomputed by refresh_due_insights, once however many polls touched them
         try:
             store.mark_insights_due(t.account_key for t in changes.touched)
@@ -132,6 +137,18 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
                         skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
     log.info("poll %s", report.line())
     return report
+
+
+def _store_refused(store: Store, source_id: str, message: str, now: float, elapsed: float,
+                   failures_before: int) -> PollReport:
+    """Record a poll the store refused (if the store takes even that) and report it."""
+    try:
+        failures = store.record_failure(source_id, message, now, elapsed)
+    except StoreError as exc:
+        log.error("cannot record the failed poll of %s: %s", source_id, exc)
+        failures = failures_before + 1
+    log.error("poll of %s not stored: %s (%d in a row)", source_id, message, failures)
+    return PollReport(source_id, ok=False, error=message, failures=failures, seconds=elapsed)
 
 
 def refresh_due_insights(config: Config, store: Store, now: float | None = None) -> int:

@@ -28,7 +28,7 @@ from icsfeed import __version__
 from icsfeed.config import CSS_COLORS, Config, KindConfig
 from icsfeed.model import Event
 from icsfeed.routing import FeedSpec, all_feeds, view_url
-from icsfeed.store import EventRow, Store
+from icsfeed.store import EventRow, Store, StoreError
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -400,11 +400,12 @@ def _render_or_skip(config: Config, row: EventRow, view: str | None = None) -> b
         return None
 
 
-def feed_secret(config: Config) -> bytes | None:
-    """The token key, for the month view links in feeds; None when it cannot be read."""
+def feed_secret(config: Config, store: Store) -> bytes | None:
+    """The token key, for the month view links in feeds; None when it cannot be read
+    (``store``: on a server database every process shares the key kept there)."""
     try:
-        return load_secret_key(config.data_dir)
-    except OSError as exc:
+        return load_secret_key(config.data_dir, store)
+    except (OSError, StoreError) as exc:
         log.warning("cannot read the secret key (%s): feeds are rendered without month view links", exc)
         return None
 
@@ -433,7 +434,7 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
         rows = store.events_by_id(missing)
         view: str | None = None
         if any(links_month_view(row.event) for row in rows.values()):
-            secret = secret if secret is not None else feed_secret(config)
+            secret = secret if secret is not None else feed_secret(config, store)
             view = view_url(config, secret, spec) if secret is not None else None
         fresh = []
         for i in missing:
@@ -477,7 +478,7 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
     today = now.astimezone(timezone.utc).date().isoformat()
     wanted = set(only) if only is not None else None
     base_key = render_key(config)
-    secret = feed_secret(config)
+    secret = feed_secret(config, store)
     rendered = []
     with _RENDER_LOCK:
         states = store.feed_render_generations()

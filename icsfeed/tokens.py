@@ -2,6 +2,7 @@
 
 Feed tokens are an HMAC of the feed's id under the server's secret key, so there is no
 token table to lose: bumping an account's ``token_version`` in config revokes its old URL.
+Every process of an installation must use the same key (:func:`load_secret_key`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 SECRET_ENV = "ICSFEED_SECRET_KEY"
 
@@ -22,11 +27,32 @@ def event_uid(source: str, key: str, host: str) -> str:
     return f"{digest}@{host}"
 
 
-def load_secret_key(data_dir: Path) -> bytes:
-    """The server's secret: from the environment, or generated once into the data directory."""
+class SharedSecret(Protocol):
+    """Where a server database keeps the key every process shares (``icsfeed.store.Store``)."""
+
+    @property
+    def shares_secret(self) -> bool: ...
+
+    def shared_secret_key(self, initial: bytes | None = None) -> bytes: ...
+
+
+def load_secret_key(data_dir: Path, store: SharedSecret | None = None) -> bytes:
+    """The server's secret, the same for every process of an installation: from the
+    environment; else, on a server database (``store``), the key kept in it, generated once
+    by whichever process comes first (from its data directory's key, if it has one, so an
+    installation moved from SQLite keeps its URLs); else generated once into the data
+    directory (SQLite: one machine)."""
     from_env = os.environ.get(SECRET_ENV)
     if from_env:
         return from_env.encode()
+    if store is not None and store.shares_secret:
+        local = _key_file(data_dir)
+        shared = store.shared_secret_key(initial=local)
+        if local is not None and local != shared and data_dir not in _warned:
+            _warned.add(data_dir)
+            log.warning("%s differs from the key in the database: the database's is used (every process "
+                        "shares it); subscription URLs made with the file's key no longer work", data_dir / "secret_key")
+        return shared
     path = data_dir / "secret_key"
     try:
         return bytes.fromhex(path.read_text().strip())
@@ -45,6 +71,18 @@ def load_secret_key(data_dir: Path) -> bytes:
     finally:
         tmp.unlink(missing_ok=True)
     return bytes.fromhex(path.read_text().strip())
+
+
+#: data directories whose own key was found to differ from the shared one (warned once)
+_warned: set[Path] = set()
+
+
+def _key_file(data_dir: Path) -> bytes | None:
+    """The data directory's key, if it has a readable one."""
+    try:
+        return bytes.fromhex((data_dir / "secret_key").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def feed_token(secret: bytes, feed_id: str, version: int) -> str:

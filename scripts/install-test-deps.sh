@@ -34,8 +34,10 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 # --- more system packages below ---
 # Real products the source tests run against, the browser for the page tests (with a font
-# that has the kind icons), and nginx + wrk for the serving benchmark.
-for pkg in prometheus-alertmanager restic chromium nginx-light wrk fonts-noto-color-emoji; do
+# that has the kind icons), nginx + wrk for the serving benchmark, and the PostgreSQL server
+# the second pass of the suite runs on (tests/postgres.py starts a private cluster with its
+# binaries; the package's own cluster is not used).
+for pkg in prometheus-alertmanager restic chromium nginx-light wrk fonts-noto-color-emoji postgresql; do
     deb_installed "$pkg" || missing+=("$pkg")
 done
 # systemd-analyze checks the shipped units (tests/test_deploy_files.py)
@@ -47,6 +49,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     echo "install-test-deps: system packages already present"
 fi
+
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+    || { echo "install-test-deps: no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/pg_ctl)" >&2; exit 1; }
+id postgres >/dev/null 2>&1 \
+    || { echo "install-test-deps: no postgres system user (the test cluster runs as it when run as root)" >&2; exit 1; }
 
 /usr/bin/python3 -c "import gi; gi.require_version('ICalGLib', '3.0'); from gi.repository import ICalGLib" \
     || { echo "install-test-deps: ICalGLib 3.0 is not importable by /usr/bin/python3" >&2; exit 1; }

@@ -72,6 +72,12 @@ def storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     yield url
 
 
+def storage_url(data_dir: Path) -> str:
+    """The database an ``icsfeed`` process started by this test writes to: the run's
+    PostgreSQL database of the test, else the SQLite file in ``data_dir``."""
+    return os.environ.get(STORAGE_URL_ENV) or f"sqlite:///{data_dir / 'icsfeed.db'}"
+
+
 def open_env(config_dir: Path, data_dir: Path) -> tuple[Config, Store]:
     config = load_config(config_dir, data_dir)
     return config, Store(config.storage_url, uid_host=config.uid_host)

@@ -181,6 +181,7 @@ def test_poll_command_prints_changes_and_errors(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "unknown source(s): nope" in unknown.stderr
 
 
+@pytest.mark.sqlite_only  # the data directory holds the SQLite file; a server database needs none
 def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     config_dir = write_config(tmp_path / "config", {"a.yaml": GOOD})
     blocker = tmp_path / "blocker"

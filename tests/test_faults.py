@@ -33,8 +33,10 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import storage_url
 from parsers import check_all_many, check_line_format
 from servers import ControlledOrigin, IcsfeedServer, write_config
+from sqlalchemy import create_engine, text
 
 from icsfeed.config import load_config
 from icsfeed.live import LiveConfig
@@ -155,7 +157,7 @@ def test_failing_origin_keeps_the_last_good_feed_served(tmp_path: Path) -> None:
             server.start()
             url = server.feed_url("account/acme")
             wait_until(lambda: requests.get(url, timeout=5).content.count(b"BEGIN:VEVENT") == 30, 30, "the first poll")
-            store = Store(f"sqlite:///{tmp_path / 'data' / 'icsfeed.db'}")
+            store = Store(storage_url(tmp_path / "data"))
             client = FeedClient(url)
             client.start()
             for mode, error in faults:
@@ -220,15 +222,27 @@ KILL_ROUNDS = 22
 N_RECORDS = 2000
 
 
-def _db_facts(db: Path) -> dict[str, Any]:
-    """What the database holds right now, read with SQLite itself (the server is dead)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = conn.execute("SELECT key, uid, data, sequence FROM events WHERE source = 'gen'").fetchall()
-        feeds = {r[0]: r[1] for r in conn.execute("SELECT feed_id, body FROM feeds WHERE body IS NOT NULL")}
-    finally:
-        conn.close()
+def _db_facts(url: str) -> dict[str, Any]:
+    """What the database holds right now, read with the database itself (the server is dead):
+    SQLite's own module (and its integrity check) on the file, else a plain connection."""
+    events_sql = "SELECT key, uid, data, sequence FROM events WHERE source = 'gen'"
+    feeds_sql = "SELECT feed_id, body FROM feeds WHERE body IS NOT NULL"
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(f"file:{url.removeprefix('sqlite:///')}?mode=ro", uri=True)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            rows = conn.execute(events_sql).fetchall()
+            feeds = {r[0]: r[1] for r in conn.execute(feeds_sql)}
+        finally:
+            conn.close()
+    else:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as sa_conn:
+                rows = [tuple(r) for r in sa_conn.execute(text(events_sql))]
+                feeds = {r[0]: bytes(r[1]) for r in sa_conn.execute(text(feeds_sql))}
+        finally:
+            engine.dispose()
     gens = {int(re.match(r"gen (\d+) ", json.loads(data)["title"]).group(1)) for _, _, data, _ in rows}  # type: ignore[union-attr]
     return {"keys": [r[0] for r in rows], "uids": [r[1] for r in rows], "gens": gens,
             "sequences": {r[3] for r in rows}, "feeds": feeds}
@@ -251,7 +265,7 @@ def test_kill_9_in_the_middle_of_polls_loses_nothing(tmp_path: Path) -> None:
           - {{id: gen, type: command, interval: 1, jitter: 0, argv: [{json.dumps(sys.executable)}, gen.py, {json.dumps(str(counter))}, "{N_RECORDS}"],
               mapping: {{kind: alert, key: id, title: title, start: start, account: account}}}}
         """})
-    db = tmp_path / "data" / "icsfeed.db"
+    db = storage_url(tmp_path / "data")
     server = IcsfeedServer(config_dir, tmp_path / "data", log_level="WARNING")
     rng = random.Random(20240601)
     bodies: list[bytes] = []
@@ -339,6 +353,7 @@ def _file_source_env(tmp_path: Path, n: int, data_dir: Path) -> tuple[Path, Path
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # a read-only SQLite file; a server database is not in the data dir
 def test_read_only_data_dir_keeps_serving_and_says_why(tmp_path: Path, mounts: list[Path]) -> None:
     """icsfeed started on a data directory that is mounted read-only (a read-only volume, a
     disk the kernel remounted read-only and a restart). A bind mount cannot make files that a
@@ -378,6 +393,7 @@ def test_read_only_data_dir_keeps_serving_and_says_why(tmp_path: Path, mounts: l
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # the SQLite file on a full disk; a server database is not in the data dir
 def test_full_data_dir_keeps_serving_and_says_why(tmp_path: Path, mounts: list[Path]) -> None:
     data = tmp_path / "data"
     data.mkdir()

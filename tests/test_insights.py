@@ -131,7 +131,7 @@ def test_monday_summary_counts_against_usual_and_links_the_month_view(tmp_path: 
     url = urlsplit(str(vevent["URL"]))
     assert (url.scheme, url.netloc, url.path) == ("https", "feeds.example.com", "/view/acme")
     token = parse_qs(url.query)["token"][0]
-    assert check_token(load_secret_key(world.config.data_dir), "account/acme", 1, token)
+    assert check_token(load_secret_key(world.config.data_dir, world.store), "account/acme", 1, token)
     # earlier Mondays were filled in (no open-ticket line: it would not be true of then)
     past = sorted(f.start for f in world.flags("summary") if "open_tickets" not in f.attrs)
     assert past == [date(2026, 2, 16), date(2026, 2, 23), date(2026, 3, 2), date(2026, 3, 9)]

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import storage_url
 from fake_origins import FakeOrigin, Reply
 from servers import IcsfeedServer, feed_token, write_config
 
@@ -274,7 +275,7 @@ def test_no_secret_in_logs_status_metrics_or_errors(tmp_path: Path) -> None:
         server.start()
         from icsfeed.store import Store
 
-        store = Store(f"sqlite:///{tmp_path / 'data' / 'icsfeed.db'}")
+        store = Store(storage_url(tmp_path / "data"))
         server.wait_for(lambda: all(store.source_state(s).consecutive_failures >= 2 for s in ("bearer", "basic", "html", "cmd")),
                         60, "every secret-holding source to fail twice")
         assert any(r.headers.get("Authorization") == f"Bearer {SECRETS['SRC_BEARER']}" for r in echo.requests)  # it was sent

@@ -59,7 +59,7 @@ def _view_links(events: list[icalendar.Event]) -> list[str]:
 def test_team_feed_links_the_team_view_and_never_an_account_token(tmp_path: Path) -> None:
     world = _world(tmp_path)
     render_feeds(world.config, world.store, now=NOW)
-    secret = load_secret_key(world.config.data_dir)
+    secret = load_secret_key(world.config.data_dir, world.store)
     acme_token = feed_token(secret, "account/acme", 1)
     team_token = feed_token(secret, "team/heads-up", 1)
 
@@ -94,7 +94,7 @@ def test_team_feed_links_the_team_view_and_never_an_account_token(tmp_path: Path
 def test_flags_stored_with_the_account_view_url_are_relinked(tmp_path: Path) -> None:
     """Flags made before the rule held ``…/view/acme?token=<acme's token>`` as their URL."""
     world = _world(tmp_path)
-    secret = load_secret_key(world.config.data_dir)
+    secret = load_secret_key(world.config.data_dir, world.store)
     acme_token = feed_token(secret, "account/acme", 1)
     old_link = f"{BASE}/view/acme?token={acme_token}"
     for row in world.rows("summary"):
@@ -115,7 +115,7 @@ def test_flags_stored_with_the_account_view_url_are_relinked(tmp_path: Path) -> 
 def test_a_token_rotation_relinks_the_flags(tmp_path: Path) -> None:
     world = _world(tmp_path)
     render_feeds(world.config, world.store, now=NOW)
-    secret = load_secret_key(world.config.data_dir)
+    secret = load_secret_key(world.config.data_dir, world.store)
     accounts = [{"id": "acme", "name": "ACME Corp", "keys": ["acme"], "timezone": "Europe/Berlin", "token_version": 2},
                 {"id": "globex", "name": "Globex", "keys": ["globex"]}]
     world.config = make_config(world.root, None, accounts)

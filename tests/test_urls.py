@@ -143,7 +143,7 @@ def test_feeds_publish_only_valid_http_uris(tmp_path: Path) -> None:
 
 def test_month_view_links_only_valid_http_uris(tmp_path: Path) -> None:
     world = _hostile_world(tmp_path)
-    secret = load_secret_key(world.config.data_dir)
+    secret = load_secret_key(world.config.data_dir, world.store)
     client = create_app(LiveConfig(world.config), world.store, secret).test_client()
     page = client.get(f"/view/acme?token={feed_token(secret, 'account/acme', 1)}&month=2026-03")
     assert page.status_code == 200

@@ -1,4 +1,8 @@
-"""The store: the record of history, per-source state, and rendered feeds.
+"""icsfeed's store as it was at commit d97b23e, before Alembic (``git show d97b23e:icsfeed/store.py``,
+verbatim below this paragraph; do not change it): tests/test_migrations.py makes a database with
+it, as an installation of that version would have, and upgrades it with today's code.
+
+The store: the record of history, per-source state, and rendered feeds.
 
 SQLAlchemy Core over SQLite by default (any SQLAlchemy URL works, PostgreSQL for more than
 one machine). Origins forget (Alertmanager drops a resolved alert within minutes); the store
@@ -7,6 +11,8 @@ never deleted. Each poll is applied in one transaction.
 """
 
 from __future__ import annotations
+
+# ruff: noqa
 
 import hashlib
 import json

@@ -1,0 +1,135 @@
+"""Rendered feeds: their bytes and ETag, and the dirty marks that say which to re-render."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
+from icsfeed.store.schema import feeds_table
+
+log = logging.getLogger("icsfeed.store")
+
+
+@dataclass(frozen=True)
+class StoredFeed:
+    feed_id: str
+    body: bytes
+    body_gz: bytes
+    etag: str
+    last_modified: float
+    rendered_at: float
+    event_count: int
+    render_seconds: float = 0.0
+    render_key: str | None = None
+    window_day: str | None = None
+
+
+def _feed_statement(with_body: bool, gz: bool) -> Any:
+    f = feeds_table
+    cols = [f.c.feed_id, f.c.etag, f.c.last_modified, f.c.rendered_at, f.c.event_count,
+            f.c.render_seconds, f.c.render_key, f.c.window_day]
+    if with_body:
+        cols.append(f.c.body_gz if gz else f.c.body)
+    return select(*cols).where(f.c.feed_id == bindparam("feed_id"))
+
+
+#: get_feed's statements by (with_body, gz)
+_FEED_STATEMENTS = {(b, g): _feed_statement(b, g) for b in (True, False) for g in (True, False)}
+
+
+class FeedsMixin:
+    """Rendered feeds and their dirty marks (part of :class:`~icsfeed.store.Store`)."""
+
+    engine: Engine
+    saves: int
+
+    def mark_dirty(self, feed_ids: Iterable[str]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                self._mark_dirty(conn, feed_ids)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot mark feeds for re-rendering: {db_reason(exc)}") from None
+
+    def _mark_dirty(self, conn: Any, feed_ids: Iterable[str]) -> None:
+        bump_or_insert(conn, feeds_table.c.feed_id, feeds_table.c.dirty_gen, feed_ids, dirty=True)
+
+    def feed_render_states(self) -> dict[str, tuple[bool, str | None, str | None]]:
+        """feed id -> (dirty, render key, window day) for deciding what to re-render."""
+        return {feed_id: state[:3] for feed_id, state in self.feed_render_generations().items()}
+
+    def feed_render_generations(self) -> dict[str, tuple[bool, str | None, str | None, int]]:
+        """feed id -> (dirty, render key, window day, dirty generation); pass the generation to
+        :meth:`save_feed` so that a change marked during the render keeps the feed dirty."""
+        f = feeds_table
+        with self.engine.connect() as conn:
+            return {r.feed_id: (bool(r.dirty), r.render_key, r.window_day, r.dirty_gen or 0)
+                    for r in conn.execute(select(f.c.feed_id, f.c.dirty, f.c.render_key, f.c.window_day, f.c.dirty_gen))}
+
+    def save_feed(self, feed_id: str, body: bytes, body_gz: bytes, etag: str, *, event_count: int,
+                  now: float, render_seconds: float, render_key: str, window_day: str,
+                  generation: int | None = None) -> bool:
+        """Store a rendered feed, compare-and-set; returns True when its bytes changed
+        (Last-Modified moves then).
+
+        ``generation`` is the feed's dirty generation read before the render
+        (:meth:`feed_render_generations`). Several processes may render the same feed: the
+        body is written only if no render of a newer generation was saved meanwhile, and the
+        feed is marked clean only if no change was marked since ``generation``. So an older
+        render never overwrites a newer one, and stale bytes are never left marked clean.
+        Without ``generation`` the save is unconditional.
+        """
+        f = feeds_table
+        try:
+            with self.engine.begin() as conn:
+                # a row to compare with (and SQLite's write lock), then that row locked on PostgreSQL:
+                # what is read here stays true until the commit
+                insert_missing(conn, f, [{"feed_id": feed_id, "dirty": True, "dirty_gen": 0}])
+                old = conn.execute(select(f.c.etag, f.c.body_gen).where(f.c.feed_id == feed_id)
+                                   .with_for_update()).one()
+                if generation is not None and old.body_gen is not None and old.body_gen > generation:
+                    log.info("render of %s from generation %d not saved: one from generation %d was",
+                             feed_id, generation, old.body_gen)
+                    return False
+                changed = old.etag != etag
+                clean: Any = False if generation is None else case(
+                    (func.coalesce(f.c.dirty_gen, 0) == generation, False), else_=f.c.dirty)
+                values = {"rendered_at": now, "render_seconds": render_seconds, "event_count": event_count,
+                          "dirty": clean, "render_key": render_key, "window_day": window_day,
+                          "body_gen": generation}
+                if changed:
+                    values.update(body=body, body_gz=body_gz, etag=etag, last_modified=now)
+                conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store feed {feed_id}: {db_reason(exc)}") from None
+        self.saves += 1
+        return changed
+
+    def get_feed(self, feed_id: str, *, with_body: bool = True, gz: bool = False) -> StoredFeed | None:
+        """A rendered feed (body, or the gzip body when ``gz``), or None if never rendered.
+
+        Every feed request makes this lookup, so its statements are built once."""
+        stmt = _FEED_STATEMENTS[(with_body, gz)]
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt, {"feed_id": feed_id}).first()
+        if row is None or row.etag is None:
+            return None
+        body = row[-1] if with_body else b""
+        return StoredFeed(
+            feed_id=row.feed_id, body=body if not gz else b"", body_gz=body if gz else b"",
+            etag=row.etag, last_modified=row.last_modified, rendered_at=row.rendered_at,
+            event_count=row.event_count or 0, render_seconds=row.render_seconds or 0.0,
+            render_key=row.render_key, window_day=row.window_day)
+
+    def feeds_summary(self) -> list[StoredFeed]:
+        """Every rendered feed without its bytes, for the status page."""
+        f = feeds_table
+        with self.engine.connect() as conn:
+            ids = [r.feed_id for r in conn.execute(select(f.c.feed_id).order_by(f.c.feed_id))]
+        return [feed for i in ids if (feed := self.get_feed(i, with_body=False)) is not None]

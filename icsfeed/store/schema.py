@@ -1,0 +1,106 @@
+"""The tables, as the code reads and writes them today.
+
+Alembic migrations (``migrations/versions/``) build the same schema step by step; a test
+compares a migrated database with these definitions, so change both together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+#: longest account key stored (``events.account_key``, ``insights_due.account_key``); longer
+#: origin values are cut to it, the same way on every backend
+ACCOUNT_KEY_LENGTH = 256
+#: longest origin key stored (``events.key``); a longer one is skipped with a reason
+EVENT_KEY_LENGTH = 512
+#: longest source id: a configured id (64) or an insight's ("insight-<detector>:<account id>")
+SOURCE_ID_LENGTH = 160
+
+events_table = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(SOURCE_ID_LENGTH), nullable=False),
+    Column("key", String(EVENT_KEY_LENGTH), nullable=False),
+    Column("uid", String(128), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("account_key", String(ACCOUNT_KEY_LENGTH)),  # origin account key, lower-cased
+    Column("severity_rank", Integer),
+    Column("start_ts", Float, nullable=False),
+    Column("end_ts", Float, nullable=False),
+    Column("recurring", Boolean, nullable=False, default=False),
+    Column("data", Text, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("sequence", Integer, nullable=False, default=0),
+    Column("created", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("gone", Boolean, nullable=False, default=False),
+    Column("vevent", LargeBinary),  # rendered VEVENT fragment, cleared on change
+    Column("vevent_key", String(64)),  # render settings the fragment was made with
+    UniqueConstraint("source", "key", name="uq_events_source_key"),
+    Index("ix_events_account_start", "account_key", "start_ts"),
+    Index("ix_events_start", "start_ts"),
+)
+
+source_state_table = Table(
+    "source_state", metadata,
+    Column("source", String(SOURCE_ID_LENGTH), primary_key=True),
+    Column("last_attempt", Float),
+    Column("last_success", Float),
+    Column("last_error", Text),
+    Column("last_error_at", Float),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("cursor", Text),
+    Column("last_duration", Float),
+    Column("last_result", Text),  # JSON summary of the last poll
+    Column("next_poll", Float),
+    Column("polls_total", Integer, nullable=False, default=0),
+    Column("failures_total", Integer, nullable=False, default=0),
+)
+
+feeds_table = Table(
+    "feeds", metadata,
+    Column("feed_id", String(160), primary_key=True),
+    Column("body", LargeBinary),
+    Column("body_gz", LargeBinary),
+    Column("etag", String(80)),
+    Column("last_modified", Float),
+    Column("rendered_at", Float),
+    Column("render_seconds", Float),
+    Column("event_count", Integer),
+    Column("dirty", Boolean, nullable=False, default=True),
+    #: bumped by every mark_dirty; a render clears ``dirty`` only if no change came in meanwhile
+    Column("dirty_gen", Integer, nullable=False, default=0),
+    #: the dirty generation the body was rendered from: an older render never overwrites it
+    Column("body_gen", Integer),
+    Column("render_key", String(64)),
+    Column("window_day", String(10)),
+)
+
+#: accounts whose insights a poll made out of date (see Store.mark_insights_due)
+insights_due_table = Table(
+    "insights_due", metadata,
+    Column("account_key", String(ACCOUNT_KEY_LENGTH), primary_key=True),
+    #: bumped by every mark; clear_insights_due drops a key only if nothing marked it since
+    Column("gen", Integer, nullable=False, default=1),
+)
+
+#: what every process of an installation must agree on (the feed tokens' secret key)
+settings_table = Table(
+    "settings", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
