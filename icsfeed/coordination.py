@@ -35,6 +35,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -234,58 +235,54 @@ class _PgLocks(_LockBackend):
 
 # --- SQLite: record locks on a file beside the database -----------------------------------------
 
-class _FileSession(LockSession):
-    def __init__(self, backend: _FileLocks) -> None:
-        self.backend = backend
-        self.held: set[int] = set()
+class _LockFile:
+    """One byte of ``path`` per claim, locked with ``fcntl.lockf`` (POSIX record locks:
+    dropped by the kernel when the process ends). Record locks belong to the process, not to
+    a thread or a descriptor, and closing any descriptor of the file drops all of them; so
+    one object per file and process holds the only descriptor (as long as a Coordinator
+    uses it) and the set of offsets this process holds, which excludes its threads and its
+    Coordinators from each other."""
 
-    def try_lock(self, kind: str, name: str) -> bool:
-        offset = _namespace(kind) << 32 | _hash32(name)
-        if self.backend.acquire(offset):
-            self.held.add(offset)
-            return True
-        return False
-
-    def unlock(self, kind: str, name: str) -> None:
-        offset = _namespace(kind) << 32 | _hash32(name)
-        if offset in self.held:
-            self.held.discard(offset)
-            self.backend.release(offset)
-
-    def close(self) -> None:
-        for offset in list(self.held):
-            self.backend.release(offset)
-        self.held.clear()
-
-
-class _FileLocks(_LockBackend):
-    """One byte of ``path`` per claim, locked with ``fcntl.lockf`` (POSIX record locks: per
-    process, dropped by the kernel when the process ends). Record locks do not exclude the
-    threads of one process from each other, so the offsets this process holds are also kept
-    in a set; the file stays open for the life of the process (closing any descriptor of it
-    would drop all of the process's locks on it)."""
+    _open: ClassVar[dict[Path | None, _LockFile]] = {}
+    _open_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: Path | None) -> None:
-        """``path`` None: an in-memory database, which only one process can open."""
         self.path = path
-        self._local: set[int] = set()
-        self._guard = threading.Lock()
-        self._slot: int | None = None
+        self.local: set[int] = set()
+        self.guard = threading.Lock()
+        self.users = 0
         self.fd: int | None = None
         if path is None:
-            self.coordinated = False
             return
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            self.coordinated = False
             log.warning("cannot open the lock file %s (%s): polls are not coordinated with other processes "
                         "(nothing can be stored either while the data directory cannot be written)",
                         path, exc.strerror)
 
+    @classmethod
+    def use(cls, path: Path | None) -> _LockFile:
+        with cls._open_lock:
+            lock_file = cls._open.get(path)
+            if lock_file is None:
+                lock_file = cls._open[path] = cls(path)
+            lock_file.users += 1
+            return lock_file
+
+    def done(self) -> None:
+        with self._open_lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            self._open.pop(self.path, None)
+        if self.fd is not None:
+            os.close(self.fd)  # drops whatever this process still held on it
+            self.fd = None
+
     def acquire(self, offset: int) -> bool:
-        with self._guard:
-            if offset in self._local:
+        with self.guard:
+            if offset in self.local:
                 return False
             if self.fd is not None:
                 try:
@@ -294,23 +291,24 @@ class _FileLocks(_LockBackend):
                     if exc.errno in (errno.EACCES, errno.EAGAIN):
                         return False
                     raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from None
-            self._local.add(offset)
+            self.local.add(offset)
             return True
 
     def release(self, offset: int) -> None:
-        with self._guard:
-            if offset not in self._local:
+        with self.guard:
+            if offset not in self.local:
                 return
-            self._local.discard(offset)
+            self.local.discard(offset)
             if self.fd is not None:
                 fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset)
 
-    def _held_elsewhere(self, offset: int) -> bool:
-        """Whether another process holds this byte (probed by taking and dropping it)."""
-        if self.fd is None:
-            return False
-        with self._guard:
-            if offset in self._local:
+    def held(self, offset: int) -> bool:
+        """Whether this process or another holds this byte (another's: probed by taking and
+        dropping it)."""
+        with self.guard:
+            if offset in self.local:
+                return True
+            if self.fd is None:
                 return False
             try:
                 fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
@@ -319,37 +317,66 @@ class _FileLocks(_LockBackend):
             fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset)
             return False
 
+
+class _FileSession(LockSession):
+    def __init__(self, lock_file: _LockFile) -> None:
+        self.lock_file = lock_file
+        self.held: set[int] = set()
+
+    def try_lock(self, kind: str, name: str) -> bool:
+        offset = _namespace(kind) << 32 | _hash32(name)
+        if self.lock_file.acquire(offset):
+            self.held.add(offset)
+            return True
+        return False
+
+    def unlock(self, kind: str, name: str) -> None:
+        offset = _namespace(kind) << 32 | _hash32(name)
+        if offset in self.held:
+            self.held.discard(offset)
+            self.lock_file.release(offset)
+
+    def close(self) -> None:
+        for offset in list(self.held):
+            self.lock_file.release(offset)
+        self.held.clear()
+
+
+class _FileLocks(_LockBackend):
+    """SQLite: claims on the lock file beside the database (``path`` None: an in-memory
+    database, which only one process can open: claims exclude this process's threads only)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.file = _LockFile.use(path)
+        self.coordinated = self.file.fd is not None
+        self._slot: int | None = None
+
     def session(self) -> LockSession:
-        return _FileSession(self)
+        return _FileSession(self.file)
 
     def join(self) -> int | None:
         base = _namespace("member") << 32
         for slot in range(MAX_MEMBERS):
-            if self.acquire(base | slot):
+            if self.file.acquire(base | slot):
                 self._slot = slot
                 return slot
         return None
 
     def members(self) -> set[int]:
         base = _namespace("member") << 32
-        live = {s for s in range(MAX_MEMBERS) if self._held_elsewhere(base | s)}
-        if self._slot is not None:
-            live.add(self._slot)
-        return live
+        return {s for s in range(MAX_MEMBERS) if self.file.held(base | s)}
 
     def slot_alive(self) -> bool:
         return self._slot is not None
 
     def leave(self) -> None:
         if self._slot is not None:
-            self.release(_namespace("member") << 32 | self._slot)
+            self.file.release(_namespace("member") << 32 | self._slot)
             self._slot = None
 
     def close(self) -> None:
         self.leave()
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self.file.done()
 
 
 def _sqlite_lock_path(engine: Engine) -> Path | None:

@@ -273,3 +273,27 @@ def test_two_processes_split_the_renders_and_the_insight_refreshes(url: str, tmp
         assert store.insights_due() == {}
     finally:
         store.close()
+
+
+def test_two_coordinators_in_one_process_exclude_each_other(url: str) -> None:
+    """Record locks belong to the process (SQLite): Coordinators of one process must still
+    exclude each other, and closing one must not drop the claims of another."""
+    store = Store(url)
+    first, second = Coordinator(store.engine), Coordinator(store.engine)
+    try:
+        with first.source("x") as mine:
+            assert mine
+            with second.source("x") as theirs:
+                assert not theirs
+            second.close()
+            third = Coordinator(store.engine)
+            with third.source("x") as again:
+                assert not again, "closing another Coordinator dropped this one's claim"
+            third.close()
+        fourth = Coordinator(store.engine)
+        with fourth.source("x") as free:
+            assert free
+        fourth.close()
+    finally:
+        first.close()
+        store.close()
