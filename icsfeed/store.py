@@ -746,7 +746,19 @@ def _bump_or_insert(conn: Any, key: Any, generation: Any, keys: Iterable[str], *
                          .values(**values, **{generation.name: func.coalesce(generation, 0) + 1}))
         fresh = [{key.name: k, generation.name: 1, **values} for k in chunk if k not in known]
         if fresh:
-            conn.execute(table.insert(), fresh)
+            conn.execute(_insert_or_bump(conn, table, key, generation, values), fresh)
+
+
+def _insert_or_bump(conn: Any, table: Any, key: Any, generation: Any, values: dict[str, Any]) -> Any:
+    """An INSERT that bumps the row instead where another process inserted the same key since
+    it was read (pollers side by side mark the same new feeds and accounts at once)."""
+    if conn.dialect.name not in ("postgresql", "sqlite"):
+        return table.insert()
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_update(
+        index_elements=[key], set_={**values, generation.name: func.coalesce(generation, 0) + 1})
 
 
 #: the columns _event_row reads, in its order (rows are read by position: thousands per render)

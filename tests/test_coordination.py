@@ -297,3 +297,46 @@ def test_two_coordinators_in_one_process_exclude_each_other(url: str) -> None:
     finally:
         first.close()
         store.close()
+
+
+def test_two_processes_marking_the_same_new_feed_at_once_both_succeed(url: str) -> None:
+    """Pollers side by side mark the same feeds dirty, and on a new store those rows do not
+    exist yet: one poll reads "missing", another inserts the row and commits, then the first
+    inserts it too. Today that poll fails on the unique constraint (and loses its events);
+    now the second insert bumps the row instead. The interleaving is forced, not hoped for."""
+    import re
+    import threading
+
+    from sqlalchemy import event
+
+    first, second = Store(url), Store(url)
+    read, go = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def pause_after_the_read(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not read.is_set() and re.match(r"SELECT feeds\.feed_id\s+FROM feeds\s+WHERE feeds\.feed_id IN", statement):
+            read.set()
+            go.wait(10)
+
+    event.listen(first.engine, "after_cursor_execute", pause_after_the_read)
+
+    def mark() -> None:
+        try:
+            first.mark_dirty(["account/new"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        thread = threading.Thread(target=mark)
+        thread.start()
+        assert read.wait(10)
+        second.mark_dirty(["account/new"])  # the other poller inserts the row and commits first
+        go.set()
+        thread.join(15)
+        assert errors == [], errors
+        dirty, _key, _day, generation = second.feed_render_generations()["account/new"]
+        assert dirty and generation == 2  # both marks counted: a render that read 1 leaves it dirty
+    finally:
+        go.set()
+        first.close()
+        second.close()
