@@ -11,6 +11,13 @@ Then, in the same child: a poll in which nothing changed (steady state: every so
 re-read, nothing written, no feed re-rendered) and a poll in which 1% of the events changed.
 
 ``ICSFEED_BENCH_ACCOUNTS`` / ``ICSFEED_BENCH_EVENTS`` scale it down for a quick look.
+
+:func:`run_pollers` (``--only pollers`` in run.py, or ``bench_scale.py --pollers``): the same
+kind of data, smaller (``ICSFEED_BENCH_POLLER_ACCOUNTS`` x ``ICSFEED_BENCH_POLLER_EVENTS``), polled
+and rendered by one ``icsfeed poll --once`` and by two started together (they split the
+sources and the feeds, icsfeed/coordination.py), on PostgreSQL (a private server on this
+machine, tests/postgres.py, with PostgreSQL's own fsync and commit settings) and on SQLite,
+side by side: events per second from the start of the processes to the end of the last.
 """
 
 from __future__ import annotations
@@ -29,24 +36,29 @@ from pathlib import Path
 
 from common import REPO, line
 
+#: the pollers comparison: small enough for a few minutes in all (4 setups, best of 2)
+POLLER_ACCOUNTS = int(os.environ.get("ICSFEED_BENCH_POLLER_ACCOUNTS", "200"))
+POLLER_EVENTS = int(os.environ.get("ICSFEED_BENCH_POLLER_EVENTS", "500"))
+POLLER_ROUNDS = int(os.environ.get("ICSFEED_BENCH_POLLER_ROUNDS", "2"))
+
 ACCOUNTS = int(os.environ.get("ICSFEED_BENCH_ACCOUNTS", "1000"))
 PER_ACCOUNT = int(os.environ.get("ICSFEED_BENCH_EVENTS", "1000"))
 SOURCES = 10
 KINDS = ("alert", "backup", "ticket", "maintenance")
 
 
-def write_data(base: Path) -> None:
+def write_data(base: Path, accounts_n: int = ACCOUNTS, per_account: int = PER_ACCOUNT) -> None:
     config = base / "config"
     config.mkdir(parents=True)
     rnd = random.Random(11)
     now = datetime.now(timezone.utc)
-    per_source = ACCOUNTS * PER_ACCOUNT // SOURCES
+    per_source = accounts_n * per_account // SOURCES
     sources = []
     for s in range(SOURCES):
         kind = KINDS[s % len(KINDS)]
         with (config / f"src{s}.jsonl").open("w", encoding="utf-8") as fh:
             for j in range(per_source):
-                account = (s * per_source + j) % ACCOUNTS
+                account = (s * per_source + j) % accounts_n
                 start = now - timedelta(minutes=rnd.randrange(0, 85 * 24 * 60))
                 host = f"host-{j % 97:02d}.c{account:04d}.example"
                 fh.write(json.dumps({
@@ -61,7 +73,7 @@ def write_data(base: Path) -> None:
     format: jsonl
     mapping: {{kind: {kind}, key: id, title: title, start: start, end: end, account: account, detail: detail,
                severity: severity, url: "https://origin.example/{kind}/{{id}}", attrs: {{host: host}}}}""")
-    accounts = "\n".join(f"  - {{id: c{i:04d}, name: Customer {i}}}" for i in range(ACCOUNTS))
+    accounts = "\n".join(f"  - {{id: c{i:04d}, name: Customer {i}}}" for i in range(accounts_n))
     (config / "icsfeed.yaml").write_text(
         "insights: {enabled: false}\n"
         f"accounts:\n{accounts}\n"
@@ -204,8 +216,136 @@ def run() -> dict[str, float]:
     return {"scale_" + k: v for k, v in {**r, **stages}.items()}
 
 
+def _poll_once(base: Path, url: str, pollers: int) -> tuple[float, list[int], float]:
+    """``pollers`` x ``icsfeed poll --once`` started together on an empty store (its schema made
+    first); wall seconds until the last exits, how many sources each polled, and their CPU
+    seconds."""
+    sys.path.insert(0, str(REPO))
+    from icsfeed.store import Store
+
+    Store(url).close()
+    env = {**os.environ, "ICSFEED_STORAGE_URL": url, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "icsfeed", "--config", str(base / "config"), "--data", str(base / "data"),
+            "--log-level", "WARNING", "poll", "--once"]
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(pollers)]
+    outputs = [p.communicate(timeout=1800) for p in procs]
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    polled = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        if proc.returncode != 0:
+            raise SystemExit(f"icsfeed poll --once failed ({proc.returncode}):\n{err[-3000:]}")
+        polled.append(sum(1 for ln in out.splitlines() if " new, " in ln))
+    # more than SOURCES polls: a poller that started late re-polled what the other had polled
+    # before it started (a tiny scale only: a source takes longer than a start)
+    return wall, polled, (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
+
+
+def _server_cpu(cluster: object) -> float:
+    """CPU seconds PostgreSQL has used so far: its postmaster's own and its ended backends'
+    (the pollers' connections end with them, so a run's backends are counted once it ends)."""
+    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])  # type: ignore[attr-defined]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _cpu_ceiling(seconds: float = 3.0) -> float:
+    """Two CPU-bound processes against one, now: the most a second poller can gain on this
+    machine at this moment (other work shares its cores)."""
+    code = f"import time\nend = time.process_time() + {seconds}\nn = 0\nwhile time.process_time() < end: n += 1\nprint(n)"
+    rates = []
+    for procs in (1, 2):
+        started = time.perf_counter()
+        runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+        for run in runs:
+            run.communicate(timeout=120)
+        rates.append(procs / (time.perf_counter() - started))
+    return rates[1] / rates[0]
+
+
+def _stored(url: str) -> tuple[int, int]:
+    """(events, clean rendered feeds) in the store: the run did all of it."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            events = conn.execute(text("SELECT count(*) FROM events")).scalar_one()
+            feeds = conn.execute(text("SELECT count(*) FROM feeds WHERE NOT dirty AND etag IS NOT NULL")).scalar_one()
+    finally:
+        engine.dispose()
+    return int(events), int(feeds)
+
+
+def run_pollers() -> dict[str, float]:
+    """1 and 2 pollers on PostgreSQL and on SQLite, side by side; best of POLLER_ROUNDS each."""
+    from postgres import PostgresCluster
+
+    base = Path(tempfile.mkdtemp(prefix="icsfeed-pollers-"))
+    total = POLLER_ACCOUNTS * POLLER_EVENTS
+    cluster = None
+    try:
+        write_data(base, POLLER_ACCOUNTS, POLLER_EVENTS)
+        cluster = PostgresCluster(durable=True).init().start()
+        ceiling = _cpu_ceiling()
+        setups = [("postgresql", 1), ("postgresql", 2), ("sqlite", 1), ("sqlite", 2)]
+        best: dict[tuple[str, int], tuple[float, list[int], float]] = {}
+        for round_no in range(POLLER_ROUNDS):
+            for backend, pollers in setups if round_no % 2 == 0 else list(reversed(setups)):
+                if backend == "postgresql":
+                    url = cluster.url(cluster.create_database("bench"))
+                else:
+                    db = base / f"sqlite-{round_no}-{pollers}" / "icsfeed.db"
+                    db.parent.mkdir()
+                    url = f"sqlite:///{db}"
+                server_before = _server_cpu(cluster)
+                wall, polled, cpu = _poll_once(base, url, pollers)
+                if backend == "postgresql":
+                    time.sleep(0.2)  # the backends of the pollers' connections end
+                    cpu += _server_cpu(cluster) - server_before
+                events, feeds = _stored(url)
+                if events != total or feeds != POLLER_ACCOUNTS + 1:
+                    raise SystemExit(f"{backend} x{pollers}: {events} events, {feeds} clean feeds stored")
+                if (backend, pollers) not in best or wall < best[(backend, pollers)][0]:
+                    best[(backend, pollers)] = (wall, polled, cpu)
+        version = subprocess.run([str(cluster.bin / "postgres"), "--version"], capture_output=True, text=True,
+                                 check=False).stdout.strip()
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"Pollers: {POLLER_ACCOUNTS:,} accounts x {POLLER_EVENTS:,} events = {total:,} events from {SOURCES} file "
+          f"sources, {POLLER_ACCOUNTS + 1} feeds; `icsfeed poll --once` x N started together on an empty store, "
+          f"poll + render, best of {POLLER_ROUNDS}; {version} on this machine (fsync on), SQLite WAL")
+    out: dict[str, float] = {}
+    for backend in ("postgresql", "sqlite"):
+        one = best[(backend, 1)][0]
+        for pollers in (1, 2):
+            wall, polled, cpu = best[(backend, pollers)]
+            rate = total / wall
+            note = f"{wall:.1f} s, CPU {cpu:.1f} s" + (" (pollers + server)" if backend == "postgresql" else "")
+            if pollers == 2:
+                note += f"; {one / wall:.2f}x one poller; sources split {'+'.join(map(str, polled))}"
+                if backend == "postgresql":
+                    note += " (goal >= 1.4x)"
+            print(line(f"{backend}, {pollers} poller{'s' if pollers > 1 else ''}", f"{rate:,.0f} ev/s", note))
+            out[f"pollers_{backend}_{pollers}_events_per_s"] = rate
+        out[f"pollers_{backend}_speedup"] = one / best[(backend, 2)][0]
+    pg2, lite1 = best[("postgresql", 2)][0], best[("sqlite", 1)][0]
+    print(line("PostgreSQL with 2 pollers against SQLite with 1", f"{lite1 / pg2:.2f}x", ""))
+    print(line("this machine now: 2 CPU-bound processes against 1", f"{ceiling:.2f}x",
+               "the most a second poller could gain here (other work shares the 2 cores)"))
+    out["pollers_cpu_ceiling"] = ceiling
+    return out
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         child(Path(sys.argv[2]))
+    elif sys.argv[1:] == ["--pollers"]:
+        run_pollers()
     else:
         run()

@@ -2,12 +2,13 @@
 
 Render (10,000-event feed vs the naive request-time renderer, cold and cached, 1% changed,
 unchanged poll), serving (icsfeed serve vs nginx with wrk, 200/gzip/304, and waitress's
-own ceiling) and scale (1,000 accounts x 1,000 events: poll + render time, peak RSS).
+own ceiling), scale (1,000 accounts x 1,000 events: poll + render time, peak RSS) and
+pollers (one `icsfeed poll --once` against two together, on PostgreSQL and on SQLite).
 Ratios are measured in the same run. The machine's load is printed first: on a shared
 2-core machine it moves every figure, which is why the benchmarks take the best of several
 runs where a run is short.
 
-``--only render,serve,scale`` picks parts; ``--json FILE`` also writes the figures.
+``--only render,serve,scale,pollers`` picks parts; ``--json FILE`` also writes the figures.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import bench_render
 import bench_scale
 import bench_serve
 
-PARTS = {"render": bench_render.run, "serve": bench_serve.run, "scale": bench_scale.run}
+PARTS = {"render": bench_render.run, "serve": bench_serve.run, "scale": bench_scale.run,
+         "pollers": bench_scale.run_pollers}
 
 
 def main() -> None:

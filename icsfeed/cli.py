@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -122,6 +123,7 @@ def check(env: Env) -> None:
 @click.pass_obj
 def poll(env: Env, once: bool, sources: tuple[str, ...]) -> None:
     """Poll sources now and print what changed; without --once, run the scheduler alone."""
+    started = time.time()  # a source another poller polls after this is not polled again here
     from icsfeed.poller import poll as poll_now
 
     config = env.config()
@@ -130,8 +132,14 @@ def poll(env: Env, once: bool, sources: tuple[str, ...]) -> None:
         echo(f"unknown source(s): {', '.join(unknown)} (known: {', '.join(config.sources)})", err=True)
         raise SystemExit(2)
     store = env.store(config)
+    from icsfeed.coordination import Coordinator
+
+    coordinator = Coordinator(store.engine)  # other pollers at work on the same store get their share
     if once:
-        reports = poll_now(config, store, sources or None)
+        try:
+            reports = poll_now(config, store, sources or None, coordinator=coordinator, since=started)
+        finally:
+            coordinator.close()
         for report in reports:  # already redacted by the poller; once more costs nothing
             echo(redact(report.line(), config.secrets))
             for reason in report.skipped[:10]:
@@ -142,10 +150,11 @@ def poll(env: Env, once: bool, sources: tuple[str, ...]) -> None:
     from icsfeed.live import LiveConfig
     from icsfeed.scheduler import PollScheduler
 
-    scheduler = PollScheduler(LiveConfig(config), store)
+    scheduler = PollScheduler(LiveConfig(config), store, coordinator=coordinator)
     scheduler.start()
     _wait_for_signal()
     scheduler.shutdown()
+    coordinator.close()
 
 
 @main.command()

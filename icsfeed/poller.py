@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
@@ -26,7 +26,15 @@ from icsfeed.routing import affected_feeds
 from icsfeed.sources import Source, SourceError, load_source_class
 from icsfeed.store import Store, StoreError
 
+if TYPE_CHECKING:
+    from icsfeed.coordination import Coordinator
+
 log = logging.getLogger(__name__)
+
+#: accounts whose insights one poller recomputes per claim (the others take the next ones)
+INSIGHT_BATCH = 25
+#: how long ``poll --once`` waits for other pollers' polls in flight before it renders
+OTHERS_WAIT_SECONDS = 600.0
 
 
 @dataclass
@@ -44,8 +52,12 @@ class PollReport:
     error: str | None = None
     failures: int = 0
     seconds: float = 0.0
+    #: why this run left the source to another poller (None: polled here)
+    elsewhere: str | None = None
 
     def line(self) -> str:
+        if self.elsewhere:
+            return f"{self.source}: not polled here: {self.elsewhere}"
         if not self.ok:
             return f"{self.source}: ERROR ({self.failures} in a row): {self.error}"
         text = (f"{self.source}: {self.new} new, {self.updated} updated, {self.closed} closed, "
@@ -151,21 +163,51 @@ def _store_refused(store: Store, source_id: str, message: str, now: float, elaps
     return PollReport(source_id, ok=False, error=message, failures=failures, seconds=elapsed)
 
 
-def refresh_due_insights(config: Config, store: Store, now: float | None = None) -> int:
+def refresh_due_insights(config: Config, store: Store, now: float | None = None, *,
+                         claims: Coordinator | None = None) -> int:
     """Recompute the insight events of the accounts polls changed since the last refresh.
 
     Polls only mark accounts (``Store.mark_insights_due``): ten sources touching the same
     thousand accounts cost a thousand refreshes here, not ten thousand inside the polls.
+    With ``claims`` (pollers side by side), accounts are claimed INSIGHT_BATCH at a time and
+    those another poller holds are left to it, so N pollers split the work.
     Returns the number of account keys refreshed; on a storage error they stay due.
     """
     due = store.insights_due()
     if not due:
         return 0
+    when = now if now is not None else time.time()
+    if claims is None:
+        return _refresh_keys(config, store, due, when)
+    owner = {key: account.id for account in config.accounts.values() for key in account.match_keys}
+    by_account: dict[str, list[str]] = {}
+    for key in due:  # claimed per configured account: its keys are refreshed together
+        by_account.setdefault(owner.get(key.strip().lower(), ""), []).append(key)
+    names = sorted(by_account)
+    done = 0
+    with claims.locks() as locks:
+        for start in range(0, len(names), INSIGHT_BATCH):
+            claimed = [n for n in names[start:start + INSIGHT_BATCH] if locks.try_lock("account", n)]
+            if not claimed:
+                continue
+            fresh = store.insights_due()  # read again under the claim: another poller may have just done them
+            keys = {k: fresh[k] for n in claimed for k in by_account[n] if k in fresh}
+            refreshed = _refresh_keys(config, store, keys, when) if keys else 0
+            for n in claimed:
+                locks.unlock("account", n)
+            if refreshed < 0:
+                break
+            done += refreshed
+    return done
+
+
+def _refresh_keys(config: Config, store: Store, due: dict[str, int], now: float) -> int:
+    """Refresh these due keys and clear them; -1 when the store refused (they stay due)."""
     try:
-        refresh_insights(config, store, set(due), now if now is not None else time.time())
+        refresh_insights(config, store, set(due), now)
     except StoreError as exc:  # the keys stay due: the next run retries
         log.error("cannot store insights: %s", exc)
-        return 0
+        return -1
     except Exception:  # a detector bug: logged; the keys are cleared so that it is not retried in a loop
         log.exception("insights failed")
     store.clear_insights_due(due)
@@ -190,23 +232,65 @@ def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[E
     return events
 
 
-def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None) -> list[PollReport]:
-    """Poll sources in turn (all enabled ones by default), then re-render the changed feeds."""
+def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, *,
+         coordinator: Coordinator | None = None, since: float | None = None) -> list[PollReport]:
+    """Poll sources in turn (all enabled ones by default), then re-render the changed feeds.
+
+    With ``coordinator`` (``icsfeed poll --once``), pollers running at the same time split
+    the work: a source another poller is polling right now, or has polled since this run
+    started (``since``, default now), is left to it; so are the feeds and accounts another
+    one renders or refreshes.
+    """
     ids = list(source_ids) if source_ids else [s.id for s in config.sources.values() if s.enabled]
+    started = since if since is not None else time.time()
     reports = []
+    busy: list[str] = []  # sources another poller was polling when this one came to them
     for source_id in ids:
         try:
-            reports.append(poll_source(config, store, source_id))
+            if coordinator is None:
+                reports.append(poll_source(config, store, source_id))
+                continue
+            with coordinator.source(source_id) as mine:
+                last = store.source_state(source_id).last_attempt if mine else None
+                if not mine:
+                    busy.append(source_id)
+                    reports.append(PollReport(source_id, ok=True, elsewhere="another poller is polling it"))
+                elif last is not None and last >= started:
+                    reports.append(PollReport(source_id, ok=True, elsewhere="another poller polled it during this run"))
+                else:
+                    reports.append(poll_source(config, store, source_id))
         except StoreError as exc:
             message = redact(str(exc), source_secrets(config, source_id))
             log.error("cannot store poll of %s: %s", source_id, message)
             reports.append(PollReport(source_id, ok=False, error=message))
+    if coordinator is not None and busy:
+        # the feeds those polls change would be rendered twice (now by this poller, then again
+        # by that one): wait for them, then render together with the others, splitting the feeds
+        _wait_for_polls(coordinator, busy, timeout=OTHERS_WAIT_SECONDS)
     try:
-        refresh_due_insights(config, store)
+        refresh_due_insights(config, store, claims=coordinator)
     except StoreError as exc:
         log.error("cannot refresh insights: %s", exc)
     try:
-        render_feeds(config, store)
+        if coordinator is None:
+            render_feeds(config, store)
+        else:
+            with coordinator.feed_claims() as claim:
+                render_feeds(config, store, claim=claim)
     except StoreError as exc:
         log.error("cannot store rendered feeds: %s", exc)
     return reports
+
+
+def _wait_for_polls(coordinator: Coordinator, source_ids: list[str], timeout: float) -> None:
+    """Until no other poller holds these sources (their polls are stored), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    for source_id in source_ids:
+        while time.monotonic() < deadline:
+            try:
+                with coordinator.source(source_id) as free:
+                    if free:
+                        break
+            except StoreError:
+                return
+            time.sleep(0.1)

@@ -16,6 +16,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
@@ -468,11 +469,15 @@ _RENDER_LOCK = threading.Lock()
 
 
 def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
-                 only: Iterable[str] | None = None, force: bool = False) -> list[str]:
+                 only: Iterable[str] | None = None, force: bool = False,
+                 claim: Callable[[str], AbstractContextManager[tuple[bool, str | None, str | None, int] | None]]
+                 | None = None) -> list[str]:
     """Re-render the feeds that need it: dirty, made under other settings, or a day old.
 
     Returns the ids rendered. A feed whose bytes come out the same keeps its ETag and
     Last-Modified, so clients get 304s. A feed marked dirty while it renders stays dirty.
+    ``claim`` (pollers side by side, ``Coordinator.feed_claims``) gives each feed to one of
+    them: None while another renders it, else its render state read again under the claim.
     """
     now = now or datetime.now(timezone.utc)
     today = now.astimezone(timezone.utc).date().isoformat()
@@ -490,11 +495,18 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
             dirty, old_key, day, generation = states.get(spec.feed_id, (True, None, None, 0))
             if not (force or dirty or old_key != key or day != today):
                 continue
-            started = time.perf_counter()
-            feed = build_feed(config, store, spec, now, key=base_key, secret=secret)
-            # no gzip here: the web layer compresses on the first request for an ETag
-            store.save_feed(spec.feed_id, feed.body, b"", feed.etag, event_count=feed.event_count,
-                            now=now.timestamp(), render_seconds=time.perf_counter() - started,
-                            render_key=key, window_day=today, generation=generation)
+            state = (dirty, old_key, day, generation)
+            with claim(spec.feed_id) if claim is not None else nullcontext(state) as claimed:
+                if claimed is None:  # another poller renders it now
+                    continue
+                dirty, old_key, day, generation = claimed
+                if not (force or dirty or old_key != key or day != today):
+                    continue  # another poller rendered it meanwhile
+                started = time.perf_counter()
+                feed = build_feed(config, store, spec, now, key=base_key, secret=secret)
+                # no gzip here: the web layer compresses on the first request for an ETag
+                store.save_feed(spec.feed_id, feed.body, b"", feed.etag, event_count=feed.event_count,
+                                now=now.timestamp(), render_seconds=time.perf_counter() - started,
+                                render_key=key, window_day=today, generation=generation)
             rendered.append(spec.feed_id)
     return rendered

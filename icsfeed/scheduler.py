@@ -1,5 +1,12 @@
 """The scheduler: a job per source (interval, jitter, one at a time, backoff after failures),
-a watcher that applies config changes, and one render job for every feed a poll made dirty."""
+a watcher that applies config changes, and one render job for every feed a poll made dirty.
+
+Several schedulers (``icsfeed poll`` processes, ``icsfeed serve`` with its scheduler) can share
+one store: each holds a member slot, a source is polled by the live member it hashes to
+(:mod:`icsfeed.coordination`), under the source's lock, and only when the store says it is due
+(:func:`poll_wait`), so N pollers poll each source as often as one would. Renders and insight
+refreshes are claimed per feed and per account, so N pollers split them.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,15 @@ from datetime import datetime, timedelta, timezone
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.config import Config
+from icsfeed.coordination import Coordinator
 from icsfeed.insights import refresh_all
 from icsfeed.live import LiveConfig
 from icsfeed.poller import poll_source, refresh_due_insights
 from icsfeed.render import render_feeds
-from icsfeed.store import Store, StoreError
+from icsfeed.store import SourceState, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +45,32 @@ def backoff_delay(interval: timedelta, failures: int) -> timedelta:
     return min(delay, max(MAX_BACKOFF, interval))
 
 
+def poll_wait(state: SourceState, interval: timedelta, now: float, *, preferred: bool, since: float) -> float:
+    """Seconds this poller should wait before polling a source (0: poll now), from the store's
+    record of its last poll, whoever made it: due one interval after the last attempt (the
+    backoff after failures in a row). The poller the source hashes to (``preferred``) polls
+    from a little before that (its own timer runs a few milliseconds early or late); any other
+    only half an interval after it, so it takes over from an owner that died or stalls, within
+    1.5 intervals, but never competes with a live one. ``since``: when this poller started,
+    the "last attempt" of a source never polled."""
+    seconds = interval.total_seconds()
+    last = state.last_attempt if state.last_attempt is not None else since
+    due = last + (backoff_delay(interval, state.consecutive_failures).total_seconds()
+                  if state.last_attempt is not None else 0.0)
+    start = due - min(max(0.25, 0.1 * seconds), 30.0) if preferred else due + 0.5 * seconds
+    return max(0.0, start - now)
+
+
 class PollScheduler:
     """Runs polls in the background of ``icsfeed serve`` (or alone: ``icsfeed poll``)."""
 
-    def __init__(self, live: LiveConfig, store: Store, *, config_check_seconds: float = 2.0) -> None:
+    def __init__(self, live: LiveConfig, store: Store, *, config_check_seconds: float = 2.0,
+                 coordinator: Coordinator | None = None) -> None:
         self.live = live
         self.store = store
+        self._own_coordinator = coordinator is None
+        self.coordinator = coordinator if coordinator is not None else Coordinator(store.engine)
+        self._started_at = time.time()
         self.scheduler = BackgroundScheduler(timezone=timezone.utc,
                                              job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 300})
         self._signatures: dict[str, tuple[float, float | None]] = {}
@@ -54,6 +83,8 @@ class PollScheduler:
         live.on_change(self._config_changed)
 
     def start(self) -> None:
+        self._started_at = time.time()
+        self.coordinator.join()
         config = self.live.current()
         self._sync_jobs(config, first=True)
         self.scheduler.add_job(self.live.reload_if_changed, "interval", seconds=self.config_check_seconds,
@@ -79,6 +110,8 @@ class PollScheduler:
         with self._idle:
             while self._running and time.monotonic() < deadline:
                 self._idle.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if self._own_coordinator:
+            self.coordinator.close()  # gives up the member slot: the others take its share
 
     def _config_changed(self, config: Config) -> None:
         self._sync_jobs(config)
@@ -128,10 +161,20 @@ class PollScheduler:
         source = config.sources.get(source_id)
         if source is None:
             return
+        now = time.time()
         try:
-            report = poll_source(config, self.store, source_id)
-        except StoreError as exc:
-            log.error("poll of %s not stored: %s", source_id, exc)
+            with self.coordinator.source(source_id) as mine:
+                if not mine:
+                    log.debug("%s is being polled by another poller", source_id)
+                    return
+                wait = poll_wait(self.store.source_state(source_id), source.interval, now,
+                                 preferred=self.coordinator.prefers(source_id), since=self._started_at)
+                if wait > 0:  # polled by another poller lately, or its owner's to poll
+                    self._check_again(source_id, now + wait)
+                    return
+                report = poll_source(config, self.store, source_id, now=now)
+        except (StoreError, SQLAlchemyError) as exc:
+            log.error("poll of %s not stored: %s", source_id, exc if isinstance(exc, StoreError) else _reason(exc))
             return
         if self._stopping.is_set():
             return
@@ -144,6 +187,15 @@ class PollScheduler:
         if job is not None and job.next_run_time is not None:
             self._note_next(source_id, job.next_run_time.timestamp())
 
+    def _check_again(self, source_id: str, when: float) -> None:
+        """Move this poller's next look at a source to ``when`` (not noted in the store: the
+        poller that polls it notes its own next poll)."""
+        if self._stopping.is_set():
+            return
+        job = self.scheduler.get_job(f"poll:{source_id}")
+        if job is not None:
+            job.modify(next_run_time=datetime.fromtimestamp(when, timezone.utc))
+
     def _note_next(self, source_id: str, when: float) -> None:
         try:
             self.store.set_next_poll(source_id, when)
@@ -151,25 +203,36 @@ class PollScheduler:
             log.error("cannot note next poll of %s: %s", source_id, exc)
 
     def _refresh_insights(self) -> None:
+        """Every account's insights, hourly: by one of the pollers (the one the job hashes to)."""
         try:
-            refresh_all(self.live.current(), self.store, time.time())
-        except StoreError as exc:
-            log.error("cannot store insights: %s", exc)
+            if not self.coordinator.prefers("job:insights"):
+                return
+            with self.coordinator.job("insights") as mine:
+                if mine:
+                    refresh_all(self.live.current(), self.store, time.time())
+        except (StoreError, SQLAlchemyError) as exc:
+            log.error("cannot store insights: %s", exc if isinstance(exc, StoreError) else _reason(exc))
             return
         self._render()
 
     def _refresh_due_insights(self) -> None:
         try:
-            refresh_due_insights(self.live.current(), self.store)
-        except StoreError as exc:
-            log.error("cannot refresh insights: %s", exc)
+            refresh_due_insights(self.live.current(), self.store, claims=self.coordinator)
+        except (StoreError, SQLAlchemyError) as exc:
+            log.error("cannot refresh insights: %s", exc if isinstance(exc, StoreError) else _reason(exc))
 
     def _render(self) -> None:
         started = time.perf_counter()
         try:
-            rendered = render_feeds(self.live.current(), self.store)
-        except StoreError as exc:
-            log.error("cannot store rendered feeds: %s", exc)
+            with self.coordinator.feed_claims() as claim:  # other pollers render the feeds this one skips
+                rendered = render_feeds(self.live.current(), self.store, claim=claim)
+        except (StoreError, SQLAlchemyError) as exc:
+            log.error("cannot store rendered feeds: %s", exc if isinstance(exc, StoreError) else _reason(exc))
             return
         if rendered:
             log.info("rendered %d feed(s) in %.2fs", len(rendered), time.perf_counter() - started)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).splitlines()[0][:300]

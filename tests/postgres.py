@@ -34,7 +34,9 @@ def server_bin() -> Path | None:
 class PostgresCluster:
     """``initdb`` + ``pg_ctl start`` on 127.0.0.1:<free port>; ``url(db)`` for SQLAlchemy."""
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, *, durable: bool = False) -> None:
+        """``durable``: PostgreSQL's own fsync and commit settings (the benchmarks), instead
+        of the tests' fsync=off."""
         bindir = server_bin()
         if bindir is None:
             raise RuntimeError("no PostgreSQL server installed (Debian package postgresql)")
@@ -47,6 +49,7 @@ class PostgresCluster:
         self.port = free_port()
         self._as_user = os.geteuid() == 0
         self._created = 0
+        self.durable = durable
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -72,8 +75,8 @@ class PostgresCluster:
             conf.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.sockdir}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "max_connections = 200\nshared_buffers = 128MB\n")
+                + ("" if self.durable else "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+                + "max_connections = 200\nshared_buffers = 128MB\n")
         return self
 
     def start(self) -> PostgresCluster:

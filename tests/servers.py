@@ -1,6 +1,7 @@
 """Real processes and real sockets for the reliability suites and the benchmarks.
 
-* :class:`IcsfeedServer` runs ``python -m icsfeed serve`` as a subprocess on a free port of
+* :class:`IcsfeedServer` runs ``python -m icsfeed serve`` (:class:`IcsfeedPoller`:
+  ``icsfeed poll``) as a subprocess on a free port of
   127.0.0.1 with its own config and data directory and a known secret key (so tests can
   make feed URLs), waits until ``/healthz`` answers, and is killed (SIGKILL if need be) by
   ``stop()``, which fixtures call in teardown.
@@ -88,14 +89,16 @@ class IcsfeedServer:
         if self._log is None:
             self._log = open(self.log_path, "ab")
         argv = [sys.executable, "-m", "icsfeed", "--config", str(self.config_dir), "--data", str(self.data_dir),
-                "--log-level", self.log_level, "serve", "--bind", f"127.0.0.1:{self.port}"]
-        if not self.scheduler:
-            argv.append("--no-scheduler")
+                "--log-level", self.log_level, *self.command()]
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=str(REPO))
         self.starts += 1
         if wait:
             self.wait_ready(timeout)
         return self
+
+    def command(self) -> list[str]:
+        """The icsfeed subcommand and its options."""
+        return ["serve", "--bind", f"127.0.0.1:{self.port}", *([] if self.scheduler else ["--no-scheduler"])]
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until /healthz answers 200; AssertionError with the log if the process dies or stalls."""
@@ -170,6 +173,30 @@ class IcsfeedServer:
                 raise AssertionError(f"icsfeed serve died while waiting for {what}:\n{self.log()[-4000:]}")
             time.sleep(every)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log()[-4000:]}")
+
+
+class IcsfeedPoller(IcsfeedServer):
+    """``icsfeed poll`` (the scheduler alone) in a subprocess: ready once it holds its poller
+    slot (it logs "poller slot N"); no port, no pages."""
+
+    def __init__(self, config_dir: Path, data_dir: Path, **kwargs: Any) -> None:
+        super().__init__(config_dir, data_dir, **kwargs)
+        self.log_path = self.data_dir.parent / f"poll-{self.port}.log"  # the port only names the log
+
+    def command(self) -> list[str]:
+        return ["poll"]
+
+    def start(self, *, wait: bool = True, timeout: float = 30.0) -> Self:
+        self._mark = len(self.log())
+        return super().start(wait=wait, timeout=timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        self.wait_for(lambda: "poller slot" in self.log()[self._mark:], timeout, "the poller to take its slot")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
 
 # --- an origin that misbehaves on demand ---------------------------------------------------

@@ -4,7 +4,8 @@ The store holds every rendered feed; a web process only remembers, for a short w
 read from there: a feed's ETag and Last-Modified (for at most ``META_TTL_SECONDS``, or until
 this process itself saves a new render) and recent bodies keyed by their ETag (a new render
 has a new ETag, so a stale body is never served for a newer one). Several web processes over
-one database therefore agree within a second, and none depends on another.
+one database therefore agree within a second, and none depends on another. While the
+database is away, what is held here is what a process can still answer with (web/feeds.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class FeedMetaCache:
         self._items[feed_id] = (now, saves, meta)  # a dict assignment: safe across threads
         return meta
 
+    def last(self, feed_id: str) -> FeedMeta | None:
+        """What the store last said of the feed, however long ago (for answering while it is away)."""
+        item = self._items.get(feed_id)
+        return item[2] if item is not None else None
+
 
 class BodyCache:
     """Feed bodies this process served lately, by (feed, ETag, gzip), at most ``max_bytes``.
@@ -73,6 +79,22 @@ class BodyCache:
             if body is not None:
                 self._items.move_to_end(key)
             return body
+
+    def held(self, feed_id: str, etag: str | None = None) -> tuple[str, bytes | None, bytes | None] | None:
+        """(ETag, body, gzip body) of the render of this feed held here -- the one with
+        ``etag`` if held, else the plain body's -- or None; either body may be missing."""
+        with self._lock:
+            keys = [k for k in self._items if k[0] == feed_id]
+            if not keys:
+                return None
+            etags = {k[1] for k in keys}
+            chosen = etag if etag in etags else next((k[1] for k in keys if not k[2]), keys[0][1])
+            return chosen, self._items.get((feed_id, chosen, False)), self._items.get((feed_id, chosen, True))
+
+    def feeds(self) -> int:
+        """How many feeds this process holds a body of."""
+        with self._lock:
+            return len({k[0] for k in self._items})
 
     def put(self, key: tuple[str, str, bool], body: bytes) -> None:
         if len(body) > self.max_bytes // 4:

@@ -5,6 +5,11 @@ them for a 304), so ``FeedRequests`` answers GET and HEAD of ``/feeds/<id>.ics``
 ``/teams/<id>.ics`` as a small WSGI layer in front of Flask: the answer depends only on the
 token, the stored ETag and the request's conditional headers, and Flask's request cycle
 cost several times the rest. Everything else (other methods, pages, /healthz) goes to Flask.
+
+While the database is away (web/outage.py), a feed this process holds is answered from
+memory, 304s included (stale-if-error); anything else that needs the database gets 503 with
+``Retry-After``, pages too, never a 500; ``/healthz`` says "degraded" (with a 200: see
+docs/SCALING.md for why a load balancer should keep such a process).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Flask, Response
+from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.http import http_date, is_resource_modified, parse_accept_header, quote_etag
 
 from icsfeed.render import build_feed
@@ -31,6 +37,7 @@ from icsfeed.store import StoreError
 from icsfeed.tokens import check_token
 from icsfeed.web import SECURITY_HEADERS, WebContext, context
 from icsfeed.web.feed_cache import BodyCache, FeedMetaCache
+from icsfeed.web.outage import DatabaseGate
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,11 @@ CALENDAR = "text/calendar; charset=utf-8"
 _FEED_PATH = re.compile(r"/(feeds|teams)/([^/]+)\.ics")
 #: metric labels, the names the routes had when Flask served them
 _ENDPOINTS: dict[FeedType, str] = {"account": "feeds.account_feed", "team": "feeds.team_feed"}
+#: what the store raises when the database cannot be reached (StoreError where it wraps them)
+DB_ERRORS = (StoreError, SQLAlchemyError)
+#: Retry-After of a 503 while the database is away (most outages are a restart)
+RETRY_AFTER_SECONDS = 10
+UNAVAILABLE = b"The database is unreachable; try again in a minute.\n"
 
 
 def not_found() -> Response:
@@ -50,12 +62,41 @@ def not_found() -> Response:
 
 @bp.route("/healthz")
 def healthz() -> Response:
+    """"ok", or (still 200) "degraded" while the database is unreachable: the process then
+    serves the feeds it holds, and so does every other web process of a shared database --
+    taking them all out of a load balancer would turn those answers into 502s."""
     ctx = context()
     try:
         ctx.store.ping()
-    except Exception:
-        return Response("database unavailable\n", status=503, mimetype="text/plain")
+    except Exception as exc:
+        gate = DatabaseGate.on(ctx.store.engine)
+        feeds: FeedRequests | None = current_app.extensions.get("icsfeed_feed_requests")
+        held = feeds.bodies.feeds() if feeds is not None else 0
+        reason = gate.reason or _first_line(exc)
+        return Response(f"degraded: database unreachable ({reason}); serving the {held} feed(s) this process "
+                        "holds, 503 for the rest\n", mimetype="text/plain", headers={"Cache-Control": "no-store"})
     return Response("ok\n", mimetype="text/plain")
+
+
+@bp.app_errorhandler(StoreError)
+@bp.app_errorhandler(SQLAlchemyError)
+def database_unavailable(error: Exception) -> Response:
+    """A page that needs the database while it is away: 503, not 500."""
+    log.warning("%s %s: database unavailable: %s", request.method, request.path, _first_line(error))
+    return Response(UNAVAILABLE, status=503, mimetype="text/plain", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+@bp.after_app_request
+def retry_after(response: Response) -> Response:
+    """Every 503 says when to come back (pages that answer 503 themselves included)."""
+    if response.status_code == 503:
+        response.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
+    return response
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
 
 
 @dataclass(frozen=True)
@@ -74,6 +115,7 @@ def _plain(status: int, text: bytes, *extra: tuple[str, str]) -> FeedAnswer:
 
 #: the same bytes for an unknown feed and a wrong token, so neither can be told apart
 NOT_FOUND_ANSWER = _plain(404, NOT_FOUND)
+UNAVAILABLE_ANSWER = _plain(503, UNAVAILABLE, ("Retry-After", str(RETRY_AFTER_SECONDS)))
 
 
 class FeedRequests:
@@ -86,6 +128,8 @@ class FeedRequests:
         self.meta = FeedMetaCache(self._ctx.store)
         self.bodies = BodyCache()
         self._gzip_lock = threading.Lock()
+        self.gate = DatabaseGate.on(self._ctx.store.engine)  # fail fast while the database is away
+        flask_app.extensions["icsfeed_feed_requests"] = self
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         match = _FEED_PATH.fullmatch(environ.get("PATH_INFO", ""))
@@ -95,6 +139,9 @@ class FeedRequests:
         feed_type: FeedType = "account" if match.group(1) == "feeds" else "team"
         try:
             answer = self.answer(feed_type, match.group(2), environ)
+        except DB_ERRORS as exc:  # a filtered variant, say: it needs the database
+            log.warning("feed request: database unavailable: %s", _first_line(exc))
+            answer = UNAVAILABLE_ANSWER
         except Exception:  # as Flask would: logged, a 500, the process goes on
             log.exception("feed request failed")
             answer = _plain(500, b"Internal server error\n")
@@ -129,25 +176,47 @@ class FeedRequests:
                                secret=ctx.secret)
             return _feed_answer(built.body, built.etag, None, gz=False, refresh=refresh)
 
+        gz = _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
         try:
             meta = self.meta.get(spec.feed_id)
-        except StoreError:
-            meta = None
+        except DB_ERRORS:
+            return self._from_memory(spec.feed_id, environ, gz=gz, refresh=refresh)
         if meta is None:
             return _plain(503, b"This feed is being prepared; try again in a minute.\n", ("Retry-After", "30"))
-        gz = _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
         etag, last_modified = meta.etag, meta.last_modified
         modified = datetime.fromtimestamp(last_modified, timezone.utc)
         if not is_resource_modified(environ, etag=etag + ("-gz" if gz else ""), last_modified=modified):
             return _feed_answer(b"", etag, last_modified, gz=gz, refresh=refresh, status=304)
         body = self.bodies.get((spec.feed_id, etag, gz))
         if body is None:
-            stored = ctx.store.get_feed(spec.feed_id)
+            try:
+                stored = ctx.store.get_feed(spec.feed_id)
+            except DB_ERRORS:
+                return self._from_memory(spec.feed_id, environ, gz=gz, refresh=refresh)
             if stored is None:
                 return NOT_FOUND_ANSWER
             etag, last_modified = stored.etag, stored.last_modified  # maybe re-rendered since: the newer one
             self.bodies.put((spec.feed_id, etag, False), stored.body)
             body = self._gzipped(spec.feed_id, etag, stored.body) if gz else stored.body
+        return _feed_answer(body, etag, last_modified, gz=gz, refresh=refresh)
+
+    def _from_memory(self, feed_id: str, environ: dict[str, Any], *, gz: bool, refresh: int) -> FeedAnswer:
+        """The database is unreachable: the last render of the feed this process holds
+        (stale-if-error: a calendar is better served an hour-old feed than an error), with
+        its ETag, so conditional requests still get 304s; 503 if it holds none."""
+        last = self.meta.last(feed_id)
+        held = self.bodies.held(feed_id, last.etag if last is not None else None)
+        if held is None:
+            return UNAVAILABLE_ANSWER
+        etag, plain, packed = held
+        last_modified = last.last_modified if last is not None and last.etag == etag else None
+        modified = datetime.fromtimestamp(last_modified, timezone.utc) if last_modified is not None else None
+        if not is_resource_modified(environ, etag=etag + ("-gz" if gz else ""), last_modified=modified):
+            return _feed_answer(b"", etag, last_modified, gz=gz, refresh=refresh, status=304)
+        if gz:
+            body = packed if packed is not None else self._gzipped(feed_id, etag, plain or b"")
+        else:
+            body = plain if plain is not None else gzip.decompress(packed or b"")
         return _feed_answer(body, etag, last_modified, gz=gz, refresh=refresh)
 
     def _gzipped(self, feed_id: str, etag: str, body: bytes) -> bytes:
