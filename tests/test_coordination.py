@@ -301,9 +301,10 @@ def test_two_coordinators_in_one_process_exclude_each_other(url: str) -> None:
 
 def test_two_processes_marking_the_same_new_feed_at_once_both_succeed(url: str) -> None:
     """Pollers side by side mark the same feeds dirty, and on a new store those rows do not
-    exist yet: one poll reads "missing", another inserts the row and commits, then the first
-    inserts it too. Today that poll fails on the unique constraint (and loses its events);
-    now the second insert bumps the row instead. The interleaving is forced, not hoped for."""
+    exist yet: one poll is about to insert the row, another inserts it and commits first, then
+    the first one's insert runs. At d97b23e that poll failed on the unique constraint (and lost
+    its events); now the late insert bumps the row instead. The interleaving is forced, not
+    hoped for: the first store's INSERT waits until the second store's mark has committed."""
     import re
     import threading
 
@@ -313,12 +314,12 @@ def test_two_processes_marking_the_same_new_feed_at_once_both_succeed(url: str) 
     read, go = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
-    def pause_after_the_read(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if not read.is_set() and re.match(r"SELECT feeds\.feed_id\s+FROM feeds\s+WHERE feeds\.feed_id IN", statement):
+    def pause_before_the_insert(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not read.is_set() and re.match(r"\s*INSERT INTO feeds\b", statement):
             read.set()
             go.wait(10)
 
-    event.listen(first.engine, "after_cursor_execute", pause_after_the_read)
+    event.listen(first.engine, "before_cursor_execute", pause_before_the_insert)
 
     def mark() -> None:
         try:
