@@ -116,6 +116,7 @@ def test_database_made_by_d97b23e_is_upgraded_keeping_events_uids_and_sequences(
     assert legacy_poll(config, old).new == 3
     write_tickets(config, tickets("Printer on fire, again"))
     assert legacy_poll(config, old).updated == 1
+    old.shares_secret = False  # type: ignore[attr-defined]  # d97b23e kept its key in the data directory only
     render_feeds(config, old)  # type: ignore[arg-type]
     old_feed = old.get_feed("account/acme")
     old.close()

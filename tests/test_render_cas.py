@@ -61,12 +61,14 @@ def start_render(config: Config, store: Store) -> tuple[int, RenderedFeed]:
 
 
 def save(config: Config, store: Store, generation: int, feed: RenderedFeed) -> bool:
-    from icsfeed.render import feed_render_key
+    from icsfeed.render import feed_render_key, feed_secret, view_url
 
     spec = find_feed(config, "account", "acme")
     assert spec is not None
+    secret = feed_secret(config, store)
+    key = feed_render_key(config, spec, view=view_url(config, secret, spec) if secret is not None else None)
     return store.save_feed(FEED, feed.body, b"", feed.etag, event_count=feed.event_count, now=NOW.timestamp(),
-                           render_seconds=0.0, render_key=feed_render_key(config, spec), window_day=NOW.date().isoformat(),
+                           render_seconds=0.0, render_key=key, window_day=NOW.date().isoformat(),
                            generation=generation)
 
 
