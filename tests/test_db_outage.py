@@ -100,7 +100,8 @@ def test_database_restart_while_serving(tmp_path: Path) -> None:
         url = cluster.url(cluster.create_database())
         config_dir = write_config(tmp_path / "config", {"a.yaml": CONFIG})
         (config_dir / "events.json").write_text(json.dumps(records(20, "v1")))
-        env = {STORAGE_URL_ENV: url}
+        admin = ("admin", "outage-test-password")  # /status is an admin page
+        env = {STORAGE_URL_ENV: url, "ICSFEED_ADMIN_USER": admin[0], "ICSFEED_ADMIN_PASSWORD": admin[1]}
         poller = IcsfeedPoller(config_dir, tmp_path / "poller", env=env)
         webs = [IcsfeedServer(config_dir, tmp_path / f"web{i}", env=env, scheduler=False) for i in range(2)]
         try:
@@ -136,7 +137,7 @@ def test_database_restart_while_serving(tmp_path: Path) -> None:
                     assert page.status_code == 503 and int(page.headers["Retry-After"]) > 0, page.status_code
                     health = requests.get(f"{first.base}/healthz", timeout=10)
                     assert health.status_code == 200 and health.text.startswith("degraded: database unreachable"), health.text
-                    status = requests.get(f"{first.base}/status", timeout=10)
+                    status = requests.get(f"{first.base}/status", auth=admin, timeout=10)
                     assert status.status_code in (200, 503), status.status_code
                     time.sleep(1.5)
 
