@@ -290,10 +290,11 @@ def run_pollers() -> dict[str, float]:
     try:
         write_data(base, POLLER_ACCOUNTS, POLLER_EVENTS)
         cluster = PostgresCluster(durable=True).init().start()
-        ceiling = _cpu_ceiling()
         setups = [("postgresql", 1), ("postgresql", 2), ("sqlite", 1), ("sqlite", 2)]
         best: dict[tuple[str, int], tuple[float, list[int], float]] = {}
+        ceilings = []
         for round_no in range(POLLER_ROUNDS):
+            ceilings.append(_cpu_ceiling())
             for backend, pollers in setups if round_no % 2 == 0 else list(reversed(setups)):
                 if backend == "postgresql":
                     url = cluster.url(cluster.create_database("bench"))
@@ -336,9 +337,10 @@ def run_pollers() -> dict[str, float]:
         out[f"pollers_{backend}_speedup"] = one / best[(backend, 2)][0]
     pg2, lite1 = best[("postgresql", 2)][0], best[("sqlite", 1)][0]
     print(line("PostgreSQL with 2 pollers against SQLite with 1", f"{lite1 / pg2:.2f}x", ""))
-    print(line("this machine now: 2 CPU-bound processes against 1", f"{ceiling:.2f}x",
-               "the most a second poller could gain here (other work shares the 2 cores)"))
-    out["pollers_cpu_ceiling"] = ceiling
+    print(line("this machine now: 2 CPU-bound processes against 1", f"{max(ceilings):.2f}x",
+               f"per round {', '.join(f'{c:.2f}x' for c in ceilings)}: the most a second poller could gain "
+               "(other work shares the 2 cores)"))
+    out["pollers_cpu_ceiling"] = max(ceilings)
     return out
 
 

@@ -97,8 +97,6 @@ class LockSession(ABC):
 class _LockBackend(ABC):
     """Where the locks live: the database server, or the kernel (a lock file)."""
 
-    coordinated = True
-
     @abstractmethod
     def session(self) -> LockSession: ...
 
@@ -348,7 +346,6 @@ class _FileLocks(_LockBackend):
 
     def __init__(self, path: Path | None) -> None:
         self.file = _LockFile.use(path)
-        self.coordinated = self.file.fd is not None
         self._slot: int | None = None
 
     def session(self) -> LockSession:

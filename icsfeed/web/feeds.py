@@ -68,13 +68,12 @@ def healthz() -> Response:
     ctx = context()
     try:
         ctx.store.ping()
-    except Exception as exc:
-        gate = DatabaseGate.on(ctx.store.engine)
+    except Exception as exc:  # why goes to the log (the gate's), not to anyone who asks
+        _log_unavailable(ctx.store.engine, "/healthz", exc)
         feeds: FeedRequests | None = current_app.extensions.get("icsfeed_feed_requests")
         held = feeds.bodies.feeds() if feeds is not None else 0
-        reason = gate.reason or _first_line(exc)
-        return Response(f"degraded: database unreachable ({reason}); serving the {held} feed(s) this process "
-                        "holds, 503 for the rest\n", mimetype="text/plain", headers={"Cache-Control": "no-store"})
+        return Response(f"degraded: database unreachable; serving the {held} feed(s) this process holds, "
+                        "503 for the rest\n", mimetype="text/plain", headers={"Cache-Control": "no-store"})
     return Response("ok\n", mimetype="text/plain")
 
 
@@ -82,7 +81,7 @@ def healthz() -> Response:
 @bp.app_errorhandler(SQLAlchemyError)
 def database_unavailable(error: Exception) -> Response:
     """A page that needs the database while it is away: 503, not 500."""
-    log.warning("%s %s: database unavailable: %s", request.method, request.path, _first_line(error))
+    _log_unavailable(context().store.engine, f"{request.method} {request.path}", error)
     return Response(UNAVAILABLE, status=503, mimetype="text/plain", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
@@ -92,6 +91,13 @@ def retry_after(response: Response) -> Response:
     if response.status_code == 503:
         response.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return response
+
+
+def _log_unavailable(engine: Any, what: str, error: BaseException) -> None:
+    """Once per outage is enough (the gate logs when it starts and ends); an error while the
+    database is reachable is logged each time."""
+    level = logging.DEBUG if DatabaseGate.on(engine).down else logging.WARNING
+    log.log(level, "%s: database unavailable: %s", what, _first_line(error))
 
 
 def _first_line(error: BaseException) -> str:
@@ -140,7 +146,7 @@ class FeedRequests:
         try:
             answer = self.answer(feed_type, match.group(2), environ)
         except DB_ERRORS as exc:  # a filtered variant, say: it needs the database
-            log.warning("feed request: database unavailable: %s", _first_line(exc))
+            _log_unavailable(self._ctx.store.engine, "feed request", exc)
             answer = UNAVAILABLE_ANSWER
         except Exception:  # as Flask would: logged, a 500, the process goes on
             log.exception("feed request failed")
