@@ -37,8 +37,8 @@ from pathlib import Path
 from common import REPO, line
 
 #: the pollers comparison: small enough for a few minutes in all (4 setups, best of 2)
-POLLER_ACCOUNTS = int(os.environ.get("ICSFEED_BENCH_POLLER_ACCOUNTS", "200"))
-POLLER_EVENTS = int(os.environ.get("ICSFEED_BENCH_POLLER_EVENTS", "500"))
+POLLER_ACCOUNTS = int(os.environ.get("ICSFEED_BENCH_POLLER_ACCOUNTS", "150"))
+POLLER_EVENTS = int(os.environ.get("ICSFEED_BENCH_POLLER_EVENTS", "400"))
 POLLER_ROUNDS = int(os.environ.get("ICSFEED_BENCH_POLLER_ROUNDS", "2"))
 
 ACCOUNTS = int(os.environ.get("ICSFEED_BENCH_ACCOUNTS", "1000"))
