@@ -44,6 +44,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """The predicate's first true value, polled every ``every`` seconds for at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def write_config(directory: Path, files: dict[str, str]) -> Path:
     """Write YAML files (dedented) into a config directory."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from typing import Any, Self
 import pytest
 import requests
 from postgres import PostgresCluster
-from servers import IcsfeedPoller, IcsfeedServer, feed_token, free_port, write_config
+from servers import IcsfeedPoller, IcsfeedServer, feed_token, free_port, wait_until, write_config
 
 from icsfeed.config import STORAGE_URL_ENV
 
@@ -48,16 +48,6 @@ def records(n: int, tag: str) -> list[dict[str, Any]]:
     base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
     return [{"id": f"e{i}", "title": f"{tag} event {i}", "start": (base - timedelta(minutes=13 * i)).isoformat(),
              "account": ("acme", "globex")[i % 2]} for i in range(n)]
-
-
-def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 PLAIN = {"Accept-Encoding": "identity"}

@@ -35,7 +35,7 @@ import pytest
 import requests
 from conftest import storage_url
 from parsers import check_all_many, check_line_format
-from servers import ControlledOrigin, IcsfeedServer, write_config
+from servers import ControlledOrigin, IcsfeedServer, wait_until, write_config
 from sqlalchemy import create_engine, text
 
 from icsfeed.config import load_config
@@ -57,16 +57,6 @@ def records(n: int, tag: str = "v1") -> list[dict[str, Any]]:
     base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
     return [{"id": f"e{i}", "title": f"{tag} event {i}", "start": (base - timedelta(minutes=7 * i)).isoformat(),
              "account": "acme"} for i in range(n)]
-
-
-def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 UID_LINE = re.compile(rb"\r\nUID:([^\r]+)")

@@ -25,23 +25,13 @@ from typing import Any
 
 import pytest
 import requests
-from servers import IcsfeedPoller, IcsfeedServer, write_config
+from servers import IcsfeedPoller, IcsfeedServer, wait_until, write_config
 from sqlalchemy import create_engine, text
 
 from icsfeed.config import STORAGE_URL_ENV
 from icsfeed.coordination import rendezvous_owner
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def records(n: int, tag: str) -> list[dict[str, Any]]:
