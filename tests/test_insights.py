@@ -34,21 +34,25 @@ def test_missing_section_gives_defaults_and_values_are_validated(tmp_path: Path)
     config = make_config(tmp_path / "a")
     assert isinstance(config.insights, InsightsSettings)
     assert config.insights == InsightsSettings() and config.insights.bursts.enabled
-    config = make_config(tmp_path / "b", {"backups": {"grace": "36h", "raise_after": "PT2H"}, "bursts": {"k": 6}})
+    config = make_config(tmp_path / "b", {"backups": {"grace": "36h", "raise_after": "PT2H"}, "bursts": {"p": 1e-6}})
     assert config.insights.backups.grace == timedelta(hours=36)
     assert config.insights.backups.raise_after == timedelta(hours=2)
-    assert config.insights.bursts.k == 6
-    bad = {"bursts": {"k": -1}, "backups": {"gracee": "1h", "keep_share": 0.9},
+    assert config.insights.bursts.p == 1e-6
+    assert config.insights.bursts.report_days is None  # the feed's own window
+    bad = {"bursts": {"p": -1}, "backups": {"gracee": "1h", "keep_share": 0.9},
            "stale_tickets": {"after_days": "soon"}}
     with pytest.raises(ConfigError) as info:
         make_config(tmp_path / "c", bad)
     problems = {(path, message) for _file, path, message in info.value.problems}
     paths = {path for path, _ in problems}
-    assert "insights.bursts.k" in paths and "insights.stale_tickets.after_days" in paths
+    assert "insights.bursts.p" in paths and "insights.stale_tickets.after_days" in paths
     assert ("insights.backups.gracee", "unknown setting") in problems
     with pytest.raises(ConfigError) as info:
         make_config(tmp_path / "d", {"backups": {"keep_share": 0.9}})
     assert any("keep_share must not be above regular_share" in m for _f, _p, m in info.value.problems)
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path / "e", {"backups": {"min_weeks": 9}})
+    assert any("min_weeks must not be above history_weeks" in m for _f, _p, m in info.value.problems)
 
 
 # --- stale tickets ------------------------------------------------------------------------------
@@ -152,7 +156,7 @@ def test_summary_counts_backups_exactly(tmp_path: Path) -> None:
     world.refresh(NOW)
     [s] = [f for f in world.flags("summary") if "open_tickets" in f.attrs]
     assert s.attrs["counts"] == {"backup": 7}
-    assert s.title == "Last week at ACME Corp: 0 alerts (usually 0), 0 tickets, 0 flags, 0 tickets open"
+    assert s.title == "Last week at ACME Corp: 0 alerts (usually none), 0 tickets, 0 flags, 0 tickets open"
 
 
 # --- refresh as a whole -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
-from icsfeed.insights.base import AccountContext, Detector, fmt_day, insight_event, start_dt
+from icsfeed.insights.base import VERDICT_ATTR, AccountContext, Detector, fmt_day, insight_event, start_dt
 from icsfeed.insights.settings import StaleTicketSettings
 from icsfeed.model import Event
 from icsfeed.store import EventRow
@@ -94,7 +94,8 @@ def detect(ctx: AccountContext) -> list[Event]:
         out.append(insight_event(
             ctx, NAME, f"{ctx.account.id}:{ev.source}:{ev.key}", title, stale_day, stale_day, "\n".join(lines),
             url=ev.url, attrs={"ticket_source": ev.source, "ticket_key": str(ev.key),
-                               "updated": updated.isoformat(), "state": state},
+                               "updated": updated.isoformat(), "state": state,
+                               VERDICT_ATTR: f"{title}|{stale_day.isoformat()}"},
         ))
     return out
 
