@@ -290,9 +290,22 @@ def score_backups(found: list[Event], truth: Truth, accounts: dict[str, Account]
     return missed, irregular
 
 
-def score_tickets(found: list[Event], truth: Truth) -> Score:
+def score_tickets(found: list[Event], truth: Truth, accounts: dict[str, Account], now: datetime) -> Score:
+    """Per ticket; by case: stale since a day in the window, or since before it (its flag,
+    on the day it went stale, is then outside the feed)."""
     score = Score("stale tickets", "stale tickets")
     got = {(ev.account, ev.attrs["ticket_key"]) for ev in found if ev.attrs.get("insight") == "stale_tickets"}
+    tickets = {(ev.account, ev.key): ev for acc in accounts.values() for ev in acc.events if ev.kind == "ticket"}
+
+    def case(unit: tuple[str, str]) -> str:
+        ev = tickets[unit]
+        stamp = ev.attrs.get("updated") or ev.attrs.get("updated_at")
+        updated = datetime.fromisoformat(str(stamp)) if stamp else ev.start
+        assert isinstance(updated, datetime)
+        tz = ZoneInfo(accounts[unit[0]].tz)
+        stale = (updated + timedelta(days=7)).astimezone(tz).date()
+        return "in window" if stale >= local_today(accounts, unit[0], now) - timedelta(days=WINDOW_DAYS) else "before window"
+
     for unit in sorted(got, key=str):
         if unit in truth.stale:
             score.tp_flags += 1
@@ -302,9 +315,11 @@ def score_tickets(found: list[Event], truth: Truth) -> Score:
     for unit in sorted(truth.stale):
         if unit in got:
             score.found += 1
+            score.cases[f"{case(unit)} found"] += 1
         else:
             score.missed += 1
-            score.wrong.append(f"stale ticket not flagged {unit}")
+            score.cases[f"{case(unit)} missed"] += 1
+            score.wrong.append(f"stale ticket not flagged {unit} (stale since {case(unit)})")
     return score
 
 
@@ -432,7 +447,7 @@ def evaluate(generator: str, seed: int, n_accounts: int, insights: dict[str, Any
             f"{len(truth.late_ok)} runs late within grace, {len(truth.stale)} stale tickets")
         bursts = score_bursts(found, truth, by_id, now)
         missed, irregular = score_backups(found, truth, by_id, now)
-        scores = [bursts, missed, irregular, score_tickets(found, truth), score_summary(found, truth, by_id, now)]
+        scores = [bursts, missed, irregular, score_tickets(found, truth, by_id, now), score_summary(found, truth, by_id, now)]
         say()
         for score in scores:
             say(score.line())

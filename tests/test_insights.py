@@ -102,6 +102,29 @@ def test_without_updated_a_change_seen_by_icsfeed_counts_as_an_update(tmp_path: 
     assert [f.start for f in world.flags("stale_tickets")] == [date(2026, 3, 24)]
 
 
+def test_a_ticket_stale_since_before_the_window_stays_in_view(tmp_path: Path) -> None:
+    """Quiet since 1 November 2025: stale since the 8th, 130 days ago, before the 90 days the
+    feed shows. Its flag is on the first day four-weekly after that inside the window, and
+    it stays there day after day (one SEQUENCE), until the window moves past it."""
+    world = make_world(tmp_path)
+    world.poll("tickets", [ticket("T1", at(date(2025, 10, 20), 9), "open", updated=at(date(2025, 11, 1), 9))], NOW)
+    world.refresh(NOW)
+    [row] = world.rows("stale_tickets")
+    day = row.event.start
+    assert isinstance(day, date) and (day - date(2025, 11, 8)).days % 28 == 0
+    assert NOW.date() - timedelta(days=91) <= day < NOW.date() - timedelta(days=91 - 28)
+    assert row.event.title == "Stale ticket: #T1 Checkout is slow (no update since Sat 1 Nov 2025)"
+    assert "Still stale on" in row.event.detail
+    for later in range(1, 4):
+        world.refresh(NOW + timedelta(days=later))
+    [same] = world.rows("stale_tickets")
+    assert (same.uid, same.sequence, same.event.start) == (row.uid, row.sequence, day)
+    moved = NOW + timedelta(days=(day - (NOW.date() - timedelta(days=91))).days + 1)
+    world.refresh(moved)
+    [again] = world.rows("stale_tickets")
+    assert again.uid == row.uid and again.event.start == day + timedelta(days=28)
+
+
 # --- the Monday summary ---------------------------------------------------------------------------
 
 def test_monday_summary_counts_against_usual_and_links_the_month_view(tmp_path: Path) -> None:

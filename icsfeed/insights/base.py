@@ -60,6 +60,9 @@ class History:
         self._base: list[tuple[float, float, EventRow]] | None = None
         self._insights: list[tuple[float, float, EventRow]] | None = None
         self._other: dict[tuple[float, float, frozenset[str] | None], list[EventRow]] = {}
+        #: local day of each start seen, shared by the detectors (five summaries, bursts and
+        #: backups convert the same events)
+        self.days: dict[datetime, date] = {}
 
     def _query(self, lo: float, hi: float, kinds: frozenset[str] | None) -> list[EventRow]:
         return self.store.query_events(FeedQuery(lo, hi, account_keys=self.keys, kinds=kinds))
@@ -125,7 +128,12 @@ class AccountContext:
         return datetime.combine(day, time(0), self.tz)
 
     def local_day(self, when: datetime | date) -> date:
-        return when.astimezone(self.tz).date() if isinstance(when, datetime) else when
+        if not isinstance(when, datetime):
+            return when
+        day = self.history.days.get(when)
+        if day is None:
+            day = self.history.days[when] = when.astimezone(self.tz).date()
+        return day
 
     def report_start(self, report_days: int | None) -> date:
         """The first day flags cover: ``report_days`` back, or by default the whole window the

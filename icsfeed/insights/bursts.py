@@ -22,6 +22,7 @@ the store knows the account) are not judged. Flags cover the account feed's wind
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -46,8 +47,23 @@ from icsfeed.model import Event
 NAME = "bursts"
 #: alerts added to the baseline's count (a Gamma prior's shape): a rate is never zero
 PRIOR_ALERTS = 0.5
-#: a burst that was going on when the report range began is looked for this many windows back
+#: history read before the report range besides the baseline: a burst running into the range
+#: is followed back to where it began (up to this many windows)
 LOOK_BACK_WINDOWS = 3
+#: dispersion before the data speak, per day and per window on top of the days (a day's
+#: rate varying ±45%, windows ±15%), and how far an account may be from it (±0.3, ±0.1):
+#: the estimate from the baseline counts for as much as its counts can tell — with 56
+#: days of 0.3 alerts a fifth (one day with two alerts would otherwise read as enormous
+#: dispersion, and hide a burst), with 56 days of 14 alerts nearly all
+PRIOR_DAY_DISPERSION, DAY_DISPERSION_SPREAD = 0.2, 0.3
+PRIOR_WINDOW_DISPERSION, WINDOW_DISPERSION_SPREAD = 0.02, 0.1
+#: and never more than this (a day's rate that varies like an exponential, windows ±70%)
+MAX_DAY_DISPERSION = 1.0
+MAX_WINDOW_DISPERSION = 0.5
+#: stretches of a baseline left out as earlier bursts, at most
+MAX_LEFT_OUT = 2
+#: a day is busy (part of a burst's span) when a usual day has less than this chance of its count
+BUSY_DAY = 0.05
 
 
 @dataclass(frozen=True)
@@ -59,12 +75,20 @@ class Baseline:
     phi_day: float   # dispersion of single days
     phi_rate: float  # how little the mean is known (1 / alerts it rests on)
     windows: int     # windows it was made of
-    left_out: int    # windows left out as bursts themselves
+    left_out: int    # stretches left out as bursts themselves
     after: bool      # windows after the day were used (a young account)
 
     def dispersion(self, days: int) -> float:
         """Of a stretch of ``days``: the window's extra, the days' own, the rate's uncertainty."""
         return self.phi_window + self.phi_day / days + self.phi_rate
+
+    def busy_day(self, window_days: int) -> int:
+        """The fewest alerts a usual day has less than a 5% chance of (at least one)."""
+        mean, phi = self.mean / window_days, self.dispersion(1)
+        c = max(1, math.ceil(mean))
+        while upper_tail(c, mean, phi, stop_above=BUSY_DAY) > BUSY_DAY:
+            c += 1
+        return c
 
 
 @dataclass(frozen=True)
@@ -108,7 +132,16 @@ def horizon(ctx: AccountContext) -> date:
 
 
 def baseline(counts: Counts, i: int, coverage: int, last_full: int, s: BurstSettings) -> Baseline | None:
-    """The usual level for the window ending on day index ``i``, or None without enough history."""
+    """The usual level for the window ending on day index ``i``, or None without enough history.
+
+    Robust to earlier bursts in two steps. The busiest stretch of ``window_days``
+    consecutive baseline days is left out when it would be a burst against the rest (as
+    :func:`judge` decides: floors and tail), and then the next one (at most
+    ``MAX_LEFT_OUT``): an old burst must neither hide a new one nor pass for an account
+    that varies a lot, wherever it falls in the windows. Then single days beyond an upper
+    fence (three interquartile ranges above the third quartile, and at least where a
+    Poisson count of the usual daily mean has a 1-in-1000 chance) count as usual days.
+    """
     w = s.window_days
     starts: list[int] = []
     for k in range(1, s.baseline_weeks + 1):  # the windows before the one ending on i
@@ -124,34 +157,117 @@ def baseline(counts: Counts, i: int, coverage: int, last_full: int, s: BurstSett
         k += 1
     if len(starts) < s.min_history_weeks:
         return None
-    values = sorted(((counts.total(st, w), st) for st in starts), reverse=True)
-    total = sum(v for v, _ in values)
-    n = len(values)
-    drop = 0
-    while drop < n // 2:  # leave out windows that were bursts themselves (at most half)
-        top = values[drop][0]
-        rest = (total - top + PRIOR_ALERTS) / (n - drop - 1)
-        if top < max(s.min_ratio * rest, rest + s.min_alerts):
+    per_day = counts.per_day
+    starts.sort()
+    # the baseline's days, and its blocks of consecutive days (before the day; after it)
+    index = [st + j for st in starts for j in range(w)]
+    values = [float(per_day[d]) for d in index]
+    blocks: list[tuple[int, int]] = []
+    for pos, d in enumerate(index):
+        if blocks and index[blocks[-1][1] - 1] == d - 1:
+            blocks[-1] = (blocks[-1][0], pos + 1)
+        else:
+            blocks.append((pos, pos + 1))
+    left_out: list[int] = []
+    out = [False] * len(index)
+    for _ in range(MAX_LEFT_OUT):
+        stretch = _busiest(values, out, blocks, w)
+        if stretch is None:
             break
-        total -= top
-        drop += 1
-    kept = values[drop:]
-    m = len(kept)
-    mean_w = total / m
+        a, b = stretch
+        busy = sum(values[a:b])
+        rest_days = sum(1 for o in out if not o) - (b - a)
+        rest = (sum(v for v, o in zip(values, out, strict=True) if not o) - busy) / rest_days * w
+        if busy < max(s.min_alerts, s.min_ratio * (rest + PRIOR_ALERTS / len(starts))):
+            break
+        rest_windows = [sum(v for v, o in zip(values[j:j + w], out[j:j + w], strict=True) if not o)
+                        for j in range(0, len(index), w)]
+        prior = PRIOR_DAY_DISPERSION / w + PRIOR_WINDOW_DISPERSION  # of a whole window
+        phi = _shrunk(_dispersion([round(v) for v in rest_windows]), rest, len(rest_windows), prior,
+                      WINDOW_DISPERSION_SPREAD) + 1.0 / (rest * rest_days / w + PRIOR_ALERTS)
+        if upper_tail(round(busy), rest + PRIOR_ALERTS / len(starts), phi, stop_above=s.p) > s.p:
+            break  # as busy as the account goes
+        for j in range(a, b):
+            out[j] = True
+        left_out.append(a)
+    usual_days = sorted(v for v, o in zip(values, out, strict=True) if not o)
+    n_days = len(usual_days)
+    mean_d = sum(usual_days) / n_days
+    q1, q3 = usual_days[n_days // 4], usual_days[(3 * n_days) // 4]
+    fence = q3 + 3 * (q3 - q1)
+    if usual_days[-1] > fence:
+        fence = max(fence, poisson_quantile(mean_d, 1e-3))
+    if usual_days[-1] > fence:  # odd days: as if they had been usual ones
+        usual_days = [v for v in usual_days if v <= fence]
+        mean_d = sum(usual_days) / len(usual_days)
+    # the windows as they would have been with usual days in place of the ones left out
+    clean = [sum(v if not o and v <= fence else mean_d for v, o in zip(values[j:j + w], out[j:j + w], strict=True))
+             for j in range(0, len(index), w)]
+    m = len(clean)
+    total_clean = sum(clean)
+    mean_w = total_clean / m
     phi_window = 0.0
     if m >= 3 and mean_w > 0:
-        var_w = sum((v - mean_w) ** 2 for v, _ in kept) / (m - 1)
+        var_w = sum((v - mean_w) ** 2 for v in clean) / (m - 1)
         phi_window = max(0.0, (var_w - mean_w) / mean_w**2)
-    phi_day = 0.0
-    n_days = m * w
-    if total > 0 and n_days > 1:
-        mean_d = total / n_days
-        var_d = (sum(counts.squares(st, w) for _, st in kept) - n_days * mean_d**2) / (n_days - 1)
-        phi_day = max(0.0, (var_d - mean_d) / mean_d**2)
+    phi_day, md = 0.0, 0.0
+    if len(usual_days) > 1 and sum(usual_days) > 0:
+        md = sum(usual_days) / len(usual_days)
+        var_d = sum((c - md) ** 2 for c in usual_days) / (len(usual_days) - 1)
+        phi_day = max(0.0, (var_d - md) / md**2)
+    phi_day = min(MAX_DAY_DISPERSION, _shrunk(phi_day, md, len(usual_days), PRIOR_DAY_DISPERSION, DAY_DISPERSION_SPREAD))
     # window counts vary by the days' dispersion (phi_day / w) and what varies between windows on top
-    extra = max(0.0, phi_window - phi_day / w)
-    return Baseline(mean=(total + PRIOR_ALERTS) / m, phi_window=extra, phi_day=phi_day,
-                    phi_rate=1.0 / (total + PRIOR_ALERTS), windows=m, left_out=drop, after=after)
+    extra = _shrunk(max(0.0, phi_window - phi_day / w), mean_w, m, PRIOR_WINDOW_DISPERSION, WINDOW_DISPERSION_SPREAD)
+    return Baseline(mean=(total_clean + PRIOR_ALERTS) / m, phi_window=min(extra, MAX_WINDOW_DISPERSION), phi_day=phi_day,
+                    phi_rate=1.0 / (total_clean + PRIOR_ALERTS), windows=m, left_out=len(left_out), after=after)
+
+
+def _busiest(values: list[float], out: list[bool], blocks: list[tuple[int, int]], w: int) -> tuple[int, int] | None:
+    """The [a, b) positions of the busiest ``w`` consecutive days (days already out count 0)."""
+    best, where = 0.0, None
+    for lo, hi in blocks:
+        run = 0.0
+        for b in range(lo, hi):
+            run += 0.0 if out[b] else values[b]
+            if b - w >= lo:
+                run -= 0.0 if out[b - w] else values[b - w]
+            if run > best:
+                best, where = run, (max(lo, b - w + 1), b + 1)
+    return where
+
+
+def _shrunk(estimate: float, mean: float, n: int, prior: float, spread: float) -> float:
+    """A dispersion estimate from ``n`` counts of this mean, weighed against the prior.
+
+    The method-of-moments estimate's standard error is about √(2/(n-1)) / mean; its weight
+    is the share of the prior's spread it does not blur (an empirical-Bayes compromise).
+    """
+    info = (n - 1) * mean**2 * spread**2 if n > 1 else 0.0
+    weight = info / (info + 2.0)
+    return weight * estimate + (1.0 - weight) * prior
+
+
+def _dispersion(values: list[int]) -> float:
+    """Method-of-moments dispersion of counts: how far their variance exceeds their mean."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    if mean <= 0:
+        return 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return max(0.0, (var - mean) / mean**2)
+
+
+def poisson_quantile(mean: float, p: float) -> int:
+    """The smallest count a Poisson count of this mean exceeds with probability below ``p``."""
+    term = math.exp(-mean)
+    below = term  # P(X <= c)
+    c = 0
+    while 1.0 - below >= p and c < 10_000:
+        c += 1
+        term *= mean / c
+        below += term
+    return c
 
 
 def judge(counts: Counts, i: int, base: Baseline, coverage: int, s: BurstSettings) -> DayVerdict | None:
@@ -165,7 +281,7 @@ def judge(counts: Counts, i: int, base: Baseline, coverage: int, s: BurstSetting
         usual = base.mean * days / w
         if count < s.min_alerts or count < s.min_ratio * usual:
             continue
-        p = upper_tail(count, usual, base.dispersion(days))
+        p = upper_tail(count, usual, base.dispersion(days), stop_above=s.p)
         if p <= s.p:
             return DayVerdict(days, count, p, base)
     return None
@@ -177,8 +293,8 @@ def detect(ctx: AccountContext) -> list[Event]:
     today = ctx.today
     origin = today - timedelta(days=span_days(ctx.config, ctx.account, ctx.settings))
     rows = ctx.history.rows(ctx.midnight(origin), ctx.now + timedelta(seconds=1))
-    known = [ctx.local_day(r.event.start) for r in rows if not r.event.rrule]
-    if not known:
+    earliest = min((start_dt(r.event) for r in rows if not r.event.rrule), default=None)
+    if earliest is None:
         return []
     n = (today - origin).days + 1
     per_day = [0] * n
@@ -191,52 +307,65 @@ def detect(ctx: AccountContext) -> list[Event]:
             per_day[i] += 1
             by_day[i].append(ev)
     counts = Counts(origin, per_day)
-    coverage = max(0, (min(known) - origin).days)  # the account's events start here (as far as we read)
+    coverage = max(0, (ctx.local_day(earliest) - origin).days)  # the account's events start here (as far as we read)
     last_full = n - 2  # yesterday: the last complete day
     report_start = (horizon(ctx) - origin).days
     verdicts: dict[int, DayVerdict | None] = {}
 
     def verdict(i: int) -> DayVerdict | None:
         if i not in verdicts:
-            base = baseline(counts, i, coverage, last_full, s)
-            verdicts[i] = judge(counts, i, base, coverage, s) if base is not None else None
+            verdicts[i] = None
+            if counts.total(max(coverage, i - w + 1), i - max(coverage, i - w + 1) + 1) >= s.min_alerts:
+                base = baseline(counts, i, coverage, last_full, s)  # (no stretch of fewer alerts is a burst)
+                verdicts[i] = judge(counts, i, base, coverage, s) if base is not None else None
         return verdicts[i]
 
-    first_scan = max(coverage, report_start - LOOK_BACK_WINDOWS * w)
+    first_scan = max(coverage, report_start - w)
     while first_scan > coverage and verdict(first_scan) is not None:
         first_scan -= 1  # a burst was going on: find where it began, so its key does not move
-    episodes: list[list[int]] = []  # [first burst day, last burst day]
+    # each burst day stands for the busy days of the stretch that made it (days with a count
+    # a usual day has less than a 5% chance of, at least one alert): the run of them, at
+    # most two quiet days apart, that holds most of its alerts. Those spans that overlap or are at most two
+    # quiet days apart are one burst, keyed by its first burst day. (Consecutive burst
+    # days are not one burst as such: a week's window stays significant for days after a
+    # burst, and another one may begin in them.)
+    bursts: list[tuple[int, int, int]] = []  # (first day, last day, first burst day)
     for i in range(first_scan, n):
-        if verdict(i) is None:
+        v = verdict(i)
+        if v is None:
             continue
-        if episodes and i - episodes[-1][1] <= w:  # a dip of a day or two is the same burst
-            episodes[-1][1] = i
-        else:
-            episodes.append([i, i])
+        first, last = _busy_span(counts.per_day, i - v.days + 1, i, v.base.busy_day(w))
+        if bursts and first <= bursts[-1][1] + 3:
+            bursts[-1] = (min(first, bursts[-1][0]), max(last, bursts[-1][1]), bursts[-1][2])
+        else:  # the day it became improbable is part of it, busy or not
+            bursts.append((first, max(last, i) if counts.per_day[i] else last, i))
     out = []
-    for d1, d2 in episodes:
+    for first, last, d1 in bursts:
         v = verdict(d1)
         assert v is not None
-        first = d1 - v.days + 1
-        last = _last_busy_day(counts, d1, d2, v.base.mean / w * s.min_ratio)
+        busy = v.base.busy_day(w)
+        while any(counts.per_day[j] >= busy for j in range(max(coverage, first - 3), first)):
+            first = max(j for j in range(max(coverage, first - 3), first) if counts.per_day[j] >= busy)
+            # the excess began before the first stretch that was improbable on its own
         if last < report_start:
             continue  # over before the report range: history
         out.append(_flag(ctx, s, counts, first, last, d1, v, by_day))
     return out
 
 
-def _last_busy_day(counts: Counts, d1: int, d2: int, busy: float) -> int:
-    """The burst lasts from its first burst day while days stay busy (two quiet days end it)."""
-    threshold = max(1.0, busy)
-    last, quiet = d1, 0
-    for i in range(d1 + 1, d2 + 1):
-        if counts.per_day[i] >= threshold:
-            last, quiet = i, 0
-        else:
-            quiet += 1
-            if quiet >= 2:
-                break
-    return last
+def _busy_span(per_day: list[int], a: int, b: int, busy: int) -> tuple[int, int]:
+    """Of days ``a``..``b``: the run of busy days (gaps of at most two quiet days) with most alerts."""
+    runs: list[list[int]] = []
+    for j in range(a, b + 1):
+        if per_day[j] >= busy:
+            if runs and j - runs[-1][-1] <= 3:
+                runs[-1].append(j)
+            else:
+                runs.append([j])
+    if not runs:  # (cannot happen for a burst: it has at least min_alerts alerts)
+        return a, b
+    best = max(runs, key=lambda run: sum(per_day[j] for j in run))
+    return best[0], best[-1]
 
 
 def usual_text(mean: float, window_days: int) -> str:
@@ -261,7 +390,8 @@ def _flag(ctx: AccountContext, s: BurstSettings, counts: Counts, first_i: int, l
     span = f"on {fmt_day(first)}" if days == 1 else f"from {fmt_day(first)} to {fmt_day(last)}"
     stretch = "one day" if v.days == 1 else f"{v.days} days"
     around = "before and after it" if v.base.after else "before it"
-    left_out = f", leaving out {v.base.left_out} that had bursts themselves" if v.base.left_out else ""
+    left_out = {0: "", 1: ", leaving out a stretch that was a burst itself"}.get(
+        v.base.left_out, f", leaving out {v.base.left_out} stretches that were bursts themselves")
     groups: dict[str, list[Event]] = defaultdict(list)
     for ev in events:
         groups[ev.title].append(ev)

@@ -31,8 +31,8 @@ class BurstSettings(_Model):
     #: fewer baseline windows than this (a new account) and nothing is flagged
     min_history_weeks: int = Field(default=3, ge=1, le=52)
     #: a stretch whose count has at most this probability at the usual rate is a burst
-    #: (negative-binomial upper tail; 1e-5: about one false flag per 250 quiet account-years)
-    p: float = Field(default=1e-5, gt=0, lt=0.5)
+    #: (the upper tail of a negative binomial with the account's own dispersion)
+    p: float = Field(default=1e-4, gt=0, lt=0.5)
     #: and holds at least this many times the usual count for its length
     min_ratio: float = Field(default=2.0, ge=1, le=100)
     #: and at least this many alerts, whatever the baseline

@@ -14,11 +14,13 @@ import math
 _MAX_TERMS = 400
 
 
-def upper_tail(count: int, mean: float, phi: float = 0.0) -> float:
+def upper_tail(count: int, mean: float, phi: float = 0.0, stop_above: float = 1.0) -> float:
     """P(X >= count) for X with this mean and dispersion (0: Poisson).
 
     Exact to a few parts in a billion where it matters (small tails); a count at or below
-    the mean returns 1.0 without computing (nothing there is unusual).
+    the mean returns 1.0 without computing (nothing there is unusual). With ``stop_above``
+    the sum stops once it exceeds that (the answer is then some value above it): a
+    detector asking "below p?" rarely needs more than the first term.
     """
     if count <= 0:
         return 1.0
@@ -39,6 +41,8 @@ def upper_tail(count: int, mean: float, phi: float = 0.0) -> float:
         return 0.0
     term = math.exp(log_term)
     total = term
+    if total > stop_above:
+        return min(total, 1.0)
     k = count
     ratio = 0.0
     for _ in range(_MAX_TERMS):
@@ -46,6 +50,8 @@ def upper_tail(count: int, mean: float, phi: float = 0.0) -> float:
         term *= ratio
         total += term
         k += 1
+        if total > stop_above:
+            return min(total, 1.0)
         if term < total * 1e-12 and ratio < 1.0:
             return min(total, 1.0)
     # what is left is at most a geometric series of the largest ratio still to come
