@@ -258,6 +258,8 @@ def _backups(r: random.Random, acc: Account, truth: Truth, tz: ZoneInfo, first_d
         weekday = r.randrange(7)
         full_minute = (minute + r.uniform(60, 180)) % 1440
         stop = today - timedelta(days=r.randint(3, REPORT_DAYS - 7)) if profile == "stopped" else None
+        if stop is not None:  # a host stops after four weeks of runs at least: a rhythm to miss
+            stop = max(stop, start_day + timedelta(days=YOUNG_DAYS))
         p_irregular = r.uniform(0.3, 0.65) if profile != "young-irregular" else r.uniform(0.15, 0.5)
         series_any = "any"
         if profile in ("weekly", "young-weekly"):

@@ -220,3 +220,30 @@ def test_wording_says_none_never_about_zero_and_one_line_says_it_all(tmp_path: P
     silent.refresh(NOW)
     [flag] = silent.flags("bursts")
     assert flag.title == "Alert burst: 14 alerts in 3 days (usually none)"
+
+
+def test_the_tail_probabilities_are_exact_where_they_decide() -> None:
+    """upper_tail against a direct sum of the probability mass below the count."""
+    import math
+
+    from icsfeed.insights.stats import odds_text, upper_tail
+
+    def direct(count: int, mean: float, phi: float) -> float:
+        if phi == 0:
+            below = sum(math.exp(-mean + k * math.log(mean) - math.lgamma(k + 1)) for k in range(count))
+        else:
+            r = 1 / phi
+            below = sum(math.exp(math.lgamma(k + r) - math.lgamma(r) - math.lgamma(k + 1)
+                                 + r * math.log(r / (r + mean)) + k * math.log(mean / (r + mean))) for k in range(count))
+        return 1 - below
+
+    for count, mean, phi in [(8, 3.7, 0), (12, 3.7, 0), (9, 1.6, 0), (150, 100, 0), (8, 3.7, 0.1),
+                             (60, 14, 0.33), (250, 100, 0.05), (9, 0.5, 2.0)]:
+        expected = direct(count, mean, phi)
+        assert math.isclose(upper_tail(count, mean, phi), expected, rel_tol=1e-6), (count, mean, phi)
+    assert upper_tail(3, 3.7) == 1.0 and upper_tail(0, 0.0) == 1.0 and upper_tail(5, 0.0) == 0.0
+    assert upper_tail(30, 0.5) < 1e-30
+    # asked "below 1e-4?", it stops as soon as the answer is no
+    assert upper_tail(9, 3.7, stop_above=1e-4) > 1e-4
+    assert upper_tail(15, 3.7, stop_above=1e-4) == upper_tail(15, 3.7)
+    assert odds_text(3.2e-5) == "about 1 in 31,000" and odds_text(1e-12) == "less than 1 in a billion"

@@ -294,11 +294,14 @@ class Learner:
         pattern = frozenset(w for w in range(7) if share[w] >= s.regular_share)
         if not _covers(pattern, share, s):
             # a weekly full missed three times in eight weeks is still a weekly full, when the
-            # other weekdays stay empty; a daily backup with a weak weekday still daily, when
-            # the week as a whole has regular_share (two weak weekdays side by side are not:
-            # a late run and manual ones the day after look like that)
+            # other weekdays stay empty; a pattern of more weekdays with one weak weekday (a
+            # nightly whose Sunday full failed twice) still that pattern, when its weekdays
+            # have regular_share on average. Two weak weekdays are not: random runs on half
+            # the days look like that, and so do late and manual runs the day after a run
             pattern = frozenset(w for w in range(7) if share[w] >= s.keep_share)
-            loose = len(pattern) == 1 or (len(pattern) == 7 and sum(share) / 7 >= s.regular_share)
+            weak = sum(1 for w in pattern if share[w] < s.regular_share)
+            loose = len(pattern) == 1 or (
+                weak == 1 and sum(share[w] for w in pattern) / len(pattern) >= s.regular_share)
             if not (loose and _covers(pattern, share, s)):
                 if days < 7 * s.min_weeks:  # a young host: too early to say it has no rhythm either
                     return Rhythm("unknown", frozenset(), share, run_days, days, around)
@@ -397,7 +400,7 @@ def _check_series(ctx: AccountContext, series: Series, s: BackupSettings,
         rhythm = frozen or _keep(known, learner.learn(day), s)
         known = rhythm if rhythm.status == "regular" else None
         if day.weekday() == 0 and day >= report_start:
-            if rhythm.status == "irregular":
+            if rhythm.status == "irregular" and not _dormant(series, day, s):
                 check.irregular.append((day, rhythm))
             elif rhythm.status == "regular":
                 check.regular_mondays.add(day)
@@ -424,6 +427,11 @@ def _check_series(ctx: AccountContext, series: Series, s: BackupSettings,
         streak_flags += 1
         misses.append((day, rhythm))
     return misses, check
+
+
+def _dormant(series: Series, day: date, s: BackupSettings) -> bool:
+    """No run in the ``give_up_after_days`` before ``day``: the host is retired, not irregular."""
+    return not any(day - timedelta(days=s.give_up_after_days) <= d < day for d in series.by_day)
 
 
 def _keep(known: Rhythm | None, learned: Rhythm, s: BackupSettings) -> Rhythm:

@@ -3,21 +3,22 @@
 For every day ``d``, each stretch of 1 to ``window_days`` days ending on ``d`` is judged
 against the account's usual rate. The rate is the **mean** of the baseline windows
 (``window_days`` long; the ``baseline_weeks`` before the week ending on ``d`` — and,
-while the account is younger than that, the ones after it), leaving out windows that
-would be bursts themselves, plus half an alert (a prior: no account's rate is exactly
-zero). A stretch is a burst when it holds
+while the account is younger than that, the ones after it), plus half an alert (a prior:
+no account's rate is exactly zero); earlier bursts are left out of it (see
+:func:`baseline`). A stretch is a burst when it holds
 
 * at least ``min_alerts`` alerts and ``min_ratio`` times its usual count, and
 * a count whose probability at the usual rate is at most ``p``: the upper tail of a
-  negative binomial whose dispersion is the account's own (estimated from the baseline's
-  days and windows; Poisson when they vary no more than that), widened by how little
-  the rate is known from a few alerts.
+  negative binomial whose dispersion is the account's own (from the baseline's days and
+  windows, weighed by how much their counts can tell), widened by how little the rate is
+  known from a few alerts.
 
-Consecutive burst days are one burst, and two within a window of each other merge: one
-flag, keyed by the account and its first burst day, from the day the excess began to the
-last busy day. Accounts with fewer than ``min_history_weeks`` baseline windows (as far as
-the store knows the account) are not judged. Flags cover the account feed's window
-(``report_days``), a burst running into it from before included. See docs/INSIGHTS.md.
+A burst day stands for the busy days of its stretch; those within two quiet days of each
+other are one burst: one flag, keyed by the account and its first burst day, from its
+first to its last busy day. Accounts with fewer than ``min_history_weeks`` baseline
+windows (as far as the store knows the account) are not judged. Flags cover the account
+feed's window (``report_days``), a burst running into it from before included. See
+docs/INSIGHTS.md for why.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ LOOK_BACK_WINDOWS = 3
 #: dispersion, and hide a burst), with 56 days of 14 alerts nearly all
 PRIOR_DAY_DISPERSION, DAY_DISPERSION_SPREAD = 0.2, 0.3
 PRIOR_WINDOW_DISPERSION, WINDOW_DISPERSION_SPREAD = 0.02, 0.1
+#: eight windows say little about how weeks vary: at least this much (±17%) is assumed
+MIN_WINDOW_DISPERSION = 0.0
 #: and never more than this (a day's rate that varies like an exponential, windows ±70%)
 MAX_DAY_DISPERSION = 1.0
 MAX_WINDOW_DISPERSION = 0.5
@@ -108,16 +111,11 @@ class Counts:
         self.origin = origin
         self.per_day = per_day
         self.cum = [0]
-        self.sq = [0]
         for c in per_day:
             self.cum.append(self.cum[-1] + c)
-            self.sq.append(self.sq[-1] + c * c)
 
     def total(self, start: int, days: int) -> int:
         return self.cum[start + days] - self.cum[start]
-
-    def squares(self, start: int, days: int) -> int:
-        return self.sq[start + days] - self.sq[start]
 
 
 def span_days(config: Config, account: AccountConfig, settings: InsightsSettings) -> int:
@@ -218,7 +216,8 @@ def baseline(counts: Counts, i: int, coverage: int, last_full: int, s: BurstSett
     phi_day = min(MAX_DAY_DISPERSION, _shrunk(phi_day, md, len(usual_days), PRIOR_DAY_DISPERSION, DAY_DISPERSION_SPREAD))
     # window counts vary by the days' dispersion (phi_day / w) and what varies between windows on top
     extra = _shrunk(max(0.0, phi_window - phi_day / w), mean_w, m, PRIOR_WINDOW_DISPERSION, WINDOW_DISPERSION_SPREAD)
-    return Baseline(mean=(total_clean + PRIOR_ALERTS) / m, phi_window=min(extra, MAX_WINDOW_DISPERSION), phi_day=phi_day,
+    extra = min(max(extra, MIN_WINDOW_DISPERSION), MAX_WINDOW_DISPERSION)
+    return Baseline(mean=(total_clean + PRIOR_ALERTS) / m, phi_window=extra, phi_day=phi_day,
                     phi_rate=1.0 / (total_clean + PRIOR_ALERTS), windows=m, left_out=len(left_out), after=after)
 
 
