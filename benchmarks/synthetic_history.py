@@ -4,15 +4,22 @@ Every account gets months of alerts, backups and tickets drawn from a seeded gen
 in one of several timezones (the history crosses the 2026 DST changes of Europe, the US and
 Australia), and some accounts get anomalies whose truth is recorded:
 
-* alert bursts (1–5 days, 2.5–6× the usual week and at least 8 alerts on top of it), now
-  and — to test robustness — in the baseline weeks before;
-* quiet accounts (about no alerts), noisy ones (hundreds a week, over-dispersed), accounts
-  with little history (onboarded days ago) and with none;
+* alert bursts (1–5 days, 2.5–6× the usual week and at least 8 alerts on top of it)
+  anywhere in the window the feed shows (90 days back), in the weeks before it (they must
+  not hide a later one), and straddling its first day (begun before, running into it);
+* quiet accounts (about no alerts), accounts with plain Poisson noise of 2–6 alerts a
+  week (half of them with a small burst of 8–12 alerts, half with none), noisy ones
+  (hundreds a week, over-dispersed), accounts with little history (onboarded days ago),
+  with none, and first imports: 12 weeks of history stored at once, anomalies anywhere;
 * backup hosts that back up daily, daily plus a weekly full, Mon–Fri, weekly only, on a
   UTC cron (the local time moves an hour at DST), at times near midnight; with ad-hoc
   manual runs, runs late within the grace period (not misses), removed runs and removed
-  weekly fulls (misses), hosts that stopped, hosts added recently, irregular hosts;
+  weekly fulls (misses), hosts that stopped, hosts added recently (nightly, weekly, and
+  random runs: a young host's runs must not be taken for a rhythm), irregular hosts;
 * tickets in the states of the demo, Zendesk and Jira, with and without ``updated``.
+
+Events are made up to a day after ``NOW`` (``END``): the evaluation stores what exists at
+``NOW``, then the next day's, to see which flags change as a day passes.
 
 Pure data: this module builds Events and the truth, and never touches a store.
 """
@@ -29,8 +36,15 @@ from icsfeed.model import Event
 
 #: a Wednesday after the 2026 DST changes of the US (8 Mar), Europe (29 Mar) and Australia (5 Apr)
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=timezone.utc)
+#: events exist up to here: the next day's polls
+END = NOW + timedelta(days=1)
 HISTORY_DAYS = 130
-REPORT_DAYS = 42  # must match the detectors' report_days (their default)
+#: a first import: this much history, stored at once
+IMPORT_DAYS = 84
+#: the days flags must cover: the feed's window (90 days back) and the day flags add
+REPORT_DAYS = 91
+#: a host younger than this has no rhythm to claim (``backups.min_weeks`` weeks)
+YOUNG_DAYS = 28
 TIMEZONES = ["Europe/Berlin", "America/New_York", "Australia/Sydney", "UTC", "Asia/Kolkata",
              "America/Los_Angeles", "Europe/London"]
 ALERT_NAMES = ["HighCPU", "DiskFull", "HTTPErrors", "SlowQueries", "MemoryPressure", "PodRestarts",
@@ -41,12 +55,17 @@ ALERT_NAMES = ["HighCPU", "DiskFull", "HTTPErrors", "SlowQueries", "MemoryPressu
 class Truth:
     """What was injected, in account-local days."""
 
-    #: (account, first day, last day)
+    #: (account, first day, last day), wherever they are (scoring expects the ones in the window)
     bursts: list[tuple[str, date, date]] = field(default_factory=list)
+    #: (account, first day) -> the case it tests ("recent", "old", "straddle", "import", "quiet")
+    burst_case: dict[tuple[str, date], str] = field(default_factory=dict)
     #: (account, host, series "any"|"full", day) -> when the run that did not happen was due
     misses: dict[tuple[str, str, str, date], datetime] = field(default_factory=dict)
     #: (account, host, series) with no regular rhythm
     irregular: set[tuple[str, str, str]] = field(default_factory=set)
+    #: (account, host, series) -> the first day from which it must be flagged irregular
+    #: (a young one may be flagged earlier, or not yet)
+    irregular_from: dict[tuple[str, str, str], date] = field(default_factory=dict)
     #: (account, host) that stopped backing up, and the first missed day
     stopped: dict[tuple[str, str], date] = field(default_factory=dict)
     #: removed runs another run of the host made up for within 12 hours (not misses)
@@ -59,6 +78,8 @@ class Truth:
     last_week: dict[str, dict[str, int]] = field(default_factory=dict)
     #: account -> the true mean of alerts per week the noise was drawn around
     weekly_rate: dict[str, float] = field(default_factory=dict)
+    #: (account, local day) -> the true mean of alerts that day
+    day_rate: dict[tuple[str, date], float] = field(default_factory=dict)
     #: account -> profile words, for breakdowns
     profile: dict[str, dict[str, str]] = field(default_factory=dict)
     #: (account, host, series) -> profile of the host
@@ -125,15 +146,17 @@ def generate(seed: int = 7, n_accounts: int = 120) -> tuple[list[Account], Truth
 def _account(r: random.Random, acc: Account, truth: Truth, i: int) -> None:
     tz = ZoneInfo(acc.tz)
     today = local_today(tz)
-    history = ["full"] * 8 + ["little"] + ["none"] * (1 if i % 40 == 39 else 0)
+    history = ["full"] * 6 + ["import"] * 2 + ["little"] + ["none"] * (1 if i % 40 == 39 else 0)
     life = r.choice(history) if i % 40 != 39 else "none"
     if life == "none":
         truth.profile[acc.id] = {"alerts": "none", "life": "none"}
         return
-    first_day = today - timedelta(days=HISTORY_DAYS if life == "full" else r.randint(5, 18))
-    days = [first_day + timedelta(days=n) for n in range((today - first_day).days + 1)]
-    level = r.choices(["silent", "quiet", "normal", "noisy"], weights=[1, 4, 5, 2])[0]
-    weekly = {"silent": 0.0, "quiet": r.uniform(0.3, 2.0), "normal": r.uniform(5, 30), "noisy": r.uniform(60, 180)}[level]
+    length = {"full": HISTORY_DAYS, "import": IMPORT_DAYS}.get(life) or r.randint(5, 18)
+    first_day = today - timedelta(days=length)
+    days = [first_day + timedelta(days=n) for n in range((today - first_day).days + 2)]  # through tomorrow
+    level = r.choices(["silent", "quiet", "poisson", "normal", "noisy"], weights=[1, 3, 2, 5, 2])[0]
+    weekly = {"silent": 0.0, "quiet": r.uniform(0.3, 2.0), "poisson": r.uniform(2.0, 6.0),
+              "normal": r.uniform(5, 30), "noisy": r.uniform(60, 180)}[level]
     truth.profile[acc.id] = {"alerts": level, "life": life, "tz": acc.tz}
     truth.weekly_rate[acc.id] = weekly
     names = r.sample(ALERT_NAMES, r.randint(4, 9))
@@ -145,7 +168,7 @@ def _account(r: random.Random, acc: Account, truth: Truth, i: int) -> None:
         counter += 1
         start = at(day, r.uniform(0, 1439), tz)
         host = f"node{r.randint(1, 6)}"
-        if start > NOW:
+        if start > END:
             return  # has not happened yet
         acc.events.append(Event(
             source="syn-alerts", key=f"{acc.id}-a{counter}", kind="alert", title=f"{name} on {host}",
@@ -154,30 +177,48 @@ def _account(r: random.Random, acc: Account, truth: Truth, i: int) -> None:
         ))
 
     for day in days:
-        lam = expected_alerts(weekly, day) * r.gammavariate(DISPERSION, 1 / DISPERSION)
-        for _ in range(poisson(r, lam)):
+        # plain Poisson noise on "poisson" accounts, gamma noise on the rate elsewhere
+        noise = 1.0 if level == "poisson" else r.gammavariate(DISPERSION, 1 / DISPERSION)
+        truth.day_rate[(acc.id, day)] = expected_alerts(weekly, day)
+        for _ in range(poisson(r, expected_alerts(weekly, day) * noise)):
             alert(day, r.choices(names, weights)[0])
     report_start = today - timedelta(days=REPORT_DAYS)
-    if life == "full":
-        # a burst in the baseline weeks (must not hide a later one, nor make normal weeks look odd)
+
+    def inject(b0: date, dur: int, case: str, extra: int | None = None) -> None:
+        dur = max(1, min(dur, (today - b0).days))  # over by yesterday: all of it has happened
+        strength = _burst(r, b0, dur, weekly, names, alert, extra)
+        truth.bursts.append((acc.id, b0, b0 + timedelta(days=dur - 1)))
+        truth.burst_case[(acc.id, b0)] = case
+        truth.profile[acc.id]["burst"] = strength
+
+    if level == "poisson" and life != "little":
+        if r.random() < 0.5:  # a small burst on a quiet account: it must flag, the noise must not
+            inject(first_day + timedelta(days=r.randint(28, length - 2)), r.randint(1, 3), "quiet", r.randint(8, 12))
+    elif life == "full":
+        # a burst in the weeks before the window (must not hide a later one, nor make normal weeks look odd)
         if r.random() < 0.25:
-            b0 = today - timedelta(days=r.randint(70, 110))
-            _burst(r, b0, r.randint(1, 4), weekly, names, alert)
-        if r.random() < 0.45:
-            b0 = report_start + timedelta(days=r.randint(7, REPORT_DAYS - 2))
-            dur = min(r.randint(1, 5), (today - b0).days)  # over by yesterday: all of it has happened
-            strength = _burst(r, b0, dur, weekly, names, alert)
-            truth.bursts.append((acc.id, b0, b0 + timedelta(days=dur - 1)))
-            truth.profile[acc.id]["burst"] = strength
+            inject(today - timedelta(days=r.randint(96, 115)), r.randint(1, 4), "old")
+        if r.random() < 0.2:  # begun before the window's first day, running into it
+            lead = r.randint(1, 3)
+            inject(report_start - timedelta(days=lead), lead + r.randint(1, 3), "straddle")
+        if r.random() < 0.5:
+            inject(report_start + timedelta(days=r.randint(7, REPORT_DAYS - 2)), r.randint(1, 5), "recent")
+    elif life == "import":
+        # a first import: bursts anywhere in the 12 weeks, judged by the weeks around them
+        b0 = first_day + timedelta(days=r.randint(3, 30))
+        while b0 < today - timedelta(days=1) and r.random() < 0.7:
+            inject(b0, r.randint(1, 5), "import")
+            b0 += timedelta(days=r.randint(24, 45))
     _backups(r, acc, truth, tz, first_day, today, life)
     _settle_misses(acc, truth)
     _tickets(r, acc, truth, tz, first_day, today)
     _last_week(acc, truth, tz, today)
 
 
-def _burst(r: random.Random, b0: date, dur: int, weekly: float, names: list[str], alert: object) -> str:
+def _burst(r: random.Random, b0: date, dur: int, weekly: float, names: list[str], alert: object,
+           extra: int | None = None) -> str:
     factor = r.uniform(2.5, 6.0)
-    extra = max(8, round(factor * weekly))
+    extra = extra or max(8, round(factor * weekly))
     focus = r.sample(names, min(len(names), r.randint(1, 3)))
     for n in range(extra):
         alert(b0 + timedelta(days=n % dur), r.choice(focus))  # type: ignore[operator]
@@ -185,7 +226,7 @@ def _burst(r: random.Random, b0: date, dur: int, weekly: float, names: list[str]
 
 
 HOST_PROFILES = ["daily", "daily", "daily+full", "daily+full", "weekdays", "weekly", "utc-daily",
-                 "midnight", "irregular", "new", "stopped"]
+                 "midnight", "irregular", "new", "stopped", "young-weekly", "young-irregular"]
 
 
 def _backups(r: random.Random, acc: Account, truth: Truth, tz: ZoneInfo, first_day: date, today: date,
@@ -206,40 +247,47 @@ def _backups(r: random.Random, acc: Account, truth: Truth, tz: ZoneInfo, first_d
 
     for h in range(r.randint(1, 4)):
         host = f"host{h}"
-        profile = r.choice(HOST_PROFILES) if life == "full" else "daily"
+        profile = r.choice(HOST_PROFILES) if life in ("full", "import") else "daily"
         start_day = first_day
         if profile == "new":
             start_day = today - timedelta(days=r.randint(3, 12))
+        elif profile.startswith("young"):  # a host added weeks ago: too little to claim a rhythm
+            start_day = today - timedelta(days=r.randint(10, 27))
         minute = r.uniform(0, 1439) if profile != "midnight" else r.uniform(-20, 20) % 1440
         jitter = r.choice([5, 15, 40])
         weekday = r.randrange(7)
         full_minute = (minute + r.uniform(60, 180)) % 1440
         stop = today - timedelta(days=r.randint(3, REPORT_DAYS - 7)) if profile == "stopped" else None
-        p_irregular = r.uniform(0.3, 0.65)
+        if stop is not None:  # a host stops after four weeks of runs at least: a rhythm to miss
+            stop = max(stop, start_day + timedelta(days=YOUNG_DAYS))
+        p_irregular = r.uniform(0.3, 0.65) if profile != "young-irregular" else r.uniform(0.15, 0.5)
         series_any = "any"
-        if profile in ("weekly",):
+        if profile in ("weekly", "young-weekly"):
             series_any = "full"
         key_any = (acc.id, host, series_any)
         truth.hosts[key_any] = profile
         if profile == "daily+full":
             truth.hosts[(acc.id, host, "full")] = profile
-        if profile == "irregular":
+        if profile in ("irregular", "young-irregular"):
             truth.irregular.add(key_any)
+            truth.irregular_from[key_any] = start_day + timedelta(days=YOUNG_DAYS)
         if stop is not None:
             truth.stopped[(acc.id, host)] = stop
-        for day in [start_day + timedelta(days=n) for n in range((today - start_day).days + 1)]:
+        learned_from = start_day + timedelta(days=14)  # a first import's misses: once there are runs around them
+        for day in [start_day + timedelta(days=n) for n in range((today - start_day).days + 2)]:
             # only runs whose time has come exist (a run later today has not happened yet)
             def when(base: float, spread: float = jitter, day: date = day) -> datetime:
                 return at(day, base + r.gauss(0, spread / 2), tz)
 
-            # anomalies only where they can be learned: not on new hosts, nor accounts of days
-            in_report = day >= report_start and life == "full" and profile != "new"
-            if profile == "irregular":
+            # anomalies only where they can be learned: not on new or young hosts, nor accounts of days
+            in_report = day <= today and profile not in ("new", "young-weekly", "young-irregular") and (
+                (life == "full" and day >= report_start) or (life == "import" and day >= learned_from))
+            if profile in ("irregular", "young-irregular"):
                 if r.random() < p_irregular:
                     _emit(run, host, at(day, r.uniform(0, 1439), tz), False, ["adhoc"])
                 continue
             if stop is not None and day >= stop:
-                if _expected(profile, day, weekday):
+                if _expected(profile, day, weekday) and day <= today:
                     truth.misses[(acc.id, host, series_any, day)] = at(day, minute, tz)
                 continue
             if r.random() < 0.03:  # a manual run at a random time
@@ -253,7 +301,7 @@ def _backups(r: random.Random, acc: Account, truth: Truth, tz: ZoneInfo, first_d
                 _emit(run, host, moment, False, ["nightly"])
                 continue
             if _expected(profile, day, weekday):
-                full = profile == "weekly"
+                full = profile in ("weekly", "young-weekly")
                 moment = when(minute)
                 if in_report and r.random() < 0.05:
                     truth.misses[(acc.id, host, series_any, day)] = moment
@@ -277,7 +325,7 @@ def _settle_misses(acc: Account, truth: Truth) -> None:
     the skipped nightly: the data was backed up that night, as the customer sees it."""
     runs: dict[tuple[str, bool], list[datetime]] = {}
     for ev in acc.events:
-        if ev.kind == "backup":
+        if ev.kind == "backup" and ev.start <= NOW:  # type: ignore[operator]
             runs.setdefault((ev.attrs["host"], False), []).append(ev.start)  # type: ignore[arg-type]
             if ev.attrs["full"]:
                 runs.setdefault((ev.attrs["host"], True), []).append(ev.start)  # type: ignore[arg-type]
@@ -292,14 +340,14 @@ def _settle_misses(acc: Account, truth: Truth) -> None:
 
 
 def _emit(run: object, host: str, when: datetime, full: bool, tags: list[str]) -> None:
-    if when <= NOW:
+    if when <= END:
         run(host, when, full, tags)  # type: ignore[operator]
 
 
 def _expected(profile: str, day: date, weekday: int) -> bool:
     if profile == "weekdays":
         return day.weekday() < 5
-    if profile == "weekly":
+    if profile in ("weekly", "young-weekly"):
         return day.weekday() == weekday
     return True
 
@@ -312,20 +360,20 @@ def _tickets(r: random.Random, acc: Account, truth: Truth, tz: ZoneInfo, first_d
     ]
     style = styles[r.randrange(len(styles))]
     for n in range(r.randint(0, 14)):
-        created = at(first_day + timedelta(days=r.randint(0, (today - first_day).days)), r.uniform(480, 1080), tz)
-        if created > NOW:
+        created = at(first_day + timedelta(days=r.randint(0, (today - first_day).days + 1)), r.uniform(480, 1080), tz)
+        if created > END:
             continue
         word = r.choice(style[1])
         attrs: dict[str, object] = {style[0]: word}
         if style[2]:
             attrs[style[2]] = {"To Do": "new", "In Progress": "indeterminate", "Done": "done"}[word]
         updated = created
-        if r.random() < 0.75:
+        if r.random() < 0.75 and created < NOW:
             updated = created + (NOW - created) * r.random()
             attrs["updated"] = updated.isoformat()
         is_open = word.lower() not in ("solved", "closed", "done")
         key = f"T-{acc.id}-{n}"
-        if is_open and NOW - updated >= timedelta(days=7):
+        if is_open and created <= NOW and NOW - updated >= timedelta(days=7):
             truth.stale.add((acc.id, key))
         acc.events.append(Event(
             source="syn-tickets", key=key, kind="ticket", title=f"#{key} something is wrong",
@@ -339,6 +387,6 @@ def _last_week(acc: Account, truth: Truth, tz: ZoneInfo, today: date) -> None:
     counts: dict[str, int] = {}
     for ev in acc.events:
         day = ev.start.astimezone(tz).date()  # type: ignore[union-attr]
-        if monday - timedelta(days=7) <= day < monday:
+        if monday - timedelta(days=7) <= day < monday and ev.start <= NOW:  # type: ignore[operator]
             counts[ev.kind] = counts.get(ev.kind, 0) + 1
     truth.last_week[acc.id] = counts

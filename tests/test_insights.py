@@ -34,21 +34,25 @@ def test_missing_section_gives_defaults_and_values_are_validated(tmp_path: Path)
     config = make_config(tmp_path / "a")
     assert isinstance(config.insights, InsightsSettings)
     assert config.insights == InsightsSettings() and config.insights.bursts.enabled
-    config = make_config(tmp_path / "b", {"backups": {"grace": "36h", "raise_after": "PT2H"}, "bursts": {"k": 6}})
+    config = make_config(tmp_path / "b", {"backups": {"grace": "36h", "raise_after": "PT2H"}, "bursts": {"p": 1e-6}})
     assert config.insights.backups.grace == timedelta(hours=36)
     assert config.insights.backups.raise_after == timedelta(hours=2)
-    assert config.insights.bursts.k == 6
-    bad = {"bursts": {"k": -1}, "backups": {"gracee": "1h", "keep_share": 0.9},
+    assert config.insights.bursts.p == 1e-6
+    assert config.insights.bursts.report_days is None  # the feed's own window
+    bad = {"bursts": {"p": -1}, "backups": {"gracee": "1h", "keep_share": 0.9},
            "stale_tickets": {"after_days": "soon"}}
     with pytest.raises(ConfigError) as info:
         make_config(tmp_path / "c", bad)
     problems = {(path, message) for _file, path, message in info.value.problems}
     paths = {path for path, _ in problems}
-    assert "insights.bursts.k" in paths and "insights.stale_tickets.after_days" in paths
+    assert "insights.bursts.p" in paths and "insights.stale_tickets.after_days" in paths
     assert ("insights.backups.gracee", "unknown setting") in problems
     with pytest.raises(ConfigError) as info:
         make_config(tmp_path / "d", {"backups": {"keep_share": 0.9}})
     assert any("keep_share must not be above regular_share" in m for _f, _p, m in info.value.problems)
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path / "e", {"backups": {"min_weeks": 9}})
+    assert any("min_weeks must not be above history_weeks" in m for _f, _p, m in info.value.problems)
 
 
 # --- stale tickets ------------------------------------------------------------------------------
@@ -96,6 +100,29 @@ def test_without_updated_a_change_seen_by_icsfeed_counts_as_an_update(tmp_path: 
     assert world.flags("stale_tickets") == []
     world.refresh(at(date(2026, 3, 25), 9))
     assert [f.start for f in world.flags("stale_tickets")] == [date(2026, 3, 24)]
+
+
+def test_a_ticket_stale_since_before_the_window_stays_in_view(tmp_path: Path) -> None:
+    """Quiet since 1 November 2025: stale since the 8th, 130 days ago, before the 90 days the
+    feed shows. Its flag is on the first day four-weekly after that inside the window, and
+    it stays there day after day (one SEQUENCE), until the window moves past it."""
+    world = make_world(tmp_path)
+    world.poll("tickets", [ticket("T1", at(date(2025, 10, 20), 9), "open", updated=at(date(2025, 11, 1), 9))], NOW)
+    world.refresh(NOW)
+    [row] = world.rows("stale_tickets")
+    day = row.event.start
+    assert isinstance(day, date) and (day - date(2025, 11, 8)).days % 28 == 0
+    assert NOW.date() - timedelta(days=91) <= day < NOW.date() - timedelta(days=91 - 28)
+    assert row.event.title == "Stale ticket: #T1 Checkout is slow (no update since Sat 1 Nov 2025)"
+    assert "Still stale on" in row.event.detail
+    for later in range(1, 4):
+        world.refresh(NOW + timedelta(days=later))
+    [same] = world.rows("stale_tickets")
+    assert (same.uid, same.sequence, same.event.start) == (row.uid, row.sequence, day)
+    moved = NOW + timedelta(days=(day - (NOW.date() - timedelta(days=91))).days + 1)
+    world.refresh(moved)
+    [again] = world.rows("stale_tickets")
+    assert again.uid == row.uid and again.event.start == day + timedelta(days=28)
 
 
 # --- the Monday summary ---------------------------------------------------------------------------
@@ -152,7 +179,7 @@ def test_summary_counts_backups_exactly(tmp_path: Path) -> None:
     world.refresh(NOW)
     [s] = [f for f in world.flags("summary") if "open_tickets" in f.attrs]
     assert s.attrs["counts"] == {"backup": 7}
-    assert s.title == "Last week at ACME Corp: 0 alerts (usually 0), 0 tickets, 0 flags, 0 tickets open"
+    assert s.title == "Last week at ACME Corp: 0 alerts (usually none), 0 tickets, 0 flags, 0 tickets open"
 
 
 # --- refresh as a whole -------------------------------------------------------------------------

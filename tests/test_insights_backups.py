@@ -74,7 +74,9 @@ def test_irregular_host_gets_an_irregular_flag_instead_of_misses(tmp_path: Path)
     flags = world.flags("backups")
     assert flags and all(f.title == "Irregular backups for files01: no steady rhythm" for f in flags)
     assert all(f.start.weekday() == 0 and f.severity == "info" for f in flags)  # type: ignore[union-attr]
-    assert len({f.key for f in flags}) == len(flags) == 6  # one per week of the report range
+    # one per Monday the feed shows (90 days back): all eleven since 5 January, the first
+    # ones judged by the weeks after them
+    assert len({f.key for f in flags}) == len(flags) == 11
 
 
 def test_new_host_and_little_history_are_not_flagged(tmp_path: Path) -> None:
@@ -168,3 +170,51 @@ def test_late_runs_in_the_history_do_not_make_a_weekly_series_irregular(tmp_path
     world.refresh(NOW)
     assert summary(world.flags("backups")) == [
         (date(2026, 3, 9), date(2026, 3, 10), "Missed weekly full backup for nas (usually Monday)")]
+
+
+def test_a_missed_full_that_replaces_the_nightly_is_one_flag(tmp_path: Path) -> None:
+    """db02 runs nightly at 01:30 except on Sundays, when its full backup runs instead at
+    02:30. A Sunday without it is one missed run: "Missed weekly full backup", not also
+    "Missed backup … (usually daily)". The next Sunday's full comes 20 hours late, within
+    grace: no flag at all, though the nightly series saw no run that night."""
+    first, last = date(2026, 1, 5), date(2026, 3, 18)
+    runs = [backup(f"n-{d}", at(d, 1, 30), host="db02") for d in days(first, last) if d.weekday() != 6]
+    runs += [backup(f"f-{d}", at(d, 2, 30), host="db02", full=True) for d in days(first, last)
+             if d.weekday() == 6 and d not in (date(2026, 3, 1), date(2026, 3, 8))]
+    runs.append(backup("f-late", at(date(2026, 3, 8), 22, 30), host="db02", full=True))
+    world = make_world(tmp_path)
+    world.poll("backups", runs, NOW)
+    world.refresh(NOW)
+    assert summary(world.flags("backups")) == [
+        (date(2026, 3, 1), date(2026, 3, 2), "Missed weekly full backup for db02 (usually Sunday)")]
+
+
+def test_a_young_host_makes_no_cadence_claim_until_four_weeks_bear_it_out(tmp_path: Path) -> None:
+    """nas02 was added three and a half weeks ago; its runs came on three Sundays (and once
+    on a Wednesday), none on the fourth. Three Sundays are no weekly rhythm yet: no "Missed
+    weekly backup", and no "Irregular" either. Four Sundays are: the fifth one missed is flagged."""
+    sundays = [date(2026, 2, 22), date(2026, 3, 1), date(2026, 3, 8)]
+    runs = [backup(f"y-{d}", at(d, 4, 15 * i), host="nas02") for i, d in enumerate(sundays)]
+    runs.append(backup("y-wed", at(date(2026, 2, 25), 16), host="nas02"))
+    world = make_world(tmp_path)
+    world.poll("backups", runs, NOW)  # Sunday 15 March: nothing
+    world.refresh(NOW)
+    assert world.flags("backups") == []
+    later = at(date(2026, 3, 25), 15)  # a fourth Sunday run on the 15th, none on the 22nd
+    world.poll("backups", [*runs, backup("y-4", at(date(2026, 3, 15), 4), host="nas02")], later)
+    world.refresh(later)
+    assert summary(world.flags("backups")) == [
+        (date(2026, 3, 22), date(2026, 3, 23), "Missed weekly backup for nas02 (usually Sunday)")]
+
+
+def test_a_retired_host_is_not_irregular_in_its_first_weeks(tmp_path: Path) -> None:
+    """A first import: old01 backed up nightly for four weeks and stopped six weeks ago.
+    The weeks after its last run are its silence, not its rhythm: its first weeks are not
+    "irregular", and the stop is flagged as missed runs."""
+    runs = [backup(f"o-{d}", at(d, 2), host="old01") for d in days(date(2025, 12, 24), date(2026, 2, 3))]
+    world = make_world(tmp_path)
+    world.poll("backups", runs, NOW)
+    world.refresh(NOW)
+    flags = world.flags("backups")
+    assert [f.title for f in flags] == ["No backup for old01 for 21 days (usually daily)"]
+    assert flags[0].start == date(2026, 2, 4)

@@ -165,3 +165,85 @@ def test_switching_the_detector_off_cancels_its_flags(tmp_path: Path) -> None:
     world.reconfigure({})
     world.refresh(NOW)
     assert len(world.flags("bursts")) == 1
+
+
+def skewed_quiet(first: date, weeks: int) -> list:
+    """About 3.7 alerts a week, most weeks 2 and some 6–8: a median of 2 under a mean of 3.75.
+    They come two a day (a check that fires twice), so most days have none."""
+    pattern = [2, 2, 6, 2, 2, 8, 2, 6]
+    out = []
+    for w in range(weeks):
+        for k in range(pattern[(w + 3) % len(pattern)]):  # the week of 8 falls two weeks ago
+            day = first + timedelta(days=7 * w + k // 2)
+            out.append(alert(f"n{w}-{k}", at(day, 8 + 6 * (k % 2))))
+    return out
+
+
+def test_noise_on_a_quiet_account_is_not_a_burst_and_a_real_burst_on_it_is(tmp_path: Path) -> None:
+    """An account averaging 3.7 alerts a week whose median week has 2: a week of 8, two a
+    day, is ordinary noise at that rate (a median calls it 4× the usual, and flagged
+    "8 alerts in 4 days (usually about 2 in a week)"). Twelve alerts in one day on the same
+    account are a burst."""
+    first = TODAY - timedelta(weeks=12) - timedelta(days=TODAY.weekday())
+    history = skewed_quiet(first, 12)
+    assert 3.4 < len(history) / 12 < 4.0
+    world = make_world(tmp_path)
+    world.poll("alerts", history, NOW)
+    world.refresh(NOW)
+    assert world.flags("bursts") == []
+    spike = [alert(f"s{i}", at(TODAY - timedelta(days=2), 10, 3 * i), title="DiskFull on db01") for i in range(12)]
+    world.poll("alerts", history + spike, NOW)
+    world.refresh(NOW)
+    [flag] = world.flags("bursts")
+    assert flag.start == TODAY - timedelta(days=2) and flag.title.startswith("Alert burst: 1")
+    assert flag.title.endswith("(usually about 4 in a week)")
+
+
+def test_wording_says_none_never_about_zero_and_one_line_says_it_all(tmp_path: Path) -> None:
+    """Baseline weeks alternating 0 and 1 alerts (a median of 0.5: "about 0" before) read
+    "about 1 in a week"; an account with no alerts at all reads "usually none". The first
+    line of the description says what happened, what is usual and where the evidence is."""
+    world = make_world(tmp_path)
+    sparse = [alert(f"o{w}", at(date(2026, 1, 7) + timedelta(weeks=w), 11)) for w in range(9) if w % 2]
+    world.poll("alerts", sparse + burst(), NOW)
+    world.poll("backups", [backup(f"k{d}", at(d, 2)) for d in days(date(2026, 1, 5), TODAY)], NOW)
+    world.refresh(NOW)
+    [flag] = world.flags("bursts")
+    assert "about 0" not in flag.title and flag.title.endswith("(usually about 1 in a week)")
+    line = flag.detail.splitlines()[0]
+    assert line.startswith("14 alerts from Mon 16 Mar 2026 to Wed 18 Mar 2026 where about 1 in a week is usual")
+    assert "the top alerts are below" in line and "month view" in line
+    assert flag.attrs["view_link"] is True
+    silent = make_world(tmp_path / "silent")
+    silent.poll("alerts", burst(), NOW)
+    silent.poll("backups", [backup(f"k{d}", at(d, 2)) for d in days(date(2026, 1, 5), TODAY)], NOW)
+    silent.refresh(NOW)
+    [flag] = silent.flags("bursts")
+    assert flag.title == "Alert burst: 14 alerts in 3 days (usually none)"
+
+
+def test_the_tail_probabilities_are_exact_where_they_decide() -> None:
+    """upper_tail against a direct sum of the probability mass below the count."""
+    import math
+
+    from icsfeed.insights.stats import odds_text, upper_tail
+
+    def direct(count: int, mean: float, phi: float) -> float:
+        if phi == 0:
+            below = sum(math.exp(-mean + k * math.log(mean) - math.lgamma(k + 1)) for k in range(count))
+        else:
+            r = 1 / phi
+            below = sum(math.exp(math.lgamma(k + r) - math.lgamma(r) - math.lgamma(k + 1)
+                                 + r * math.log(r / (r + mean)) + k * math.log(mean / (r + mean))) for k in range(count))
+        return 1 - below
+
+    for count, mean, phi in [(8, 3.7, 0), (12, 3.7, 0), (9, 1.6, 0), (150, 100, 0), (8, 3.7, 0.1),
+                             (60, 14, 0.33), (250, 100, 0.05), (9, 0.5, 2.0)]:
+        expected = direct(count, mean, phi)
+        assert math.isclose(upper_tail(count, mean, phi), expected, rel_tol=1e-6), (count, mean, phi)
+    assert upper_tail(3, 3.7) == 1.0 and upper_tail(0, 0.0) == 1.0 and upper_tail(5, 0.0) == 0.0
+    assert upper_tail(30, 0.5) < 1e-30
+    # asked "below 1e-4?", it stops as soon as the answer is no
+    assert upper_tail(9, 3.7, stop_above=1e-4) > 1e-4
+    assert upper_tail(15, 3.7, stop_above=1e-4) == upper_tail(15, 3.7)
+    assert odds_text(3.2e-5) == "about 1 in 31,000" and odds_text(1e-12) == "less than 1 in a billion"

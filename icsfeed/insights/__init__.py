@@ -26,6 +26,7 @@ from icsfeed.insights.base import (
     Detector,
     History,
     account_zone,
+    settle,
     source_id,
 )
 from icsfeed.insights.settings import InsightsSettings
@@ -92,7 +93,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                     now: float) -> set[Touched]:
     """Run each detector for one account and store its flags; returns what changed."""
     when = datetime.fromtimestamp(now, timezone.utc)
-    span = max(bursts.span_days(settings), backups.span_days(settings), summary.span_days(settings))
+    span = max(d.span_days(config, account, settings) for d in (bursts, backups, summary))
     tz = account_zone(config, account)
     first = when.astimezone(tz).date() - timedelta(days=span)
     history = History(store, account, datetime.combine(first, time(0), tz), when + timedelta(days=1))
@@ -112,6 +113,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 log.exception("insight detector %s failed for account %s; its flags are left as they were",
                               detector.name, account.id)
                 continue
+            events = settle(events, mine, ctx.today)  # passed days keep their text while the verdict holds
             keep_before = detector.horizon(ctx)
             fresh = {ev.key for ev in events}
             events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]

@@ -5,13 +5,16 @@ returns every flag it stands by for one account (kind ``insight``, all-day, stab
 :func:`icsfeed.insights.refresh_insights` writes that list as one complete "poll" of the
 source ``insight-<detector>:<account>``, so a flag that is no longer returned becomes
 STATUS:CANCELLED, and a flag returned again keeps its UID. Flags whose day is before the
-detector's ``horizon`` are history: they are kept as stored, not recomputed.
+detector's ``horizon`` are history: they are kept as stored, not recomputed. A flag whose
+days have passed and whose ``verdict`` (an attribute: the facts it states, not its wording
+of the evidence) is the stored one's is kept exactly as stored: see :func:`settle`.
 
 Detectors never read the clock (``ctx.now`` is the only time) and never write the store.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -29,6 +32,9 @@ from icsfeed.urls import safe_url
 
 INSIGHT_KIND = "insight"
 SOURCE_PREFIX = "insight-"
+#: the attribute holding what a flag states (its days, counts, rhythm): while it stays the
+#: same once the flag's days are over, the stored flag is kept byte for byte
+VERDICT_ATTR = "verdict"
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
@@ -54,6 +60,9 @@ class History:
         self._base: list[tuple[float, float, EventRow]] | None = None
         self._insights: list[tuple[float, float, EventRow]] | None = None
         self._other: dict[tuple[float, float, frozenset[str] | None], list[EventRow]] = {}
+        #: local day of each start seen, shared by the detectors (five summaries, bursts and
+        #: backups convert the same events)
+        self.days: dict[datetime, date] = {}
 
     def _query(self, lo: float, hi: float, kinds: frozenset[str] | None) -> list[EventRow]:
         return self.store.query_events(FeedQuery(lo, hi, account_keys=self.keys, kinds=kinds))
@@ -119,7 +128,18 @@ class AccountContext:
         return datetime.combine(day, time(0), self.tz)
 
     def local_day(self, when: datetime | date) -> date:
-        return when.astimezone(self.tz).date() if isinstance(when, datetime) else when
+        if not isinstance(when, datetime):
+            return when
+        day = self.history.days.get(when)
+        if day is None:
+            day = self.history.days[when] = when.astimezone(self.tz).date()
+        return day
+
+    def report_start(self, report_days: int | None) -> date:
+        """The first day flags cover: ``report_days`` back, or by default the whole window the
+        account's feed shows (a day more: the feed counts UTC days, flags local ones)."""
+        back = report_days if report_days is not None else window_back_days(self.config, self.account) + 1
+        return self.today - timedelta(days=back)
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,42 @@ class Detector:
     #: flags starting before this day are history, kept as stored
     horizon: Callable[[AccountContext], date]
     detect: Callable[[AccountContext], list[Event]]
+
+
+def window_back_days(config: Config, account: AccountConfig) -> int:
+    """How many days back the account's feed shows (its own setting, else the feeds')."""
+    return account.window_back_days if account.window_back_days is not None else config.feeds.window_back_days
+
+
+def report_days(config: Config, account: AccountConfig, setting: int | None) -> int:
+    """The days a detector's flags cover for this account (see AccountContext.report_start)."""
+    return setting if setting is not None else window_back_days(config, account) + 1
+
+
+def settle(fresh: list[Event], stored: list[Event], today: date) -> list[Event]:
+    """Keep a flag as stored when its days are over and its verdict is the same.
+
+    New runs or alerts move the evidence a flag quotes (a usual time a minute later, a
+    share of weeks), not what it says happened; without this, flags weeks old would get a
+    new SEQUENCE, and calendars would show them as updated, whenever a host ran again.
+    """
+    before = {ev.key: ev for ev in stored if ev.status != "cancelled"}
+    out = []
+    for ev in fresh:
+        old = before.get(ev.key)
+        verdict = ev.attrs.get(VERDICT_ATTR)
+        if old is not None and verdict is not None and old.attrs.get(VERDICT_ATTR) == verdict \
+                and _last_day(ev) < today and _last_day(old) < today:
+            out.append(old)
+        else:
+            out.append(ev)
+    return out
+
+
+def _last_day(ev: Event) -> date:
+    end = ev.end if ev.end is not None else ev.start
+    day = end.date() if isinstance(end, datetime) else end
+    return day - timedelta(days=1) if ev.end is not None and ev.all_day else day
 
 
 def account_zone(config: Config, account: AccountConfig) -> ZoneInfo:
@@ -196,10 +252,10 @@ def fmt_day(day: date) -> str:
 
 
 def fmt_number(value: float) -> str:
-    """A usual count as people say it: 'none', 'about 1', 'about 12'."""
+    """A usual count as people say it: 'none', 'about 1', 'about 12' (never 'about 0')."""
     if value < 0.5:
         return "none"
-    return f"about {round(value)}"
+    return f"about {max(1, math.floor(value + 0.5))}"
 
 
 def iso_week(day: date) -> str:

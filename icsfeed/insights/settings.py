@@ -19,25 +19,26 @@ class _Model(BaseModel):
 
 
 class BurstSettings(_Model):
-    """Alert bursts: a trailing window far above the account's usual weekly count."""
+    """Alert bursts: a stretch of days far more unlikely than the account's own rate allows."""
 
     enabled: bool = True
     #: event kinds counted as alerts
     kinds: list[str] = Field(default_factory=lambda: ["alert"])
-    #: length of the counting window (days); the baseline is made of windows this long
+    #: the longest stretch judged at once (days); the baseline is made of windows this long
     window_days: int = Field(default=7, ge=1, le=31)
-    #: how many earlier windows make the baseline
+    #: how many windows make the baseline (before the day; after it while the account is young)
     baseline_weeks: int = Field(default=8, ge=2, le=52)
     #: fewer baseline windows than this (a new account) and nothing is flagged
     min_history_weeks: int = Field(default=3, ge=1, le=52)
-    #: robust standard deviations above the median that count as a burst
-    k: float = Field(default=4.0, gt=0, le=50)
-    #: and at least this many times the median
-    min_ratio: float = Field(default=2.5, ge=1, le=100)
-    #: and at least this many alerts in the window, whatever the baseline
+    #: a stretch whose count has at most this probability at the usual rate is a burst
+    #: (the upper tail of a negative binomial with the account's own dispersion)
+    p: float = Field(default=1e-4, gt=0, lt=0.5)
+    #: and holds at least this many times the usual count for its length
+    min_ratio: float = Field(default=2.0, ge=1, le=100)
+    #: and at least this many alerts, whatever the baseline
     min_alerts: int = Field(default=8, ge=1)
-    #: bursts whose first day is older than this are left as they are (history)
-    report_days: int = Field(default=42, ge=1, le=366)
+    #: flags cover this many days back; null: the account feed's window (window_back_days)
+    report_days: int | None = Field(default=None, ge=1, le=3660)
     #: alert groups listed in the flag's description
     top_alerts: int = Field(default=8, ge=1, le=50)
 
@@ -60,6 +61,9 @@ class BackupSettings(_Model):
     regular_share: float = Field(default=0.75, gt=0.5, le=1.0)
     #: a weekday already in the rhythm stays in it while its share is at least this
     keep_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    #: a rhythm of fewer than seven weekdays is claimed only once each of its weekdays had
+    #: runs in at least this many weeks (a young host's random runs must not look weekly)
+    min_weeks: int = Field(default=4, ge=1, le=52)
     #: flag a missing run this long after its usual time
     raise_after: timedelta = timedelta(hours=6)
     #: a run this late (after its usual time) still counts, and cancels the flag
@@ -71,7 +75,8 @@ class BackupSettings(_Model):
     give_up_after_days: int = Field(default=21, ge=1, le=366)
     #: flag hosts without a regular rhythm (weekly, on Mondays)
     irregular: bool = True
-    report_days: int = Field(default=42, ge=1, le=366)
+    #: flags cover this many days back; null: the account feed's window (window_back_days)
+    report_days: int | None = Field(default=None, ge=1, le=3660)
 
     @field_validator("raise_after", "grace", "early", mode="before")
     @classmethod
@@ -84,6 +89,8 @@ class BackupSettings(_Model):
             raise ValueError("raise_after, grace and early must not be negative")
         if self.keep_share > self.regular_share:
             raise ValueError("keep_share must not be above regular_share")
+        if self.min_weeks > self.history_weeks:
+            raise ValueError("min_weeks must not be above history_weeks")
         return self
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date, timedelta
 
-from icsfeed.config import BUILTIN_KINDS
+from icsfeed.config import BUILTIN_KINDS, AccountConfig, Config
 from icsfeed.insights.base import (
     INSIGHT_KIND,
+    VERDICT_ATTR,
     AccountContext,
     Detector,
     fmt_day,
@@ -34,7 +35,8 @@ from icsfeed.model import Event
 NAME = "summary"
 
 
-def span_days(settings: InsightsSettings) -> int:
+def span_days(_config: Config, _account: AccountConfig, settings: InsightsSettings) -> int:
+    """How far back this detector reads history."""
     s = settings.summary
     return 7 * (s.baseline_weeks + s.backfill_weeks + 2)
 
@@ -100,7 +102,8 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool) -> Event | Non
         lines.append(f"• {_plural(kind, week[kind])}{usual_text}")
     if not kinds:
         lines.append("• no events")
-    parts = [_plural("alert", week["alert"]) + (f" (usually {round(usual_of.get('alert', 0))})" if baseline else ""),
+    usual_alerts = fmt_number(usual_of.get("alert", 0.0)).removeprefix("about ")
+    parts = [_plural("alert", week["alert"]) + (f" (usually {usual_alerts})" if baseline else ""),
              _plural("ticket", week["ticket"])]
     if flags:
         lines += ["", f"Flags raised ({len(flags)}):"]
@@ -119,6 +122,7 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool) -> Event | Non
         parts.append(f"{_plural('ticket', len(tickets))} open")
     lines += ["", "The month at a glance (the link below):"]
     title = f"Last week at {ctx.account.name}: " + ", ".join(parts)
+    attrs[VERDICT_ATTR] = title
     return insight_event(
         ctx, NAME, _key(ctx, monday), title, monday, monday, "\n".join(lines), severity="info",
         attrs=attrs,

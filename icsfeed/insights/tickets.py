@@ -6,19 +6,23 @@ Jira's ``status_category``) says whether the ticket is open — any word not in
 it last changed at the origin. Without ``updated``, the last time icsfeed saw the ticket
 change stands in for it (its creation when it never changed). A ticket open with no update
 for ``after_days`` is flagged on the day it went quiet that long; an update or closing
-cancels the flag.
+cancels the flag. A ticket stale since before the window the feed shows is flagged again
+every ``REMIND_DAYS`` after that day, on the first such day in the window: the feed keeps
+it in view, and the flag moves once every four weeks, not daily.
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
-from icsfeed.insights.base import AccountContext, Detector, fmt_day, insight_event, start_dt
+from icsfeed.insights.base import VERDICT_ATTR, AccountContext, Detector, fmt_day, insight_event, start_dt
 from icsfeed.insights.settings import StaleTicketSettings
 from icsfeed.model import Event
 from icsfeed.store import EventRow
 
 NAME = "stale_tickets"
+#: a flag whose day left the feed's window moves forward by this many days
+REMIND_DAYS = 28
 
 STATE_ATTRS = ("state", "status", "status_category")
 UPDATED_ATTRS = ("updated", "updated_at")
@@ -83,6 +87,10 @@ def detect(ctx: AccountContext) -> list[Event]:
         if ctx.now - updated < quiet:
             continue
         stale_day = ctx.local_day(updated + quiet)
+        shown = stale_day
+        window = ctx.report_start(None)
+        if shown < window:  # stale since before the window: shown again, every four weeks
+            shown += timedelta(days=REMIND_DAYS * -(-(window - shown).days // REMIND_DAYS))
         created = ctx.local_day(ev.start)
         title = f"Stale ticket: {ev.title} (no update since {fmt_day(ctx.local_day(updated))})"
         state = ticket_state(ev)
@@ -91,10 +99,14 @@ def detect(ctx: AccountContext) -> list[Event]:
             + (f"; state: {state}" if state else "") + ".",
             f"Open with no update for {s.after_days} days since {fmt_day(stale_day)}: the customer may well ask about it.",
         ]
+        if shown != stale_day:
+            lines.append(f"Still stale on {fmt_day(shown)}: shown again every {REMIND_DAYS // 7} weeks, "
+                         "so that the feed keeps it in view.")
         out.append(insight_event(
-            ctx, NAME, f"{ctx.account.id}:{ev.source}:{ev.key}", title, stale_day, stale_day, "\n".join(lines),
+            ctx, NAME, f"{ctx.account.id}:{ev.source}:{ev.key}", title, shown, shown, "\n".join(lines),
             url=ev.url, attrs={"ticket_source": ev.source, "ticket_key": str(ev.key),
-                               "updated": updated.isoformat(), "state": state},
+                               "updated": updated.isoformat(), "state": state,
+                               VERDICT_ATTR: f"{title}|{shown.isoformat()}"},
         ))
     return out
 
