@@ -59,7 +59,7 @@ LOOK_BACK_WINDOWS = 3
 PRIOR_DAY_DISPERSION, DAY_DISPERSION_SPREAD = 0.2, 0.3
 PRIOR_WINDOW_DISPERSION, WINDOW_DISPERSION_SPREAD = 0.02, 0.1
 #: eight windows say little about how weeks vary: at least this much (±17%) is assumed
-MIN_WINDOW_DISPERSION = 0.0
+MIN_WINDOW_DISPERSION = 0.03
 #: and never more than this (a day's rate that varies like an exponential, windows ±70%)
 MAX_DAY_DISPERSION = 1.0
 MAX_WINDOW_DISPERSION = 0.5
