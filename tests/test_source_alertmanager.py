@@ -546,8 +546,9 @@ def test_end_to_end_alert_stays_in_the_feed_closed_after_it_resolves(am_url: str
     assert "prod-am: 2 new" in first.stdout, first.stdout
     _cli(config_dir, data_dir, "render", "acme", "-o", str(tmp_path / "acme.ics"))
     events = _feed_events(tmp_path / "acme.ics")
-    alert = events["🚨 DiskFull on web01:9100"]
+    alert = events["🚨 🔥 FIRING: DiskFull on web01:9100"]  # still firing: says so
     assert alert.decoded("DTSTART") == started
+    assert alert.decoded("DTEND") >= after_first, "a firing alert reaches at least its last sighting"
     assert str(alert.get("URL")).startswith("https://am.example.com/#/alerts?")
     assert str(alert.get("STATUS")) == "CONFIRMED"
     maintenance = events["🔧 Silence: DB upgrade"]
@@ -563,7 +564,8 @@ def test_end_to_end_alert_stays_in_the_feed_closed_after_it_resolves(am_url: str
     assert "1 closed" in second.stdout, second.stdout
     _cli(config_dir, data_dir, "render", "acme", "-o", str(tmp_path / "acme2.ics"))
     events = _feed_events(tmp_path / "acme2.ics")
-    # ... and the feed keeps it, ended when it was last seen (the first poll).
+    # ... and the feed keeps it, ended when it was last seen (the first poll), no longer firing.
+    assert not any("FIRING" in summary for summary in events)
     alert = events["🚨 DiskFull on web01:9100"]
     assert alert.decoded("DTSTART") == started
     end = alert.decoded("DTEND")
