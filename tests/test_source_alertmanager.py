@@ -47,14 +47,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_alertmanager(workdir: Path, web_config: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the real binary on a free 127.0.0.1 port; fail loudly if it is not there."""
+def _start_alertmanager(workdir: Path, web_config: str | None = None,
+                        config: str = MINIMAL_CONFIG) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the real binary on a free 127.0.0.1 port; fail loudly if it is not there.
+    ``config``: its alertmanager.yml (routes and receivers: the webhook tests send to icsfeed)."""
     if not (os.path.exists(BINARY) or shutil.which("prometheus-alertmanager")):
         pytest.fail(f"{BINARY} is missing: install the Debian package prometheus-alertmanager "
                     "(these tests run the real Alertmanager, they are never skipped)")
     binary = BINARY if os.path.exists(BINARY) else str(shutil.which("prometheus-alertmanager"))
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "am.yml").write_text(MINIMAL_CONFIG)
+    (workdir / "am.yml").write_text(config)
     port = _free_port()
     args = [binary, f"--config.file={workdir / 'am.yml'}", f"--storage.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
