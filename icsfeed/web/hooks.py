@@ -12,7 +12,8 @@ the source's poll state alone (``last_success`` stays the time of the last poll,
 when a poll closes alerts that vanished). The poll's own rule does the rest: an alert that
 resolved by its own ``endsAt`` before the poll keeps that end (store ``_closed``).
 
-Refusals: an unknown source, one of another type, or one without ``webhook_token`` is 404
+Refusals: an unknown source, one of another type, a disabled one, or one without
+``webhook_token`` is 404
 (the same answer); a missing or wrong bearer token 401 (compared in constant time); a body
 over ``webhook_max_bytes`` 413, before it is read when Content-Length says so, else counted
 as it is read (chunked); a body that is not a notification 400. One bad alert in a good
@@ -90,9 +91,10 @@ def alertmanager(source_id: str) -> Response:
     config = ctx.live.current()
     source_cfg = config.sources.get(source_id)
     settings = config.source_settings.get(source_id)
-    if (source_cfg is None or source_cfg.type != AlertmanagerSource.type_name
+    if (source_cfg is None or source_cfg.type != AlertmanagerSource.type_name or not source_cfg.enabled
             or not isinstance(settings, AlertmanagerSettings) or settings.webhook_token is None):
-        log.info("webhook for %r refused: no alertmanager source of that id with a webhook_token", source_id[:80])
+        log.info("webhook for %r refused: no enabled alertmanager source of that id with a webhook_token",
+                 source_id[:80])
         return _refusal(404, "no such hook")
     if not _authorized(request.headers.get("Authorization"), settings.webhook_token.get_secret_value()):
         log.warning("webhook for %s refused: missing or wrong bearer token", source_id)
