@@ -583,6 +583,7 @@ def test_documented_example_is_valid_config(tmp_path: Path, monkeypatch: pytest.
     example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "sources.yaml").write_text(example)
     monkeypatch.setenv("ALERTMANAGER_PASSWORD", "pw-from-env")
+    monkeypatch.setenv("ICSFEED_AM_HOOK_TOKEN", "hook-token-from-env-0123")
     from icsfeed.config import load_config
 
     config = load_config(tmp_path, tmp_path / "data")
@@ -591,3 +592,21 @@ def test_documented_example_is_valid_config(tmp_path: Path, monkeypatch: pytest.
     assert settings.auth is not None and settings.auth.password is not None
     assert settings.auth.password.get_secret_value() == "pw-from-env"
     assert settings.silence_filter == [] and settings.filter == ['env="prod"']
+    assert settings.webhook_token is not None
+    assert settings.webhook_token.get_secret_value() == "hook-token-from-env-0123"
+    assert "hook-token-from-env-0123" in config.secrets, "the token is redacted like every secret"
+
+
+def test_documented_receiver_is_valid_alertmanager_config(tmp_path: Path) -> None:
+    """The receiver YAML of the docs, checked by the real Alertmanager's own amtool."""
+    doc = (REPO_ROOT / "docs" / "sources" / "alertmanager.md").read_text()
+    receiver = doc.split("## Webhook", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert "webhook_configs" in receiver and "send_resolved: true" in receiver
+    (tmp_path / "am.yml").write_text(receiver)
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail("amtool is missing: install the Debian package prometheus-alertmanager")
+    done = subprocess.run([amtool, "check-config", str(tmp_path / "am.yml")], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
