@@ -386,3 +386,28 @@ def test_split_setup_web_without_scheduler_and_a_poller_serve_a_push_within_seco
     finally:
         poller.stop()
         web.stop()
+
+
+def test_hooks_pass_through_the_shipped_nginx_site_uncached(stack: Stack, tmp_path: Path) -> None:
+    """deploy/nginx/icsfeed.conf in front of the server: POST /hooks reaches icsfeed every
+    time (never answered from the micro-cache), and nginx's own body limit stands in front."""
+    from nginx_site import Nginx, make_certificate, render_site
+
+    https_port, http_port = free_port(), free_port()
+    cert = make_certificate(tmp_path / "tls")
+    site = render_site(https_port=https_port, http_port=http_port, upstream=f"127.0.0.1:{stack.server.port}",
+                       cert=cert, cache_dir=tmp_path / "nginx" / "cache", access_log=tmp_path / "nginx" / "access.log")
+    tag = _tag()
+    body = _payload(_alert(f"Proxied{tag}", fingerprint=f"ee{tag}", start=_now() - timedelta(minutes=1)))
+    url = f"https://localhost:{https_port}/hooks/alertmanager/am"
+    with Nginx(tmp_path / "nginx", site, (https_port, http_port)):
+        answers = [requests.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"},
+                                 verify=str(cert.ca), timeout=10) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        assert (answers[0].json()["new"], answers[1].json()["unchanged"]) == (1, 1), "both reached icsfeed"
+        assert all("X-Cache-Status" not in a.headers for a in answers)
+        refused = requests.post(url, data=b"x" * 5_000_000, headers={"Authorization": f"Bearer {TOKEN}"},
+                                verify=str(cert.ca), timeout=10)
+        assert refused.status_code == 413
+        assert requests.post(url, json=body, verify=str(cert.ca), timeout=10).status_code == 401
+    wait_until(lambda: _event(stack.server, f"Proxied{tag}", firing=True), IN_FEED_WITHIN, "the proxied push in the feed")
