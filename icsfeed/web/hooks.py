@@ -32,11 +32,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from icsfeed.config import Config
+from icsfeed.model import Event
 from icsfeed.poller import _checked, build_source, source_secrets
 from icsfeed.redact import redact
 from icsfeed.routing import affected_feeds
 from icsfeed.sources.alertmanager import AlertmanagerSettings, AlertmanagerSource, WebhookError
-from icsfeed.store import StoreError
+from icsfeed.store import PollChanges, Store, StoreError
 from icsfeed.web import context
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,8 @@ def alertmanager(source_id: str) -> Response:
     except ValueError as exc:  # UnicodeDecodeError too
         return _refusal(400, f"the body is not JSON: {exc}"[:300])
     source = build_source(config, source_id)
-    assert isinstance(source, AlertmanagerSource)
+    if not isinstance(source, AlertmanagerSource):  # the type check above makes it one
+        return _refusal(404, "no such hook")
     now = datetime.now(UTC)
     try:
         events = _checked(config, source, source.webhook_events(payload, now))
@@ -136,7 +139,7 @@ def alertmanager(source_id: str) -> Response:
                     "skipped": skipped[:MAX_REASONS]})
 
 
-def _write(store: Any, config: Any, source_id: str, events: list[Any], now: float) -> Any:
+def _write(store: Store, config: Config, source_id: str, events: list[Event], now: float) -> PollChanges:
     """Upsert the events (partial: no absence policy, no poll state), feeds marked dirty in
     the same transaction. A poll inserting the same new alert at the same moment makes one of
     the two writes fail on the unique key: this one is retried (it then finds the row);
