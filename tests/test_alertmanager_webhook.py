@@ -308,6 +308,7 @@ def test_real_alertmanager_pushes_firing_then_resolved_and_a_poll_keeps_the_real
     assert firing.decoded("DTEND") >= fired, "a firing alert reaches at least its last sighting"
     uid = str(firing["UID"])
 
+    time.sleep(2)  # it fires a little while, as alerts do
     ended = _now()
     resolved = datetime.now(UTC)
     _post_alerts(stack.am, {"labels": labels, "annotations": {"summary": "Disk almost full"},
@@ -334,9 +335,12 @@ def test_real_alertmanager_pushes_firing_then_resolved_and_a_poll_keeps_the_real
 
     with capsys.disabled():
         print(f"\nwebhook timeline ({BACKEND}, real Alertmanager 0.25, group_wait 1s, source polled hourly):")
+        previous = fired
         for what, when in (("fired (POST /api/v2/alerts)", fired), ("in the feed, 🔥 FIRING", in_feed),
                            ("resolved (POST with endsAt)", resolved), ("closed in the feed, real DTEND", closed)):
-            print(f"  {when.isoformat(timespec='milliseconds')}  +{(when - fired).total_seconds():6.2f}s  {what}")
+            print(f"  {when.isoformat(timespec='milliseconds')}  +{(when - fired).total_seconds():6.2f}s"
+                  f"  (step +{(when - previous).total_seconds():5.2f}s)  {what}")
+            previous = when
         print(f"  alert {started.isoformat()} – {ended.isoformat()}; the poll after it: {out.strip()}")
     assert time.monotonic() - t0 < 4 * IN_FEED_WITHIN
 
