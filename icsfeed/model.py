@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
 Status = Literal["confirmed", "tentative", "cancelled"]
@@ -54,6 +54,10 @@ class Event:
     rrule: str | None = None
     #: Remind this long before ``start`` (a VALARM); certificates use it for expiry.
     alarm_before: timedelta | None = None
+    #: For an event still going on (``end`` None, e.g. a firing alert): until when its
+    #: origin has reported it, rounded up by :func:`seen_until` so that it changes (and
+    #: bumps SEQUENCE) at most hourly. Feeds show it as the end, with a "firing" marker.
+    seen: datetime | None = None
 
     def __post_init__(self) -> None:
         if not self.source or not str(self.key):
@@ -69,14 +73,24 @@ class Event:
             # around DST changes (02:50 + 20 min in a spring-forward gap ends before it starts)
             if _instant(self.end) < _instant(self.start):
                 raise ValueError(f"end {self.end.isoformat()} is before start {self.start.isoformat()}")
+        if self.seen is not None:
+            if not isinstance(self.seen, datetime) or not isinstance(self.start, datetime):
+                raise ValueError("seen is a datetime, for events with a start time")
+            _check_when("seen", self.seen)
+
+    @property
+    def ongoing(self) -> bool:
+        """Still going on as its origin last reported it (a firing alert): open, and seen."""
+        return self.end is None and self.seen is not None
 
     @property
     def all_day(self) -> bool:
         return not isinstance(self.start, datetime)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form, the way the store keeps it."""
-        return {
+        """JSON-safe form, the way the store keeps it (``seen`` only when set, so that the
+        content hash of every other event is what it was before the field existed)."""
+        out: dict[str, Any] = {
             "source": self.source,
             "key": str(self.key),
             "kind": self.kind,
@@ -92,6 +106,9 @@ class Event:
             "rrule": self.rrule,
             "alarm_before": self.alarm_before.total_seconds() if self.alarm_before else None,
         }
+        if self.seen is not None:
+            out["seen"] = self.seen.isoformat()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -106,6 +123,7 @@ class Event:
             status=data.get("status") or "confirmed", severity=data.get("severity"),
             attrs=data.get("attrs") or {}, rrule=data.get("rrule"),
             alarm_before=timedelta(seconds=alarm) if alarm else None,
+            seen=datetime.fromisoformat(data["seen"]) if data.get("seen") else None,
         )
 
     def bounded(self, max_title: int, max_detail: int) -> Event:
@@ -128,6 +146,16 @@ class Event:
         """Hash of everything a client sees; a change bumps SEQUENCE and LAST-MODIFIED."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def seen_until(now: datetime) -> datetime:
+    """When an ongoing event seen at ``now`` shows as ending: the next full hour (UTC).
+
+    Rounded up, never down, so the feed's end is never before the last sighting; rounded
+    at all so that polls every minute change the stored event (and its SEQUENCE) about
+    once an hour, not on every poll."""
+    utc = now.astimezone(timezone.utc)
+    return utc.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
 #: longest URL an event keeps (render publishes far shorter ones only)

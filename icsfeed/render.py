@@ -134,9 +134,24 @@ def _bounds(row: EventRow, kind: KindConfig) -> tuple[datetime | date, datetime 
     end = _utc(ev.end).replace(microsecond=0) if isinstance(ev.end, datetime) else None
     if end is None or end <= start:  # open, or shorter than the second DTEND can say
         end = start + kind.duration if start <= _LAST_MOMENT - kind.duration else _LAST_MOMENT
+    if ev.ongoing:  # still firing: up to its last sighting, rounded up (see model.seen_until)
+        end = max(end, _utc(ev.seen).replace(microsecond=0))  # type: ignore[arg-type]
     if end <= start:
         raise ValueError(f"event at {start.isoformat()} has no room for an end")
     return start, end
+
+
+#: what SUMMARY says after the kind's icon while an event is going on (text as well as an
+#: emoji: some clients show no emoji); alerts fire, anything else is ongoing
+FIRING_MARKER = "🔥 FIRING: "
+ONGOING_MARKER = "⏳ ONGOING: "
+
+
+def ongoing_marker(ev: Event) -> str:
+    """The SUMMARY marker of an event still going on (:attr:`Event.ongoing`), else ""."""
+    if not ev.ongoing:
+        return ""
+    return FIRING_MARKER if ev.kind == "alert" else ONGOING_MARKER
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,7 @@ def _texts(config: Config, row: EventRow, kind: KindConfig, view: str | None) ->
     categories = [kind.label or ev.kind.title()]
     if ev.severity:
         categories.append(clean_title(ev.severity, 40))
-    return _Texts(start=start, end=end, summary=f"{kind.icon} {clean_title(ev.title, feeds.max_title)}",
+    return _Texts(start=start, end=end, summary=f"{kind.icon} {ongoing_marker(ev)}{clean_title(ev.title, feeds.max_title)}",
                   detail=detail, url=url, categories=tuple(categories),
                   modified=_stamp(row.last_modified), created=_stamp(row.created))
 

@@ -1,5 +1,6 @@
 """The scheduler: a job per source (interval, jitter, one at a time, backoff after failures),
-a watcher that applies config changes, and one render job for every feed a poll made dirty.
+a watcher that applies config changes, and one render job for every feed a poll or a push
+(web/hooks.py) made dirty, cheap while nothing is.
 
 Several schedulers (``icsfeed poll`` processes, ``icsfeed serve`` with its scheduler) can share
 one store: each holds a member slot, a source is polled by the live member it hashes to
@@ -31,8 +32,11 @@ log = logging.getLogger(__name__)
 
 #: longest wait after repeated failures
 MAX_BACKOFF = timedelta(hours=1)
-#: how often dirty feeds are rendered (the longest a poll's change waits to be served)
+#: how often dirty feeds are rendered (the longest a poll's or a push's change waits to be served)
 RENDER_EVERY_SECONDS = 2
+#: between these full render passes (every feed's render key and window day checked), the
+#: render job only asks the store whether a feed is dirty: cheap when nothing changed
+FULL_RENDER_EVERY_SECONDS = 60
 #: how often the insights of accounts changed by polls are recomputed
 INSIGHTS_DUE_EVERY_SECONDS = 5
 
@@ -80,6 +84,8 @@ class PollScheduler:
         self._stopping = threading.Event()
         self._running = 0
         self._idle = threading.Condition()
+        #: (config, UTC day, monotonic time) of the last full render pass
+        self._full_pass: tuple[Config | None, str, float] = (None, "", 0.0)
         live.on_change(self._config_changed)
 
     def start(self) -> None:
@@ -91,7 +97,7 @@ class PollScheduler:
                                id="config-watch")
         # polls only mark feeds dirty; one render job renders whatever is dirty (and windows that
         # moved to a new day), so ten polls touching the same feeds cost one render, not ten
-        self.scheduler.add_job(self._render, "interval", seconds=RENDER_EVERY_SECONDS, id="render")
+        self.scheduler.add_job(self._render_if_needed, "interval", seconds=RENDER_EVERY_SECONDS, id="render")
         # polls only mark the accounts they changed; one job recomputes their insights, so an
         # account touched by ten sources is refreshed once, and no poll waits for it
         self.scheduler.add_job(self._refresh_due_insights, "interval", seconds=INSIGHTS_DUE_EVERY_SECONDS,
@@ -221,14 +227,33 @@ class PollScheduler:
         except (StoreError, SQLAlchemyError) as exc:
             log.error("cannot refresh insights: %s", exc if isinstance(exc, StoreError) else _reason(exc))
 
+    def _render_if_needed(self) -> None:
+        """The render job: a full pass when the config or the day changed or the last full one
+        is FULL_RENDER_EVERY_SECONDS old; in between only when the store has a dirty feed (a
+        poll's or a webhook's write, by this process or any other), else nothing but that probe."""
+        config, day, at = self._full_pass
+        current = self.live.current()
+        if (current is config and day == datetime.now(timezone.utc).date().isoformat()
+                and time.monotonic() - at < FULL_RENDER_EVERY_SECONDS):
+            try:
+                if not self.store.any_feed_dirty():
+                    return
+            except (StoreError, SQLAlchemyError) as exc:
+                log.error("cannot read which feeds are dirty: %s", exc if isinstance(exc, StoreError) else _reason(exc))
+                return
+        self._render()
+
     def _render(self) -> None:
         started = time.perf_counter()
+        config = self.live.current()
+        day = datetime.now(timezone.utc).date().isoformat()
         try:
             with self.coordinator.feed_claims() as claim:  # other pollers render the feeds this one skips
-                rendered = render_feeds(self.live.current(), self.store, claim=claim)
+                rendered = render_feeds(config, self.store, claim=claim)
         except (StoreError, SQLAlchemyError) as exc:
             log.error("cannot store rendered feeds: %s", exc if isinstance(exc, StoreError) else _reason(exc))
             return
+        self._full_pass = (config, day, time.monotonic())
         if rendered:
             log.info("rendered %d feed(s) in %.2fs", len(rendered), time.perf_counter() - started)
 

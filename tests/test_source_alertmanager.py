@@ -47,14 +47,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_alertmanager(workdir: Path, web_config: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the real binary on a free 127.0.0.1 port; fail loudly if it is not there."""
+def _start_alertmanager(workdir: Path, web_config: str | None = None,
+                        config: str = MINIMAL_CONFIG) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the real binary on a free 127.0.0.1 port; fail loudly if it is not there.
+    ``config``: its alertmanager.yml (routes and receivers: the webhook tests send to icsfeed)."""
     if not (os.path.exists(BINARY) or shutil.which("prometheus-alertmanager")):
         pytest.fail(f"{BINARY} is missing: install the Debian package prometheus-alertmanager "
                     "(these tests run the real Alertmanager, they are never skipped)")
     binary = BINARY if os.path.exists(BINARY) else str(shutil.which("prometheus-alertmanager"))
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "am.yml").write_text(MINIMAL_CONFIG)
+    (workdir / "am.yml").write_text(config)
     port = _free_port()
     args = [binary, f"--config.file={workdir / 'am.yml'}", f"--storage.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
@@ -546,8 +548,9 @@ def test_end_to_end_alert_stays_in_the_feed_closed_after_it_resolves(am_url: str
     assert "prod-am: 2 new" in first.stdout, first.stdout
     _cli(config_dir, data_dir, "render", "acme", "-o", str(tmp_path / "acme.ics"))
     events = _feed_events(tmp_path / "acme.ics")
-    alert = events["🚨 DiskFull on web01:9100"]
+    alert = events["🚨 🔥 FIRING: DiskFull on web01:9100"]  # still firing: says so
     assert alert.decoded("DTSTART") == started
+    assert alert.decoded("DTEND") >= after_first, "a firing alert reaches at least its last sighting"
     assert str(alert.get("URL")).startswith("https://am.example.com/#/alerts?")
     assert str(alert.get("STATUS")) == "CONFIRMED"
     maintenance = events["🔧 Silence: DB upgrade"]
@@ -563,7 +566,8 @@ def test_end_to_end_alert_stays_in_the_feed_closed_after_it_resolves(am_url: str
     assert "1 closed" in second.stdout, second.stdout
     _cli(config_dir, data_dir, "render", "acme", "-o", str(tmp_path / "acme2.ics"))
     events = _feed_events(tmp_path / "acme2.ics")
-    # ... and the feed keeps it, ended when it was last seen (the first poll).
+    # ... and the feed keeps it, ended when it was last seen (the first poll), no longer firing.
+    assert not any("FIRING" in summary for summary in events)
     alert = events["🚨 DiskFull on web01:9100"]
     assert alert.decoded("DTSTART") == started
     end = alert.decoded("DTEND")
@@ -579,6 +583,7 @@ def test_documented_example_is_valid_config(tmp_path: Path, monkeypatch: pytest.
     example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "sources.yaml").write_text(example)
     monkeypatch.setenv("ALERTMANAGER_PASSWORD", "pw-from-env")
+    monkeypatch.setenv("ICSFEED_AM_HOOK_TOKEN", "hook-token-from-env-0123")
     from icsfeed.config import load_config
 
     config = load_config(tmp_path, tmp_path / "data")
@@ -587,3 +592,21 @@ def test_documented_example_is_valid_config(tmp_path: Path, monkeypatch: pytest.
     assert settings.auth is not None and settings.auth.password is not None
     assert settings.auth.password.get_secret_value() == "pw-from-env"
     assert settings.silence_filter == [] and settings.filter == ['env="prod"']
+    assert settings.webhook_token is not None
+    assert settings.webhook_token.get_secret_value() == "hook-token-from-env-0123"
+    assert "hook-token-from-env-0123" in config.secrets, "the token is redacted like every secret"
+
+
+def test_documented_receiver_is_valid_alertmanager_config(tmp_path: Path) -> None:
+    """The receiver YAML of the docs, checked by the real Alertmanager's own amtool."""
+    doc = (REPO_ROOT / "docs" / "sources" / "alertmanager.md").read_text()
+    receiver = doc.split("## Webhook", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert "webhook_configs" in receiver and "send_resolved: true" in receiver
+    (tmp_path / "am.yml").write_text(receiver)
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail("amtool is missing: install the Debian package prometheus-alertmanager")
+    done = subprocess.run([amtool, "check-config", str(tmp_path / "am.yml")], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout

@@ -20,15 +20,19 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from icsfeed.model import Event
+from icsfeed.model import Event, seen_until
 from icsfeed.sources.base import Source, SourceError, SourceSettings
 from icsfeed.sources.http import HttpSettings, get_json, make_session, safe_url
 from icsfeed.sources.mapping import RecordError, parse_when
 
 #: longest title kept; calendars cut long SUMMARYs anyway
 MAX_TITLE = 200
+#: shortest webhook token accepted (a guessable one would open the hook to anyone)
+MIN_WEBHOOK_TOKEN = 16
+#: the webhook payload version this maps (Alertmanager has sent "4" since 0.x)
+WEBHOOK_VERSION = "4"
 
 
 class AlertmanagerSettings(HttpSettings, SourceSettings):
@@ -62,6 +66,18 @@ class AlertmanagerSettings(HttpSettings, SourceSettings):
     silence_filter: list[str] | None = None
     #: regex of receiver names; only alerts routed to a matching receiver
     receiver: str | None = None
+    #: bearer token Alertmanager's webhook receiver sends (``POST /hooks/alertmanager/<id>``);
+    #: without one the hook is off. A secret: use ``${VAR}``
+    webhook_token: SecretStr | None = None
+    #: largest webhook body accepted (a larger one is answered 413)
+    webhook_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
+
+    @field_validator("webhook_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_WEBHOOK_TOKEN:
+            raise ValueError(f"must be at least {MIN_WEBHOOK_TOKEN} characters (a random secret)")
+        return value
 
     @field_validator("url", "ui_url")
     @classmethod
@@ -153,7 +169,8 @@ class AlertmanagerSource(Source):
     # --- alerts ----------------------------------------------------------------------
 
     def alert_event(self, alert: dict[str, Any], now: datetime) -> Event:
-        """One firing alert as an event that stays open until the alert resolves."""
+        """One firing alert as an event that stays open until the alert resolves, seen
+        until the hour after ``now`` (model.seen_until)."""
         s = self.settings
         fingerprint = alert.get("fingerprint")
         if not fingerprint or not isinstance(fingerprint, str):
@@ -166,7 +183,11 @@ class AlertmanagerSource(Source):
         # endsAt of a firing alert is only when Alertmanager would resolve it if no
         # update came; it is a real end only once it has passed (v2 hides those anyway).
         end = None
-        if alert.get("endsAt"):
+        if state == "resolved":  # only a webhook says so (API v2 hides resolved alerts)
+            end = _when(alert.get("endsAt"), "endsAt")
+            if end < start:
+                raise RecordError("resolved alert ends before it starts")
+        elif alert.get("endsAt"):
             ends = _when(alert["endsAt"], "endsAt")
             if start <= ends <= now:
                 end = ends
@@ -186,6 +207,7 @@ class AlertmanagerSource(Source):
             title=_one_line(title),
             start=start,
             end=end,
+            seen=seen_until(now) if end is None else None,
             detail=_alert_detail(annotations, labels, state, silenced_by, inhibited_by),
             url=url,
             account=self._label_value(labels),
@@ -193,6 +215,28 @@ class AlertmanagerSource(Source):
             attrs={"labels": labels, "fingerprint": fingerprint, "state": state,
                    "silenced_by": silenced_by, "inhibited_by": inhibited_by},
         )
+
+    def webhook_events(self, payload: Any, now: datetime) -> list[Event]:
+        """The alerts of one webhook notification (payload version 4) as events, under the
+        keys polls give them (fingerprint + startsAt), so a poll and a push converge on one
+        event. A firing alert maps as the API's active one does (Alertmanager notifies only
+        alerts no silence or inhibition mutes), so the two versions are byte-identical and
+        neither bumps SEQUENCE; a resolved one ends at its ``endsAt``. A payload that is not
+        a notification raises :class:`WebhookError`; a bad alert in it is skipped (``skipped``).
+        """
+        self.skipped = []
+        if not isinstance(payload, dict):
+            raise WebhookError("the body is not a JSON object (expected an Alertmanager webhook notification)")
+        version = payload.get("version")
+        if version is not None and str(version) != WEBHOOK_VERSION:
+            raise WebhookError(f"unsupported webhook payload version {str(version)[:20]!r} (expected {WEBHOOK_VERSION!r})")
+        alerts = payload.get("alerts")
+        if not isinstance(alerts, list):
+            raise WebhookError('"alerts" is missing or not a list')
+        events: list[Event] = []
+        for alert in alerts:
+            self._convert(alert, lambda a: self.alert_event(_as_polled(a), now), events)
+        return events
 
     def alert_ui_url(self, labels: Mapping[str, str]) -> str:
         """The Alertmanager UI's alert list, filtered to exactly this alert's labels."""
@@ -251,6 +295,22 @@ class AlertmanagerSource(Source):
             attrs={"absence": "keep", "silence_id": silence_id, "state": state,
                    "matchers": matcher_text, "created_by": created_by},
         )
+
+
+class WebhookError(ValueError):
+    """A webhook body that is not an Alertmanager notification (the hook answers 400)."""
+
+
+def _as_polled(alert: dict[str, Any]) -> dict[str, Any]:
+    """A webhook alert in the API v2 shape :meth:`AlertmanagerSource.alert_event` reads.
+
+    Its ``status`` is "firing" or "resolved" where the API has a state object: firing means
+    active (a silenced or inhibited alert is never notified), resolved ends the event."""
+    status = alert.get("status")
+    if status not in ("firing", "resolved"):
+        raise RecordError(f"status must be \"firing\" or \"resolved\", not {str(status)[:40]!r}")
+    state = "active" if status == "firing" else "resolved"
+    return {**alert, "status": {"state": state, "silencedBy": [], "inhibitedBy": []}}
 
 
 # --- helpers -----------------------------------------------------------------------------

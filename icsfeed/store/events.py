@@ -104,7 +104,7 @@ class EventsMixin:
                    cursor: str | None = None, result: dict[str, Any] | None = None,
                    duration: float | None = None,
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
-                   fragment: Fragmenter | None = None) -> PollChanges:
+                   fragment: Fragmenter | None = None, record: bool = True) -> PollChanges:
         """Upsert a poll's events and apply the absence policy, all in one transaction.
 
         ``complete`` is False for incremental polls: then a missing event means nothing.
@@ -113,6 +113,9 @@ class EventsMixin:
         transaction: a crash right after the commit cannot leave a feed that misses them.
         ``fragment`` renders a new or changed event's VEVENT (bytes and render key) so it is
         written with the event, once, instead of being rewritten into the row by the render.
+        ``record`` False (a pushed notification, ``complete`` False too): the source's poll
+        state (last success, cursor) is left as it is, since a push says nothing about the
+        events it does not name.
         """
         changes = PollChanges()
         unique: dict[str, Event] = {}
@@ -167,7 +170,8 @@ class EventsMixin:
                     self._bulk_update(conn, updates)
                 if affected is not None and changes.touched:
                     self._mark_dirty(conn, affected(changes.touched))
-                self._record_success(conn, source_id, now, cursor, result, duration)
+                if record:
+                    self._record_success(conn, source_id, now, cursor, result, duration)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot write poll of {source_id}: {db_reason(exc)}") from None
         return changes
@@ -189,7 +193,7 @@ class EventsMixin:
             policy = ev.attrs.get("absence") or absence
             new_ev = ev
             if policy == "close":
-                new_ev = _closed(ev, seen_until)
+                new_ev = _closed(ev, seen_until, now)
                 if new_ev is not ev:
                     changes.closed += 1
             elif policy == "cancel" and ev.status != "cancelled":
@@ -225,7 +229,8 @@ class EventsMixin:
             "source": ev.source, "key": str(ev.key), "uid": uid,
             "kind": ev.kind, "account_key": _account_key(ev.account),
             "severity_rank": severity_rank(ev.severity), "start_ts": start_ts,
-            "end_ts": to_ts(ev.end) if ev.end is not None else start_ts,
+            # an ongoing event (a firing alert) reaches its last sighting: feed windows include it
+            "end_ts": to_ts(ev.end) if ev.end is not None else max(start_ts, to_ts(ev.seen or ev.start)),
             "recurring": bool(ev.rrule),
             "data": blob if blob is not None else _encoded(ev)[0],
             "content_hash": digest, "sequence": sequence, "last_modified": now,
@@ -359,12 +364,18 @@ def _account_key(account: str | None) -> str | None:
     return key[:ACCOUNT_KEY_LENGTH] or None
 
 
-def _closed(ev: Event, seen_until: float) -> Event:
-    """An open or still-running event ended at the time it was last seen."""
+def _closed(ev: Event, seen_until: float, now: float | None = None) -> Event:
+    """An open or still-running event ended at the time it was last seen.
+
+    An event that has ended by its own account by ``now`` keeps that end: a resolved alert
+    a webhook stored with its real end, between the last poll and this one, is not moved
+    back to the last poll."""
     if ev.all_day or ev.rrule:
         return ev
     last_seen = datetime.fromtimestamp(seen_until, timezone.utc)
     if ev.end is not None and ev.end <= last_seen:  # type: ignore[operator]
         return ev
+    if ev.end is not None and now is not None and ev.end <= datetime.fromtimestamp(now, timezone.utc):  # type: ignore[operator]
+        return ev
     end = max(last_seen, ev.start)  # type: ignore[type-var]
-    return replace(ev, end=end, attrs={**ev.attrs, "closed": "no longer reported by the source"})
+    return replace(ev, end=end, seen=None, attrs={**ev.attrs, "closed": "no longer reported by the source"})

@@ -60,6 +60,13 @@ class FeedsMixin:
     def _mark_dirty(self, conn: Any, feed_ids: Iterable[str]) -> None:
         bump_or_insert(conn, feeds_table.c.feed_id, feeds_table.c.dirty_gen, feed_ids, dirty=True)
 
+    def any_feed_dirty(self) -> bool:
+        """Whether some feed waits for a render: one probe of a small table, what
+        the scheduler's render job asks every couple of seconds before doing more."""
+        f = feeds_table
+        with self.engine.connect() as conn:
+            return conn.execute(select(f.c.feed_id).where(f.c.dirty.is_(True)).limit(1)).first() is not None
+
     def feed_render_states(self) -> dict[str, tuple[bool, str | None, str | None]]:
         """feed id -> (dirty, render key, window day) for deciding what to re-render."""
         return {feed_id: state[:3] for feed_id, state in self.feed_render_generations().items()}

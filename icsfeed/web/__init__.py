@@ -37,6 +37,9 @@ def create_app(live: LiveConfig, store: Store, secret: bytes) -> Flask:
 
     pages.init_app(app)
     app.register_blueprint(admin.bp)
+    from icsfeed.web import hooks  # POST /hooks/alertmanager/<source>: pushed notifications
+
+    app.register_blueprint(hooks.bp)
 
     @app.after_request
     def security_headers(response: Response) -> Response:
