@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from conftest import open_env, write_config
+from servers import wait_until
 
 from icsfeed.live import LiveConfig
 from icsfeed.scheduler import MAX_BACKOFF, PollScheduler, backoff_delay
@@ -28,15 +29,6 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert backoff_delay(timedelta(hours=3), 5) == timedelta(hours=3), "never shorter than the interval"
 
 
-def wait_until(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_scheduler_polls_backs_off_and_follows_config(tmp_path: Path) -> None:
     config_dir = write_config(tmp_path / "config", {"a.yaml": CONFIG})
     (config_dir / "good.json").write_text(json.dumps([{"id": 1, "t": "x", "s": NOW.isoformat()}]))
@@ -49,8 +41,8 @@ def test_scheduler_polls_backs_off_and_follows_config(tmp_path: Path) -> None:
         assert {"poll:good", "poll:bad", "config-watch", "render", "insights", "insights-due"} <= set(jobs)
         assert jobs["poll:good"].max_instances == 1 and jobs["poll:good"].coalesce is True
 
-        wait_until(lambda: store.source_state("bad").consecutive_failures >= 2)
-        wait_until(lambda: store.get_feed("account/acme") is not None and "SUMMARY:🎫 x" in store.get_feed("account/acme").body.decode())
+        wait_until(lambda: store.source_state("bad").consecutive_failures >= 2, 15, "two failed polls of bad")
+        wait_until(lambda: store.get_feed("account/acme") is not None and "SUMMARY:🎫 x" in store.get_feed("account/acme").body.decode(), 15, "the ticket in the feed")
         state = store.source_state("bad")
         assert "file not found" in (state.last_error or "")
         # after n failures the next poll is interval * 2^n away, not one interval
@@ -61,8 +53,11 @@ def test_scheduler_polls_backs_off_and_follows_config(tmp_path: Path) -> None:
         assert store.source_state("good").polls_total >= 2
 
         # removing a source from config removes its job; a new interval reschedules
-        (config_dir / "a.yaml").write_text(CONFIG.replace("interval: 1, jitter: 0, path: missing", "interval: 1, enabled: false, path: missing"))
-        wait_until(lambda: scheduler.scheduler.get_job("poll:bad") is None)
+        # written whole and renamed, as an editor saves: the watcher never reads half a file
+        changed = config_dir / "a.yaml.new"
+        changed.write_text(CONFIG.replace("interval: 1, jitter: 0, path: missing", "interval: 1, enabled: false, path: missing"))
+        changed.replace(config_dir / "a.yaml")
+        wait_until(lambda: scheduler.scheduler.get_job("poll:bad") is None, 15, "the disabled source's job removed")
         assert scheduler.scheduler.get_job("poll:good") is not None
     finally:
         scheduler.shutdown()
@@ -86,7 +81,7 @@ sources:
     config, store = open_env(config_dir, tmp_path / "data")
     scheduler = PollScheduler(LiveConfig(config), store)
     scheduler.start()
-    wait_until(lambda: scheduler._running == 1, timeout=10)
+    wait_until(lambda: scheduler._running == 1, 10, "the slow poll running")
     started = time.monotonic()
     scheduler.shutdown(timeout=10)
     assert time.monotonic() - started < 5
