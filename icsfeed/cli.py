@@ -235,6 +235,9 @@ def serve(env: Env, bind: str | None, no_scheduler: bool) -> None:
     _print_admin_login(config, host, port)
     server = waitress.create_server(app, host=host.strip("[]"), port=int(port), threads=config.server.threads,
                                     ident="icsfeed",
+                                    # the largest body icsfeed reads is a webhook's (at most 64 MiB):
+                                    # waitress refuses bigger ones before spooling them to disk
+                                    max_request_body_size=65 * 1024 * 1024,
                                     # waitress trusts no proxy and must not strip X-Forwarded-*:
                                     # icsfeed.web.proxy applies them for server.trusted_proxies and
                                     # removes them for every other peer
