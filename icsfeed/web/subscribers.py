@@ -35,6 +35,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from flask import Flask
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -72,6 +73,7 @@ FLUSH_SECONDS = 5.0
 COUNTED = (200, 304)
 
 
+@lru_cache(maxsize=1024)  # a few clients fetch each feed again and again: one regex run per agent
 def client_family(user_agent: str | None) -> str:
     """The family of the calendar client a User-Agent names ("other" when none)."""
     if user_agent:
