@@ -209,7 +209,7 @@ def _admin(server: IcsfeedServer) -> requests.Session:
 
 def _status_table(html: str) -> dict[tuple[str, str], tuple[int, int, str]]:
     table = html[html.index('id="subscribers-title"'):]
-    rows = re.findall(r'<tr data-feed="([^"]+)" data-client="([^"]+)">\s*<th scope="row">[^<]*</th>\s*<td>[^<]*</td>\s*'
+    rows = re.findall(r'<tr data-subscriber-feed="([^"]+)" data-client="([^"]+)">\s*<th scope="row">[^<]*</th>\s*<td>[^<]*</td>\s*'
                       r'<td class="num">(\d+)</td>\s*<td class="num">(\d+)</td>\s*<td class="nowrap"><span title="[^"]*">([^<]*)</span>',
                       table)
     return {(f, c): (int(ok), int(nm), when) for f, c, ok, nm, when in rows}

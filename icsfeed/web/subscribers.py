@@ -1,6 +1,6 @@
 """Who subscribes: which calendar clients fetch each feed, told apart by their User-Agent.
 
-A feed request only adds to an in-memory tally (a dict under a lock); a background thread
+A feed request only adds to an in-memory tally (an append to a deque); a background thread
 writes the tally to the store every few seconds and when the process exits, as additions
 (icsfeed.store.subscribers), so several web processes on one database add up. A write that
 fails never fails a request: the batch goes back into the tally and is written with the next
@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,12 +85,16 @@ def client_family(user_agent: str | None) -> str:
 
 
 class SubscriberTally:
-    """This process's fetches not yet written, and the thread that writes them."""
+    """This process's fetches not yet written, and the thread that writes them.
+
+    A request only appends to a deque (atomic, no lock: the cheapest thing a request can do);
+    the flush drains it into per-(feed, family) counts and writes those."""
 
     def __init__(self, store: Store, flush_seconds: float = FLUSH_SECONDS) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
-        self._lock = threading.Lock()
+        self._fetches: deque[tuple[str, str | None, int, float]] = deque()
+        self._lock = threading.Lock()  # guards _pending
         self._pending: dict[tuple[str, str], list[float]] = {}  # (feed, family) -> [200s, 304s, last]
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,21 +103,16 @@ class SubscriberTally:
         _TALLIES.add(self)
 
     def record(self, feed_id: str, user_agent: str | None, status: int, now: float | None = None) -> None:
-        """Count one answered fetch (a dict update: no I/O on the request path)."""
-        if status not in COUNTED:
-            return
-        key = (feed_id, client_family(user_agent))
-        now = time.time() if now is None else now
-        with self._lock:
-            entry = self._pending.setdefault(key, [0, 0, now])
-            entry[0 if status == 200 else 1] += 1
-            entry[2] = max(entry[2], now)
-        if self._thread is None:
-            self._start()
+        """Count one answered fetch: an append, no I/O and no lock on the request path."""
+        if status in COUNTED:
+            self._fetches.append((feed_id, user_agent, status, time.time() if now is None else now))
+            if self._thread is None:
+                self._start()
 
     def pending(self) -> list[SubscriberCount]:
         """What this process counted and has not written yet (pages add it to the stored)."""
         with self._lock:
+            self._drain()
             return [SubscriberCount(f, c, int(e[0]), int(e[1]), e[2]) for (f, c), e in self._pending.items()]
 
     def flush(self) -> bool:
@@ -120,6 +120,7 @@ class SubscriberTally:
         nothing is left unwritten."""
         with self._flush_lock:
             with self._lock:
+                self._drain()
                 batch, self._pending = self._pending, {}
             if not batch:
                 return True
@@ -129,7 +130,8 @@ class SubscriberTally:
             except Exception as exc:  # kept for the next flush; a request never sees it
                 self.failed_flushes += 1
                 log.warning("cannot write subscriber counts (%d rows kept for the next try): %s", len(counts), exc)
-                self._merge_back(counts)
+                with self._lock:
+                    self._add(counts)
                 return False
             return True
 
@@ -140,13 +142,23 @@ class SubscriberTally:
             self._thread.join(timeout=self.flush_seconds + 5)
         self.flush()
 
-    def _merge_back(self, counts: Iterable[SubscriberCount]) -> None:
-        with self._lock:
-            for c in counts:
-                entry = self._pending.setdefault((c.feed_id, c.client), [0, 0, c.last_fetch])
-                entry[0] += c.fetches_200
-                entry[1] += c.fetches_304
-                entry[2] = max(entry[2], c.last_fetch)
+    def _drain(self) -> None:
+        """Fold the appended fetches into the counts (under _lock); memory stays bounded by
+        the clients and feeds, however long writes fail."""
+        fetches = self._fetches
+        while fetches:
+            feed_id, agent, status, when = fetches.popleft()
+            entry = self._pending.setdefault((feed_id, client_family(agent)), [0, 0, when])
+            entry[0 if status == 200 else 1] += 1
+            if when > entry[2]:
+                entry[2] = when
+
+    def _add(self, counts: Iterable[SubscriberCount]) -> None:
+        for c in counts:
+            entry = self._pending.setdefault((c.feed_id, c.client), [0, 0, c.last_fetch])
+            entry[0] += c.fetches_200
+            entry[1] += c.fetches_304
+            entry[2] = max(entry[2], c.last_fetch)
 
     def _start(self) -> None:
         with self._lock:
@@ -157,7 +169,7 @@ class SubscriberTally:
             ref = weakref.ref(self)
             self._thread = threading.Thread(target=_run, args=(ref, self._stop, self.flush_seconds),
                                             name="icsfeed-subscribers", daemon=True)
-        self._thread.start()
+            self._thread.start()
 
 
 def _run(ref: weakref.ref[SubscriberTally], stop: threading.Event, every: float) -> None:
