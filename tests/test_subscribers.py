@@ -10,6 +10,7 @@ anywhere in the database or the metrics.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import threading
@@ -134,8 +135,9 @@ def _app_env(make_env: object) -> tuple[Store, SubscriberTally, Callable[..., An
     return store, tally, get
 
 
-def test_a_failed_flush_fails_no_request_and_the_counts_wait(make_env: object) -> None:
+def test_a_failed_flush_fails_no_request_and_the_counts_wait(make_env: object, caplog: pytest.LogCaptureFixture) -> None:
     store, tally, get = _app_env(make_env)
+    caplog.set_level(logging.INFO, logger="icsfeed.web.subscribers")
     first = get("Google-Calendar-Importer")
     assert first.status_code == 200
     assert tally.flush()
@@ -155,6 +157,9 @@ def test_a_failed_flush_fails_no_request_and_the_counts_wait(make_env: object) -
         with store.engine.begin() as conn:
             conn.execute(text("ALTER TABLE subscribers_away RENAME TO subscribers"))
     assert tally.flush() is True and tally.pending() == []
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert len([m for level, m in said if level == "WARNING" and "cannot write subscriber counts (2 rows" in m]) == 1, said
+    assert ("INFO", "subscriber counts written again after 2 failed attempt(s)") in said
     assert {k: v[:2] for k, v in _counts(store).items()} == {("account/acme", "google"): (2, 1),
                                                               ("account/acme", "apple"): (1, 0)}
 

@@ -100,6 +100,7 @@ class SubscriberTally:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed_flushes = 0
+        self._failing = 0
         _TALLIES.add(self)
 
     def record(self, feed_id: str, user_agent: str | None, status: int, now: float | None = None) -> None:
@@ -129,10 +130,15 @@ class SubscriberTally:
                 self.store.add_subscriber_counts(counts)
             except Exception as exc:  # kept for the next flush; a request never sees it
                 self.failed_flushes += 1
-                log.warning("cannot write subscriber counts (%d rows kept for the next try): %s", len(counts), exc)
+                self._failing += 1  # said once per outage (a read-only store fails every few seconds)
+                log.log(logging.WARNING if self._failing == 1 else logging.DEBUG,
+                        "cannot write subscriber counts (%d rows kept for the next try): %s", len(counts), exc)
                 with self._lock:
                     self._add(counts)
                 return False
+            if self._failing:
+                log.info("subscriber counts written again after %d failed attempt(s)", self._failing)
+                self._failing = 0
             return True
 
     def close(self) -> None:
