@@ -280,3 +280,16 @@ def test_served_instance_shows_who_subscribes(served: IcsfeedServer) -> None:
     served.start(timeout=60)
     again = _status_table(_admin(served).get(f"{served.base}/status", timeout=10).text)
     assert {k: v[:2] for k, v in again.items() if k[1] != "other"} == EXPECTED
+
+
+def test_the_tally_stays_small_while_writes_hang(make_env: object) -> None:
+    """However many fetches come in between two writes, what is kept is one entry per
+    (feed, client): a request folds the appended fetches once there are FOLD_AT of them."""
+    from icsfeed.web import subscribers
+
+    _, store = make_env({"a.yaml": "accounts: [{id: acme, name: ACME}]\n"})  # type: ignore[operator]
+    tally = SubscriberTally(store, flush_seconds=3600)
+    for i in range(3 * subscribers.FOLD_AT):
+        tally.record("account/acme", "Google-Calendar-Importer" if i % 2 else "curl/8", 304, now=float(i))
+    assert len(tally._fetches) <= subscribers.FOLD_AT
+    assert {(c.client, c.fetches_304) for c in tally.pending()} == {("google", 15_000), ("other", 15_000)}

@@ -68,6 +68,9 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("home_assistant", re.compile(r"HomeAssistant|Home Assistant", re.I)),
     ("apple", re.compile(r"dataaccessd|CalendarAgent|^iOS/|^macOS/|^Mac[ _+]?OS[ _+]?X/|iCal/", re.I)),
 )
+#: fetches appended before a request folds them into the counts itself (bounds memory while a
+#: write hangs; the background thread folds them at every flush)
+FOLD_AT = 10_000
 #: seconds between writes of the tally (ICSFEED_SUBSCRIBERS_FLUSH_SECONDS overrides it)
 FLUSH_SECONDS = 5.0
 #: only answers a subscriber got count: a wrong token (404) or a 503 is nobody's subscription
@@ -109,6 +112,9 @@ class SubscriberTally:
             self._fetches.append((feed_id, user_agent, status, time.time() if now is None else now))
             if self._thread is None:
                 self._start()
+            if len(self._fetches) > FOLD_AT:  # a write is slow (a database far away): fold now
+                with self._lock:
+                    self._drain()
 
     def pending(self) -> list[SubscriberCount]:
         """What this process counted and has not written yet (pages add it to the stored)."""
