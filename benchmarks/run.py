@@ -3,12 +3,13 @@
 Render (10,000-event feed vs the naive request-time renderer, cold and cached, 1% changed,
 unchanged poll), serving (icsfeed serve vs nginx with wrk, 200/gzip/304, and waitress's
 own ceiling), scale (1,000 accounts x 1,000 events: poll + render time, peak RSS) and
-pollers (one `icsfeed poll --once` against two together, on PostgreSQL and on SQLite).
+pollers (one `icsfeed poll --once` against two together, on PostgreSQL and on SQLite),
+subscribers (the 304 path with and without counting who fetches).
 Ratios are measured in the same run. The machine's load is printed first: on a shared
 2-core machine it moves every figure, which is why the benchmarks take the best of several
 runs where a run is short.
 
-``--only render,serve,scale,pollers`` picks parts; ``--json FILE`` also writes the figures.
+``--only render,serve,scale,pollers,subscribers`` picks parts; ``--json FILE`` also writes the figures.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_render
 import bench_scale
 import bench_serve
+import bench_subscribers
 
 PARTS = {"render": bench_render.run, "serve": bench_serve.run, "scale": bench_scale.run,
-         "pollers": bench_scale.run_pollers}
+         "pollers": bench_scale.run_pollers, "subscribers": bench_subscribers.run}
 
 
 def main() -> None:

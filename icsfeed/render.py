@@ -43,7 +43,7 @@ _BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
 #: an insight's attribute meaning "link the month view of the feed that shows me"
 VIEW_LINK_ATTR = "view_link"
 #: bumped when a VEVENT's bytes change for the same event and settings: stored fragments are stale
-FRAGMENT_FORMAT = 2
+FRAGMENT_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def vevent_component(config: Config, row: EventRow, view: str | None = None) -> 
     if t.detail:
         vevent.add("description", t.detail)
     if t.url:
-        vevent.add("url", t.url, parameters={"VALUE": "URI"})
+        vevent.add("url", icalendar.vUri(t.url))  # URI is URL's default type: no VALUE=URI (node-ical)
     vevent.add("categories", list(t.categories))
     vevent.add("status", ev.status.upper())
     vevent.add("sequence", row.sequence)
@@ -342,7 +342,7 @@ def render_vevent(config: Config, row: EventRow, view: str | None = None) -> byt
         out.append(_organizer_line(feeds.organizer_email, feeds.organizer_name))
     out += [_text_line("STATUS", ev.status.upper()), _text_line("TRANSP", "TRANSPARENT")]
     if t.url:
-        out.append(_line("URL;VALUE=URI", t.url))
+        out.append(_line("URL", t.url))
     if ev.alarm_before:
         out += [b"BEGIN:VALARM\r\n", _text_line("ACTION", "DISPLAY"),
                 _line("DESCRIPTION", _escaped(t.summary)),
@@ -362,9 +362,11 @@ def calendar_header(config: Config, spec: FeedSpec) -> tuple[bytes, bytes]:
     if config.feeds.method_publish:
         cal.add("method", "PUBLISH")
     title = f"{spec.name} · icsfeed" if spec.type == "account" else f"{spec.name} (team) · icsfeed"
-    cal.add("name", title)
-    cal.add("x-wr-calname", title)
-    cal.add("x-wr-caldesc", f"Alerts, backups, tickets and maintenance for {spec.name}")
+    # icalendar knows no value type for these names and would write them unescaped: a comma
+    # splits X-WR-CALDESC into values (sabre/vobject), a name's `;` and `\` come back doubled
+    for name, text in (("name", title), ("x-wr-calname", title),
+                       ("x-wr-caldesc", f"Alerts, backups, tickets and maintenance for {spec.name}")):
+        cal.add(name, icalendar.vText(text))
     refresh = icalendar.vDuration(config.feeds.refresh_interval)
     cal.add("refresh-interval", refresh, parameters={"VALUE": "DURATION"})
     cal.add("x-published-ttl", icalendar.vDuration(config.feeds.refresh_interval))

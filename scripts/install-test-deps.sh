@@ -4,7 +4,10 @@
 # `apt-get update` at most once, only if something must be installed.
 #   - libical via GObject introspection, used by tests/libical_check.py
 #     under Debian's /usr/bin/python3 (gi is not importable elsewhere);
-#   - node + npm and the pinned ical.js in tests/js (npm ci, from the lockfile).
+#   - node + npm and the pinned ical.js and node-ical in tests/js (npm ci, from the lockfile);
+#   - php with composer and sabre/vobject 4 in tests/php (Nextcloud's parser; Debian 12's
+#     php-sabre-vobject is 2.1, which does not unescape TEXT, so it comes from Packagist).
+# Home Assistant's ical is a Python package: pip install -e '.[test]' installs it.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +43,11 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 for pkg in prometheus-alertmanager restic chromium nginx-light wrk fonts-noto-color-emoji postgresql; do
     deb_installed "$pkg" || missing+=("$pkg")
 done
+# php for sabre/vobject (tests/sabre_check.php): mbstring and xml are what sabre/vobject and
+# sabre/xml require; composer fetches them from Packagist (below)
+for pkg in php-cli php-mbstring php-xml composer; do
+    deb_installed "$pkg" || missing+=("$pkg")
+done
 # systemd-analyze checks the shipped units (tests/test_deploy_files.py)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 
@@ -58,5 +66,8 @@ id postgres >/dev/null 2>&1 \
 /usr/bin/python3 -c "import gi; gi.require_version('ICalGLib', '3.0'); from gi.repository import ICalGLib" \
     || { echo "install-test-deps: ICalGLib 3.0 is not importable by /usr/bin/python3" >&2; exit 1; }
 
-# ical.js exactly as pinned in tests/js/package-lock.json.
+# ical.js and node-ical exactly as pinned in tests/js/package-lock.json.
 npm ci --prefix "$repo_root/tests/js" --no-audit --no-fund
+
+# sabre/vobject and sabre/xml as pinned in tests/php/composer.json (root may run composer here).
+COMPOSER_ALLOW_SUPERUSER=1 composer install --working-dir "$repo_root/tests/php" --no-interaction --no-progress

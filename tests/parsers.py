@@ -1,8 +1,12 @@
-"""Check .ics bytes with three independent real calendar parsers.
+"""Check .ics bytes with independent real calendar parsers and consumers.
 
 Tests call :func:`check_all` (or one checker) on the feeds icsfeed produces.
 Each checker raises ``AssertionError`` listing what the parser objected to.
-The parsers are lenient in different ways, so a feed must pass all three:
+The parsers are lenient in different ways, so a feed must pass all of them.
+Three validate (python icalendar, ical.js, libical); two more read a feed the
+way a subscriber's software does and compare what they see (node-ical, Home
+Assistant's ``ical``); sabre/vobject (Nextcloud) is run by the tests of
+calendar-level text only (:func:`sabre_results`):
 
 * python ``icalendar`` (7.x), :func:`parse_icalendar`. It records property
   value errors in ``component.errors`` instead of raising; those are turned
@@ -45,8 +49,27 @@ invalid UTF-8 (only the libical wrapper decodes strictly), so
 runs it too. An empty VCALENDAR (no components) passes everything here,
 although RFC 5545 asks for at least one component.
 
-Node and libical run in subprocesses; the ``*_many`` variants check several
-calendars in one subprocess, which is what to use in loops.
+Consumers (what a subscriber's software does with the feed):
+
+* node-ical under node, :func:`check_node_ical` (tests/js/check_node_ical.mjs):
+  the parser of MagicMirror and many JavaScript dashboards. It throws on almost
+  nothing, so the check is on what it hands a dashboard: every VEVENT's
+  ``uid``, ``summary`` and ``url`` must be JavaScript strings (``URL;VALUE=URI``
+  comes out as ``{params, val}``, shown as "[object Object]"), ``start`` and
+  ``end`` valid Dates, and a recurring event must expand (node-ical's own
+  ``expandRecurringEvent``, three years either side of now).
+* Home Assistant's ``ical`` (PyPI, what the Remote Calendar integration
+  uses), :func:`check_ha_ical`: ``IcsCalendarStream.calendar_from_ics`` must
+  read the feed without a ``CalendarParseError``, and its UTC timeline over
+  30 days either side of now must hold the same occurrences (UID, SUMMARY,
+  start) as python icalendar + recurring-ical-events read from the same bytes.
+* sabre/vobject 4 under php, :func:`sabre_results` (tests/sabre_check.php):
+  Nextcloud's parser. Unlike the others it splits a TEXT value at unescaped
+  commas and unescapes TEXT in every property, X-WR-* included, so it is the
+  judge of calendar-level text (NAME, X-WR-CALNAME, X-WR-CALDESC).
+
+Node, libical and php run in subprocesses; the ``*_many`` variants check
+several calendars in one subprocess, which is what to use in loops.
 """
 
 from __future__ import annotations
@@ -57,14 +80,18 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import icalendar
+import recurring_ical_events
 
 TESTS_DIR = Path(__file__).resolve().parent
 JS_DIR = TESTS_DIR / "js"
 ICALJS_SCRIPT = JS_DIR / "check_ical.mjs"
+NODE_ICAL_SCRIPT = JS_DIR / "check_node_ical.mjs"
+SABRE_SCRIPT = TESTS_DIR / "sabre_check.php"
 LIBICAL_SCRIPT = TESTS_DIR / "libical_check.py"
 # gi (python3-gi) is only importable by Debian's own interpreter.
 SYSTEM_PYTHON = os.environ.get("ICSFEED_SYSTEM_PYTHON", "/usr/bin/python3")
@@ -122,6 +149,31 @@ def parse_icalendar(data: bytes) -> icalendar.Calendar:
     if problems:
         raise AssertionError("icalendar reported errors:\n  " + "\n  ".join(problems))
     return cal
+
+
+#: calendar-level TEXT properties (RFC 7986 NAME; the X-WR-* names Apple and Google write)
+CALENDAR_TEXT = ("NAME", "X-WR-CALNAME", "X-WR-CALDESC")
+
+
+def calendar_text(data: bytes) -> dict[str, str]:
+    """The calendar's NAME, X-WR-CALNAME and X-WR-CALDESC as python icalendar reads TEXT.
+
+    icalendar 7 has no type for these names: it keeps their escaped text (``\\,``) as an
+    unknown value. With them typed TEXT in its type table (for this one parse: the table is
+    the library's, shared), it reads them the way RFC 7986 and the X-WR convention mean them,
+    with its own unescaping."""
+    types_map = icalendar.Calendar.types_factory.types_map
+    saved = {name.lower(): types_map.get(name.lower()) for name in CALENDAR_TEXT}
+    types_map.update({name: "text" for name in saved})
+    try:
+        cal = icalendar.Calendar.from_ical(data)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                types_map.pop(name, None)
+            else:
+                types_map[name] = value
+    return {name: str(cal[name]) for name in CALENDAR_TEXT if name in cal}
 
 
 # --- subprocess plumbing ---------------------------------------------------
@@ -206,6 +258,128 @@ def check_icaljs(data: bytes) -> Summary:
     return check_icaljs_many([data])[0]
 
 
+# --- node-ical -------------------------------------------------------------
+
+
+def _node_ical_argv() -> list[str]:
+    node = shutil.which("node")
+    if node is None:
+        raise AssertionError("node is not installed; run scripts/install-test-deps.sh as root")
+    if not (JS_DIR / "node_modules" / "node-ical" / "package.json").is_file():
+        raise AssertionError(f"node-ical is not installed in {JS_DIR / 'node_modules'}: {_NPM_HINT}")
+    return [node, str(NODE_ICAL_SCRIPT)]
+
+
+def node_ical_results(datas: Sequence[bytes]) -> list[Summary]:
+    """Run node-ical on each calendar; summaries with "errors", never raises on them."""
+    return _run_on_files(_node_ical_argv(), datas, "node-ical", _NPM_HINT)
+
+
+def check_node_ical_many(datas: Sequence[bytes]) -> list[Summary]:
+    """Check several calendars in one node process; AssertionError on any error."""
+    results = node_ical_results(datas)
+    _raise_on_errors(results, "node-ical")
+    return results
+
+
+def check_node_ical(data: bytes) -> Summary:
+    """Check one calendar with node-ical; returns its summary.
+
+    Keys: vevents, uids, summaries, urls, starts, ends (ISO UTC), datetypes,
+    recurring (UID -> expanded starts), errors.
+    """
+    return check_node_ical_many([data])[0]
+
+
+# --- Home Assistant's ical -------------------------------------------------
+
+#: the timeline compared with python icalendar's reading: this far either side of now
+HA_WINDOW = timedelta(days=30)
+#: occurrences this close to either end of the window are left out of the comparison: the two
+#: libraries may place an all-day event (a date, no zone) a few hours apart in UTC
+HA_EDGE = timedelta(days=1)
+
+
+def _utc_start(value: date | datetime) -> datetime:
+    """An occurrence's start as an aware UTC datetime (a date as its midnight UTC)."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+
+
+def ha_ical_occurrences(data: bytes, now: datetime) -> set[tuple[str, str, datetime]]:
+    """(UID, SUMMARY, start) of every occurrence on Home Assistant's UTC timeline within
+    HA_WINDOW of ``now``; AssertionError naming the problem if ``ical`` cannot read the feed."""
+    from ical.calendar_stream import IcsCalendarStream
+    from ical.exceptions import CalendarParseError
+
+    try:
+        calendar = IcsCalendarStream.calendar_from_ics(data.decode("utf-8"))
+    except CalendarParseError as exc:
+        raise AssertionError(f"Home Assistant's ical could not read the calendar: {exc}: {exc.detailed_error}") from exc
+    except Exception as exc:  # anything else it raises is a failure too, named
+        raise AssertionError(f"Home Assistant's ical failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        found = calendar.timeline.overlapping(now - HA_WINDOW, now + HA_WINDOW)
+        return {(str(ev.uid), str(ev.summary), _utc_start(ev.dtstart)) for ev in found}
+    except Exception as exc:
+        raise AssertionError(f"Home Assistant's ical timeline failed: {type(exc).__name__}: {exc}") from exc
+
+
+def icalendar_occurrences(data: bytes, now: datetime) -> set[tuple[str, str, datetime]]:
+    """The same as :func:`ha_ical_occurrences`, read by python icalendar and expanded by
+    recurring-ical-events."""
+    cal = icalendar.Calendar.from_ical(data)
+    found = recurring_ical_events.of(cal).between(now - HA_WINDOW, now + HA_WINDOW)
+    return {(str(ev["UID"]), str(ev["SUMMARY"]), _utc_start(ev["DTSTART"].dt)) for ev in found}
+
+
+def check_ha_ical(data: bytes, now: datetime | None = None) -> set[tuple[str, str, datetime]]:
+    """Read one calendar with Home Assistant's ical and compare its timeline with python
+    icalendar's; AssertionError listing what differs. Returns HA's occurrences."""
+    now = now or datetime.now(timezone.utc)
+    ha = ha_ical_occurrences(data, now)
+    ours = icalendar_occurrences(data, now)
+
+    def inner(items: set[tuple[str, str, datetime]]) -> set[tuple[str, str, datetime]]:
+        low, high = now - HA_WINDOW + HA_EDGE, now + HA_WINDOW - HA_EDGE
+        return {item for item in items if low <= item[2] <= high}
+
+    only_ha, only_ours = inner(ha) - inner(ours), inner(ours) - inner(ha)
+    if only_ha or only_ours:
+        def show(items: set[tuple[str, str, datetime]]) -> str:
+            return "; ".join(f"{uid} {summary[:60]!r} at {start.isoformat()}" for uid, summary, start in sorted(items)[:10])
+        raise AssertionError(f"Home Assistant's timeline differs from the feed: {len(only_ha)} occurrence(s) only in "
+                             f"HA ({show(only_ha)}), {len(only_ours)} only in python icalendar ({show(only_ours)})")
+    return ha
+
+
+def check_ha_ical_many(datas: Sequence[bytes]) -> None:
+    for i, data in enumerate(datas):
+        try:
+            check_ha_ical(data)
+        except AssertionError as exc:
+            raise AssertionError(f"calendar #{i}: {exc}" if len(datas) > 1 else str(exc)) from exc
+
+
+# --- sabre/vobject (Nextcloud) ---------------------------------------------
+
+_SABRE_HINT = ("sabre/vobject 4 needs php (php-cli, php-mbstring) and `composer install --working-dir tests/php` "
+               "(scripts/install-test-deps.sh), or ICSFEED_SABRE_SRC naming a directory with vobject/lib and xml/lib")
+
+
+def sabre_results(datas: Sequence[bytes]) -> list[Summary]:
+    """Run sabre/vobject 4 on each calendar; summaries with "errors", never raises on them.
+
+    Keys: version, calendar (property name -> {"parts": values as sabre splits them,
+    "value": joined}), vevents, uids, summaries, urls, descriptions, errors.
+    """
+    php = shutil.which("php")
+    if php is None:
+        raise AssertionError(f"php is not installed: {_SABRE_HINT}")
+    return _run_on_files([php, str(SABRE_SCRIPT)], datas, "sabre/vobject", _SABRE_HINT)
+
+
 # --- libical ---------------------------------------------------------------
 
 _LIBICAL_HINT = f"libical needs {SYSTEM_PYTHON} with python3-gi and gir1.2-ical-3.0 (run scripts/install-test-deps.sh as root)"
@@ -265,6 +439,8 @@ def check_all_many(datas: Sequence[bytes]) -> None:
 
     Agreement matters because each parser may silently drop or merge what it
     does not understand; a differing VEVENT count or UID list means one did.
+    node-ical keeps events in an object keyed by UID, so its order is compared
+    as a set; Home Assistant's timeline is compared with python icalendar's.
     """
     cals = []
     for i, data in enumerate(datas):
@@ -275,12 +451,16 @@ def check_all_many(datas: Sequence[bytes]) -> None:
             raise AssertionError(f"calendar #{i}: {exc}" if len(datas) > 1 else str(exc)) from exc
     js = check_icaljs_many(datas)
     lib = check_libical_many(datas)
-    for i, (cal, js_res, lib_res) in enumerate(zip(cals, js, lib, strict=True)):
+    node = check_node_ical_many(datas)
+    check_ha_ical_many(datas)
+    for i, (cal, js_res, lib_res, node_res) in enumerate(zip(cals, js, lib, node, strict=True)):
         py_uids = [str(ev.get("UID")) for ev in cal.walk("VEVENT")]
         views = {
             "icalendar": py_uids,
             "ical.js": js_res["uids"],
             "libical": lib_res["uids"],
+            # node-ical keys events by UID (its order is its own): compared sorted
+            "node-ical": node_res["uids"] if sorted(node_res["uids"]) != sorted(py_uids) else py_uids,
         }
         if len({len(v) for v in views.values()}) != 1 or len({tuple(v) for v in views.values()}) != 1:
             counts = ", ".join(f"{name}={len(v)}" for name, v in views.items())

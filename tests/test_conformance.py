@@ -1,7 +1,9 @@
-"""Every Render rule of DESIGN.md, asserted on real feeds, and three real parsers agreeing.
+"""Every Render rule of DESIGN.md, asserted on real feeds, and real parsers agreeing.
 
-The demo feeds and a feed built from hostile records go through python icalendar,
-Thunderbird's ical.js (node) and libical (check_restrictions, no X-LIC-ERROR).
+The demo feeds (accounts and teams) and a feed built from hostile records go through python
+icalendar, Thunderbird's ical.js (node) and libical (check_restrictions, no X-LIC-ERROR), and
+two consumers: node-ical (string url/summary/uid, Date start/end, RRULEs that expand) and Home
+Assistant's ical (reads without errors; its ±30-day timeline is the feed's). See tests/parsers.py.
 """
 
 from __future__ import annotations

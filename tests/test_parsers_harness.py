@@ -370,3 +370,81 @@ def test_missing_system_python_fails_with_install_hint(
     monkeypatch.setattr(parsers, "SYSTEM_PYTHON", "/nonexistent/python3")
     with pytest.raises(AssertionError, match=r"install-test-deps.sh"):
         parsers.libical_results([GOOD])
+
+
+# --- consumers: node-ical, Home Assistant's ical, sabre/vobject ---------------------------------
+
+URL_VALUE_URI = ics(*GOOD_EVENT, "URL;VALUE=URI:https://example.com/a")
+SUMMARY_WITH_LANGUAGE = with_event(SUMMARY=None).replace(b"END:VEVENT", b"SUMMARY;LANGUAGE=en:Harness event\r\nEND:VEVENT")
+YEARLY_FROM_2024 = ics(*GOOD_EVENT, "RRULE:FREQ=YEARLY")
+
+
+def test_node_ical_accepts_valid_calendar() -> None:
+    summary = parsers.check_node_ical(ics(*GOOD_EVENT, "URL:https://example.com/a"))
+    assert summary["errors"] == []
+    assert summary["uids"] == ["harness-1@icsfeed.test"]
+    assert summary["summaries"] == ["Harness event"]
+    assert summary["urls"] == ["https://example.com/a"]
+    assert summary["starts"] == ["2024-01-02T10:00:00.000Z"] and summary["ends"] == ["2024-01-02T11:00:00.000Z"]
+
+
+def test_node_ical_rejects_what_a_dashboard_shows_as_object() -> None:
+    """node-ical turns a property with parameters into {params, val}: "[object Object]"."""
+    results = parsers.node_ical_results([URL_VALUE_URI, SUMMARY_WITH_LANGUAGE, with_event(DTSTART=None)])
+    assert re.search(r"url is \{\"params\":\{\"VALUE\":\"URI\"\}.*not a string", results[0]["errors"][0]), results[0]
+    assert any("summary is {" in e for e in results[1]["errors"]), results[1]
+    assert any("start is not a valid Date" in e for e in results[2]["errors"]), results[2]
+    with pytest.raises(AssertionError, match=r"(?s)node-ical reported errors.*url is"):
+        parsers.check_node_ical(URL_VALUE_URI)
+
+
+def test_node_ical_expands_yearly_rules() -> None:
+    [result] = parsers.node_ical_results([YEARLY_FROM_2024])
+    starts = result["recurring"]["harness-1@icsfeed.test"]
+    assert len(starts) >= 5 and {s[5:] for s in starts} == {"01-02T10:00:00.000Z"}, starts
+
+
+def test_node_ical_is_installed() -> None:
+    """Fails (never skips) on a machine where `npm ci --prefix tests/js` was not run."""
+    assert (parsers.JS_DIR / "node_modules" / "node-ical" / "package.json").is_file(), (
+        "node-ical is missing: run `npm ci --prefix tests/js`"
+    )
+
+
+def test_check_all_rejects_url_with_value_uri() -> None:
+    with pytest.raises(AssertionError, match=r"(?s)node-ical reported errors.*url is"):
+        parsers.check_all(URL_VALUE_URI)
+
+
+def test_ha_ical_reads_a_valid_calendar_and_its_timeline() -> None:
+    found = parsers.check_ha_ical(YEARLY_FROM_2024, datetime(2030, 1, 10, tzinfo=UTC))
+    assert found == {("harness-1@icsfeed.test", "Harness event", datetime(2030, 1, 2, 10, tzinfo=UTC))}
+
+
+def test_ha_ical_rejects_what_it_cannot_read() -> None:
+    with pytest.raises(AssertionError, match=r"Home Assistant's ical could not read the calendar"):
+        parsers.check_ha_ical(GARBAGE_DTSTART)
+
+
+def test_ha_ical_comparison_catches_a_missing_occurrence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeline that lost an occurrence (here: python icalendar's side made to drop it)."""
+    monkeypatch.setattr(parsers, "icalendar_occurrences", lambda data, now: set())
+    with pytest.raises(AssertionError, match=r"timeline differs.*1 occurrence\(s\) only in HA"):
+        parsers.check_ha_ical(YEARLY_FROM_2024, datetime(2030, 1, 10, tzinfo=UTC))
+
+
+def test_ical_is_installed() -> None:
+    from importlib.metadata import version
+
+    assert version("ical") == "14.3.1", "pip install -e '.[test]' installs Home Assistant's ical"
+
+
+def test_sabre_splits_unescaped_text_at_commas() -> None:
+    """The judge of calendar-level text: Nextcloud's parser sees `a, b` as two values."""
+    plain = ics(*GOOD_EVENT, head=("VERSION:2.0", "PRODID:x", "X-WR-CALDESC:a, b; c"))
+    escaped = ics(*GOOD_EVENT, head=("VERSION:2.0", "PRODID:x", "X-WR-CALDESC:a\\, b\\; c \\\\ d"))
+    [p, e] = parsers.sabre_results([plain, escaped])
+    assert p["calendar"]["X-WR-CALDESC"]["parts"] == ["a", " b; c"]
+    assert e["calendar"]["X-WR-CALDESC"]["parts"] == ["a, b; c \\ d"]
+    assert e["uids"] == ["harness-1@icsfeed.test"] and e["errors"] == []
+    assert p["version"].startswith("4.")

@@ -9,7 +9,7 @@ One concern per module, as Radicale splits ``storage/``: ``schema`` (the tables)
 ``database`` (engine, SQLite pragmas, read-only open, errors), ``migrate`` and
 ``migrations/`` (schema versions, Alembic), ``events`` (polls and the queries of render),
 ``feeds`` (rendered feeds, dirty marks), ``state`` (per-source state, due insights), ``keys``
-(the shared secret key). :class:`Store` is composed of their parts.
+(the shared secret key), ``subscribers`` (who fetches each feed). :class:`Store` is composed of their parts.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from icsfeed.store.schema import (
     source_state_table,
 )
 from icsfeed.store.state import SourceState, StateMixin
+from icsfeed.store.subscribers import SubscriberCount, SubscribersMixin, subscribers_table
 
 __all__ = [
     "EventRow",
@@ -37,6 +38,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredFeed",
+    "SubscriberCount",
     "Touched",
     "events_table",
     "feeds_table",
@@ -44,9 +46,10 @@ __all__ = [
     "metadata",
     "settings_table",
     "source_state_table",
+    "subscribers_table",
     "to_ts",
 ]
 
 
-class Store(EventsMixin, FeedsMixin, StateMixin, KeysMixin, Database):
+class Store(EventsMixin, FeedsMixin, StateMixin, KeysMixin, SubscribersMixin, Database):
     """All database access of icsfeed goes through here."""

@@ -38,6 +38,7 @@ from icsfeed.tokens import check_token
 from icsfeed.web import SECURITY_HEADERS, WebContext, context
 from icsfeed.web.feed_cache import BodyCache, FeedMetaCache
 from icsfeed.web.outage import DatabaseGate
+from icsfeed.web.subscribers import init_app as init_subscribers
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class FeedRequests:
         self.bodies = BodyCache()
         self._gzip_lock = threading.Lock()
         self.gate = DatabaseGate.on(self._ctx.store.engine)  # fail fast while the database is away
+        self.subscribers = init_subscribers(flask_app, self._ctx.store)  # who fetches: tallied, written in batches
         flask_app.extensions["icsfeed_feed_requests"] = self
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -154,6 +156,7 @@ class FeedRequests:
         metrics = self.flask_app.extensions.get("icsfeed_metrics")
         if metrics is not None:
             metrics.count_request(_ENDPOINTS[feed_type], answer.status)
+        self.subscribers.record(f"{feed_type}/{match.group(2)}", environ.get("HTTP_USER_AGENT"), answer.status)
         start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", [*answer.headers, *SECURITY_HEADERS])
         if method == "HEAD" or not answer.body:
             return [b""]

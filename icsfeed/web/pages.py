@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import ip_address
@@ -31,7 +32,8 @@ from icsfeed.web import context
 from icsfeed.web.admin import admin_auth, admin_required
 from icsfeed.web.feeds import not_found
 from icsfeed.web.month import BadMonth, build_month, grid_range, parse_month, plural
-from icsfeed.web.status import build_status
+from icsfeed.web.status import When, build_status
+from icsfeed.web.subscribers import ClientFetches, fetches_by_feed, summary_sentence, tally_of
 
 bp = Blueprint("pages", __name__)
 
@@ -141,9 +143,24 @@ def subscribe() -> str:
     config = ctx.live.current()
     subs = [subscription(config, ctx.secret, spec) for spec in all_feeds(config)]
     refresh = config.feeds.refresh_interval
+    who = _who_subscribes()
+    now = time.time()
     return render_template("subscribe.html", subs=subs, warning=reachability_warning(config),
                            reached_at=reached_at_warning(config),
+                           subscribers=None if who is None else {s.spec.feed_id: summary_sentence(who.get(s.spec.feed_id, []), now)
+                                                                  for s in subs},
                            refresh=_human(refresh), google_max=GOOGLE_MAX_URL, **_admin_context(config))
+
+
+def _who_subscribes() -> dict[str, list[ClientFetches]] | None:
+    """feed id -> the clients that fetch it (stored plus this process's unwritten tally);
+    None while the store cannot be read (the pages still show everything else)."""
+    from flask import current_app
+
+    try:
+        return fetches_by_feed(context().store, tally_of(current_app))
+    except StoreError:
+        return None
 
 
 def _human(delta: timedelta) -> str:
@@ -218,7 +235,8 @@ def status() -> str:
         page = build_status(ctx.live, ctx.store)
     except StoreError as exc:
         return render_template("status.html", page=None, store_error=str(exc), **_admin_context(config))
-    return render_template("status.html", page=page, store_error=None, **_admin_context(config))
+    return render_template("status.html", page=page, store_error=None, subscribers=_who_subscribes(),
+                           when=lambda ts: When(ts, page.now.ts or time.time()), **_admin_context(config))
 
 
 def metrics() -> Response:

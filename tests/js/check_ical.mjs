@@ -16,6 +16,14 @@ import ICAL from "ical.js";
 /** How many RRULE occurrences to expand per event: enough to hit a bad rule. */
 const RRULE_PROBE = 3;
 
+/** Calendar-level properties that are TEXT (RFC 7986 NAME and DESCRIPTION; the X-WR-*
+ * names Apple and Google write): ical.js knows none of them and would hand their values
+ * over still escaped, so they are declared here, as Thunderbird reads them. */
+const CALENDAR_TEXT = ["name", "description", "x-wr-calname", "x-wr-caldesc"];
+for (const name of CALENDAR_TEXT) {
+  ICAL.design.icalendar.property[name] = { defaultType: "text" };
+}
+
 function message(err) {
   return err && err.message ? `${err.name || "Error"}: ${err.message}` : String(err);
 }
@@ -30,6 +38,7 @@ function checkText(text) {
     ends: [],
     tzids: [],
     vtimezones: [],
+    calendar: {},
     errors: [],
   };
   let jcal;
@@ -64,6 +73,10 @@ function checkText(text) {
 }
 
 function checkCalendar(root, result) {
+  for (const name of CALENDAR_TEXT) {
+    const props = root.getAllProperties(name);
+    if (props.length) result.calendar[name.toUpperCase()] = props.map((p) => p.getValues().join(","));
+  }
   // Register the calendar's own VTIMEZONEs so TZID-relative times resolve;
   // the service is global, so reset it per calendar.
   ICAL.TimezoneService.reset();
