@@ -368,6 +368,23 @@ _SABRE_HINT = ("sabre/vobject 4 needs php (php-cli, php-mbstring) and `composer 
                "(scripts/install-test-deps.sh), or ICSFEED_SABRE_SRC naming a directory with vobject/lib and xml/lib")
 
 
+def sabre_missing() -> str | None:
+    """Why sabre/vobject 4 cannot run here (None when it can).
+
+    Nextcloud's parser comes from Packagist (composer), which not every machine reaches;
+    Debian's php-sabre-vobject is 2.1 and cannot judge TEXT. Tests that need it skip with
+    this reason, and the escaping itself is asserted on the bytes and by the other consumers.
+    """
+    if shutil.which("php") is None:
+        return f"php is not installed: {_SABRE_HINT}"
+    src = os.environ.get("ICSFEED_SABRE_SRC")
+    if (TESTS_DIR / "php" / "vendor" / "autoload.php").is_file():
+        return None
+    if src and (Path(src) / "vobject" / "lib").is_dir() and (Path(src) / "xml" / "lib").is_dir():
+        return None
+    return f"sabre/vobject 4 is not installed: {_SABRE_HINT}"
+
+
 def sabre_results(datas: Sequence[bytes]) -> list[Summary]:
     """Run sabre/vobject 4 on each calendar; summaries with "errors", never raises on them.
 

@@ -439,6 +439,7 @@ def test_ical_is_installed() -> None:
     assert version("ical") == "14.3.1", "pip install -e '.[test]' installs Home Assistant's ical"
 
 
+@pytest.mark.skipif(parsers.sabre_missing() is not None, reason=str(parsers.sabre_missing()))
 def test_sabre_splits_unescaped_text_at_commas() -> None:
     """The judge of calendar-level text: Nextcloud's parser sees `a, b` as two values."""
     plain = ics(*GOOD_EVENT, head=("VERSION:2.0", "PRODID:x", "X-WR-CALDESC:a, b; c"))
