@@ -102,7 +102,7 @@ sources:
     path: events.jsonl
     format: jsonl
     mapping: {{kind: "{{kind}}", key: id, title: title, start: start, end: end, account: account, detail: detail,
-               severity: severity, url: url, attrs: {{ticket_status: ticket_status}}}}
+               severity: severity, url: url, status: status, attrs: {{status: ticket_status}}}}
 """
 
 
