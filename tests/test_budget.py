@@ -131,8 +131,8 @@ class World:
         return stored.body
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Callable[..., World]]:
+@pytest.fixture(name="world")
+def world_fixture(tmp_path: Path) -> Iterator[Callable[..., World]]:
     made: list[World] = []
 
     def make(records: list[dict[str, Any]], yaml_text: str) -> World:

@@ -18,8 +18,17 @@ import icalendar
 import pytest
 from flask.testing import FlaskClient
 from parsers import check_all
-from test_budget import NOW, SECRET, TEAM, World, admin_client, config_yaml, record, world_records
-from test_budget import world as _world  # noqa: F401  (the fixture)
+from test_budget import (
+    NOW,
+    SECRET,
+    TEAM,
+    World,
+    admin_client,
+    config_yaml,
+    record,
+    world_fixture,  # noqa: F401  (the fixture "world")
+    world_records,
+)
 
 from icsfeed import render
 from icsfeed.feed_filters import FeedFilter, FilterError, is_open, parse_filter
