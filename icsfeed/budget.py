@@ -64,6 +64,10 @@ NOTE_RESERVE = 600
 #: bumped when a rollup's bytes change for the same events: stored rollups are stale
 ROLLUP_FORMAT = 1
 PARTS_FORMAT = 1
+#: a rollup's bytes besides its listed events (properties, the heading line), for estimates
+ROLLUP_BASE_BYTES = 700
+_SUMMARY = re.compile(rb"\r\nSUMMARY:((?:[^\r]|\r\n )*)")
+_URL = re.compile(rb"\r\nURL[^:]*:((?:[^\r]|\r\n )*)")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ class Budget:
 
     def fits(self, size: int, events: int) -> bool:
         return size <= self.max_bytes and events <= self.max_events
+
+    def fits_plan(self, plan: _Plan) -> bool:
+        return self.fits(plan.size, plan.events)
 
 
 def feed_budget(config: Config, spec: FeedSpec) -> Budget:
@@ -257,15 +264,20 @@ class _Fitter:
         self._days: dict[int, date] = {}
 
     def plan(self, parts: list[_Part]) -> tuple[_Plan, int]:
+        """The widest window that fits: each step planned with the sizes of stored rollups and
+        estimates for the others (no event decoded), then the step that fits made exactly."""
         backs = [self.spec.window_back_days, *(s for s in SHRINK_STEPS if s < self.spec.window_back_days)]
         plan = _Plan(kept=parts)
         for back in backs:
             cut = (self.midnight - timedelta(days=back)).timestamp()
             kept = [p for p in parts if p.attrs.recurring or p.attrs.end_ts >= cut]
-            plan = self.roll_up(kept, protect=True)
-            if self.budget.fits(plan.size, plan.events):
+            if not self.budget.fits_plan(self.roll_up(kept, protect=True, exact=False)):
+                plan = _Plan(kept=kept)
+                continue
+            plan = self.roll_up(kept, protect=True, exact=True)
+            if self.budget.fits_plan(plan):
                 return plan, back
-        plan = self.roll_up(plan.kept, protect=False)  # no days back left: the kept kinds too
+        plan = self.roll_up(plan.kept, protect=False, exact=True)  # no days back left: the kept kinds too
         while not self.budget.fits(plan.size, plan.events) and plan.kept:
             self._drop_last(plan)
         return plan, backs[-1]
@@ -276,8 +288,9 @@ class _Fitter:
             day = self._days[p.id] = datetime.fromtimestamp(p.attrs.start_ts, self.tz).date()
         return day
 
-    def roll_up(self, kept: list[_Part], *, protect: bool) -> _Plan:
-        """The biggest groups first, until the feed fits."""
+    def roll_up(self, kept: list[_Part], *, protect: bool, exact: bool) -> _Plan:
+        """The biggest groups first, until the feed fits (``exact``: each chosen rollup made,
+        else the size of its stored bytes while its content is the same, or an estimate)."""
         plan = _Plan(kept=kept, size=self.fixed + sum(len(p.fragment) for p in kept), events=len(kept))
         groups: dict[GroupKey, list[_Part]] = {}
         for p in kept:
@@ -290,11 +303,13 @@ class _Fitter:
         for key, members in ranked:
             if self.budget.fits(plan.size, plan.events):
                 break
-            rollup = self.rollup(key, members)
-            saved = sum(len(m.fragment) for m in members) - len(rollup.vevent)
+            rollup = self.rollup(key, members) if exact else self.known(key, members)
+            size = len(rollup.vevent) if rollup is not None else self.estimate(members)
+            saved = sum(len(m.fragment) for m in members) - size
             if saved <= 0 and plan.events <= self.budget.max_events:
                 continue  # only the size is over, and this one would not make it smaller
-            plan.rollups[key] = (rollup, members)
+            if rollup is not None:
+                plan.rollups[key] = (rollup, members)
             plan.size -= saved
             plan.events -= len(members) - 1
         return plan
@@ -321,14 +336,37 @@ class _Fitter:
         text = f"{self.spec.feed_id}\x00{account}\x00{kind}\x00{day.isoformat()}\x00{rank}\x00{int(open_)}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
+    def _identity(self, key: GroupKey, members: list[_Part]) -> tuple[str, str]:
+        """(group key, content hash): the content is what the members are (UID, SEQUENCE) and
+        everything else the VEVENT shows."""
+        content = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, self._name(key[0]), self.tz_name,
+                              sorted((m.attrs.uid, m.attrs.sequence) for m in members)])
+        return self.group_key(key), hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def known(self, key: GroupKey, members: list[_Part]) -> StoredRollup | None:
+        """The group's rollup if it is stored (or made in this render) with this content."""
+        gkey, digest = self._identity(key, members)
+        stored = self.stored.get(gkey)
+        if stored is not None and stored.content_hash == digest:
+            return stored
+        return self._built.get((gkey, digest))
+
+    def estimate(self, members: list[_Part]) -> int:
+        """About the bytes of a rollup not made yet: its fixed lines, and per listed event its
+        title and link, measured in the event's own fragment."""
+        listed = 0
+        for m in members[:ROLLUP_LIST_MAX]:
+            summary = _SUMMARY.search(m.fragment)
+            link = _URL.search(m.fragment)
+            listed += min(len(summary.group(1)) if summary else 60, ROLLUP_TITLE_MAX + 8)
+            listed += (len(link.group(1)) if link else 0) + 12
+        return ROLLUP_BASE_BYTES + len(self.view or "") * 2 + listed * 21 // 20  # escaping and folding
+
     def rollup(self, key: GroupKey, members: list[_Part]) -> StoredRollup:
         """The group's VEVENT: the stored one while its content is the same, else made now
         with SEQUENCE one higher than the stored one's."""
-        gkey = self.group_key(key)
+        gkey, digest = self._identity(key, members)
         name = self._name(key[0])
-        content = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, name, self.tz_name,
-                              sorted((m.attrs.uid, m.attrs.sequence) for m in members)])
-        digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
         stored = self.stored.get(gkey)
         if stored is not None and stored.content_hash == digest:
             return stored
