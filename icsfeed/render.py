@@ -428,7 +428,9 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     layer, which only reads, passes False). Events that link the month view never have a
     stored fragment (a fragment is shared by every feed that shows the event): they are
     rendered for each feed with its own view URL (``secret``: the token key, read when not
-    given). They are a few flags per account, so this costs no query of its own.
+    given). They are a few flags per account, so this costs no query of its own. The feed is
+    then fitted to its size budget (icsfeed.budget: rollups, a shorter window), which also
+    lists its parts for filtered variants.
     """
     query = spec.query(now)
     if kinds is not None:

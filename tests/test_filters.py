@@ -23,6 +23,7 @@ from test_budget import (
     SECRET,
     TEAM,
     World,
+    _secret,  # noqa: F401  (autouse: the tests' secret key, no admin credentials)
     admin_client,
     config_yaml,
     record,
@@ -39,13 +40,6 @@ from icsfeed.tokens import feed_token
 from icsfeed.web import create_app
 
 BASE = "https://cal.example.com"
-
-
-@pytest.fixture(autouse=True)
-def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ICSFEED_SECRET_KEY", SECRET)
-    for name in ("ICSFEED_ADMIN_USER", "ICSFEED_ADMIN_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def mixed_records() -> list[dict[str, Any]]:

@@ -5,6 +5,8 @@ them for a 304), so ``FeedRequests`` answers GET and HEAD of ``/feeds/<id>.ics``
 ``/teams/<id>.ics`` as a small WSGI layer in front of Flask: the answer depends only on the
 token, the stored ETag and the request's conditional headers, and Flask's request cycle
 cost several times the rest. Everything else (other methods, pages, /healthz) goes to Flask.
+A filtered variant (``?kinds=``, ``status=open``, ``min_severity=``) is cut from the feed's
+stored body (``FilteredVariants``): no request renders or joins events.
 
 While the database is away (web/outage.py), a feed this process holds is answered from
 memory, 304s included (stale-if-error); anything else that needs the database gets 503 with
