@@ -104,9 +104,12 @@ def parse_filter(args: Mapping[str, str], known_kinds: Iterable[str]) -> FeedFil
 
 def select_parts(body: bytes, parts: Mapping[str, object], chosen: FeedFilter) -> tuple[bytes, int]:
     """The variant's bytes from the feed's stored body and its parts (icsfeed.budget's
-    ``parts`` JSON: header length, then per VEVENT its length, kind, severity rank, open)."""
+    ``parts`` JSON: header length, then per VEVENT its length, kind, severity rank, open).
+    Raises ValueError when the parts cannot be those of ``body``."""
     head = int(parts["head"])  # type: ignore[call-overload]
     kinds: list[str] = parts["kinds"]  # type: ignore[assignment]
+    if head + sum(p[0] for p in parts["parts"]) > len(body):  # type: ignore[attr-defined]
+        raise ValueError("the parts do not describe this body")
     out = [body[:head]]
     offset = head
     count = 0

@@ -307,7 +307,11 @@ class FilteredVariants:
             if len(self._parts) > 10_000:  # bounded: ids come from the config, but be safe
                 self._parts.clear()
             self._parts[feed_id] = (feed_etag, parts)
-        body, _count = select_parts(plain, parts, chosen)
+        try:
+            body, _count = select_parts(plain, parts, chosen)
+        except (ValueError, KeyError, TypeError):  # not this body's: wait for the next render
+            log.warning("the stored parts of %s do not fit its body; its variants wait for a render", feed_id)
+            return None
         return chosen.etag(feed_etag), body
 
     def _from_memory(self, feed_id: str, variant: str, chosen: FeedFilter, environ: dict[str, Any], *,
