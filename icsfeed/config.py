@@ -163,6 +163,39 @@ class StorageConfig(_Model):
     max_overflow: int = Field(default=5, ge=0, le=200)
 
 
+def parse_size(value: Any) -> int:
+    """Bytes: a number, or text like ``1MB``, ``500 kB``, ``2 MiB`` (kB/MB are 1,000-based)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or text like 1MB")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", str(value).lower())
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use bytes, or 500kB, 1MB, 2MiB)")
+    unit = match.group(2) or "b"
+    factor = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}[unit]
+    return int(float(match.group(1)) * factor)
+
+
+class BudgetConfig(_Model):
+    """A feed's size budget (``feeds.budget``, or an account's or team's ``budget``): what
+    Google Calendar is reported to keep of a subscribed feed. Unset keys take the global
+    setting, then the default (1 MB, 1,000 events; insight flags and maintenance windows
+    stay individual while anything else can be rolled up)."""
+
+    max_bytes: int | None = Field(default=None, ge=10_000, le=10**9)
+    max_events: int | None = Field(default=None, ge=10, le=1_000_000)
+    #: kinds never rolled up while shrinking the window is still possible
+    keep_individual: list[str] | None = None
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int | None:
+        return None if value is None else parse_size(value)
+
+
 class FeedDefaults(_Model):
     """What every feed gets unless an account says otherwise."""
 
@@ -179,6 +212,7 @@ class FeedDefaults(_Model):
     max_title: int = Field(default=255, ge=16)
     max_detail: int = Field(default=4000, ge=64)
     timezone: str = "UTC"
+    budget: BudgetConfig = BudgetConfig()
 
     _tz = field_validator("timezone")(_check_timezone)
     _color = field_validator("color")(_check_color)
@@ -233,6 +267,7 @@ class AccountConfig(_Model):
     window_ahead_days: int | None = Field(default=None, ge=0, le=3660)
     token_version: int = Field(default=1, ge=1)
     color: str | None = None
+    budget: BudgetConfig | None = None
 
     _tz = field_validator("timezone")(_check_timezone)
     _color = field_validator("color")(_check_color)
@@ -258,6 +293,7 @@ class TeamConfig(_Model):
     min_severity: str | None = None
     token_version: int = Field(default=1, ge=1)
     color: str | None = None
+    budget: BudgetConfig | None = None
 
     _color = field_validator("color")(_check_color)
 
@@ -619,6 +655,7 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
         for j, kind_name in enumerate(team.kinds or []):
             if kind_name not in kinds:
                 problems.append((file, f"teams[{i}].kinds[{j}]", f"unknown kind {kind_name!r} (known: {', '.join(kinds)})"))
+    problems.extend(_budget_kind_problems(sections["feeds"], accounts, teams, kinds, origins, team_files, setters))
     for source_settings in settings.values():
         secret_values |= _secret_str_values(source_settings)
     secrets = _secret_set(secret_values)
@@ -632,6 +669,21 @@ def load_config(config_dir: str | Path, data_dir: str | Path | None = None) -> C
         insights=sections["insights"], origins=origins, fingerprint=_fingerprint(files),
         secrets=secrets,
     )
+
+
+def _budget_kind_problems(feeds: FeedDefaults, accounts: dict[str, AccountConfig], teams: dict[str, TeamConfig],
+                          kinds: dict[str, KindConfig], origins: dict[str, str],
+                          team_files: dict[str, tuple[str, int]], setters: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Every ``budget.keep_individual`` names a known kind."""
+    places: list[tuple[str, str, BudgetConfig | None]] = [(setters.get("feeds.budget", "config"), "feeds.budget", feeds.budget)]
+    places += [(origins["account:" + a.id], f"accounts[id={a.id}].budget", a.budget) for a in accounts.values()]
+    places += [(team_files[t.id][0], f"teams[{team_files[t.id][1]}].budget", t.budget) for t in teams.values()]
+    problems = []
+    for file, path, budget in places:
+        for j, kind_name in enumerate((budget.keep_individual or []) if budget else []):
+            if kind_name not in kinds:
+                problems.append((file, f"{path}.keep_individual[{j}]", f"unknown kind {kind_name!r} (known: {', '.join(kinds)})"))
+    return problems
 
 
 def _mapping(raw: dict[str, Any], section: str, file: str, problems: list[tuple[str, str, str]]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 import icalendar
@@ -51,6 +52,9 @@ class RenderedFeed:
     body: bytes
     etag: str
     event_count: int
+    #: the body's VEVENTs for filtered variants, and its size budget report (icsfeed.budget)
+    parts: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
 
 
 def render_key(config: Config) -> str:
@@ -67,7 +71,10 @@ def render_key(config: Config) -> str:
 def feed_render_key(config: Config, spec: FeedSpec, *, base: str | None = None, view: str | None = None) -> str:
     """Hash of everything a feed's bytes depend on besides its events (``base``: render_key(config);
     ``view``: the feed's month view URL, which its flags link: a new token re-renders the feed)."""
-    shape = [base or render_key(config), spec.name, spec.color, config.feeds.refresh_interval.total_seconds(), view]
+    from icsfeed.budget import budget_shape
+
+    shape = [base or render_key(config), spec.name, spec.color, config.feeds.refresh_interval.total_seconds(), view,
+             budget_shape(config, spec)]
     return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:32]
 
 
@@ -438,7 +445,9 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     layer, which only reads, passes False). Events that link the month view never have a
     stored fragment (a fragment is shared by every feed that shows the event): they are
     rendered for each feed with its own view URL (``secret``: the token key, read when not
-    given). They are a few flags per account, so this costs no query of its own.
+    given). They are a few flags per account, so this costs no query of its own. The feed is
+    then fitted to its size budget (icsfeed.budget: rollups, a shorter window), which also
+    lists its parts for filtered variants.
     """
     query = spec.query(now)
     if kinds is not None:
@@ -467,18 +476,13 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
         if save_fragments:
             store.save_fragments(fresh)
     head, tail = calendar_header(config, spec)
-    parts = [head]
-    count = 0
-    for i, fragment in listed:
-        if fragment is None:
-            fragment = rendered.get(i)
-        if fragment is None:
-            continue
-        parts.append(fragment)
-        count += 1
-    parts.append(tail)
-    body = b"".join(parts)
-    return RenderedFeed(body=body, etag=hashlib.sha256(body).hexdigest()[:32], event_count=count)
+    fragments = [(i, fragment if fragment is not None else rendered.get(i)) for i, fragment in listed]
+    from icsfeed.budget import fit_feed  # the size budget (rollups, window), which uses this module
+
+    fitted = fit_feed(config, store, spec, now, query, head, tail, [(i, f) for i, f in fragments if f is not None],
+                      secret=secret, save=save_fragments)
+    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
+                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
 
 
 #: one render at a time per process: two renders of one feed racing could store the older bytes last
@@ -525,5 +529,7 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
                 store.save_feed(spec.feed_id, feed.body, b"", feed.etag, event_count=feed.event_count,
                                 now=now.timestamp(), render_seconds=time.perf_counter() - started,
                                 render_key=key, window_day=today, generation=generation)
+                if feed.parts is not None and feed.report is not None:  # for filtered variants and /status
+                    store.save_feed_parts(spec.feed_id, feed.etag, feed.parts, feed.report)
             rendered.append(spec.feed_id)
     return rendered

@@ -249,7 +249,7 @@ def test_kill_9_in_the_middle_of_polls_loses_nothing(tmp_path: Path) -> None:
         teams:
           - {id: all, name: Everyone, accounts: "*"}
         insights: {enabled: false}
-        feeds: {window_back_days: 30, window_ahead_days: 1}
+        feeds: {window_back_days: 30, window_ahead_days: 1, budget: {max_events: 10000, max_bytes: 50MB}}  # every event counted: no rollups
         """ + f"""
         sources:
           - {{id: gen, type: command, interval: 1, jitter: 0, argv: [{json.dumps(sys.executable)}, gen.py, {json.dumps(str(counter))}, "{N_RECORDS}"],

@@ -8,7 +8,8 @@ never deleted. Each poll is applied in one transaction.
 One concern per module, as Radicale splits ``storage/``: ``schema`` (the tables),
 ``database`` (engine, SQLite pragmas, read-only open, errors), ``migrate`` and
 ``migrations/`` (schema versions, Alembic), ``events`` (polls and the queries of render),
-``feeds`` (rendered feeds, dirty marks), ``state`` (per-source state, due insights), ``keys``
+``feeds`` (rendered feeds, dirty marks), ``rollups`` (the size budget's rolled-up days and
+the parts of rendered feeds), ``state`` (per-source state, due insights), ``keys``
 (the shared secret key), ``subscribers`` (who fetches each feed). :class:`Store` is composed of their parts.
 """
 
@@ -18,6 +19,7 @@ from icsfeed.store.database import Database, StoreError
 from icsfeed.store.events import EventRow, EventsMixin, FeedQuery, Fragmenter, PollChanges, Touched, to_ts
 from icsfeed.store.feeds import FeedsMixin, StoredFeed
 from icsfeed.store.keys import KeysMixin
+from icsfeed.store.rollups import FeedParts, PartAttrs, RollupsMixin, StoredRollup
 from icsfeed.store.schema import (
     events_table,
     feeds_table,
@@ -31,13 +33,16 @@ from icsfeed.store.subscribers import SubscriberCount, SubscribersMixin, subscri
 
 __all__ = [
     "EventRow",
+    "FeedParts",
     "FeedQuery",
     "Fragmenter",
+    "PartAttrs",
     "PollChanges",
     "SourceState",
     "Store",
     "StoreError",
     "StoredFeed",
+    "StoredRollup",
     "SubscriberCount",
     "Touched",
     "events_table",
@@ -51,5 +56,5 @@ __all__ = [
 ]
 
 
-class Store(EventsMixin, FeedsMixin, StateMixin, KeysMixin, SubscribersMixin, Database):
+class Store(EventsMixin, FeedsMixin, RollupsMixin, StateMixin, KeysMixin, SubscribersMixin, Database):
     """All database access of icsfeed goes through here."""

@@ -16,6 +16,7 @@ from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from icsfeed.feed_filters import is_open
 from icsfeed.model import Event, severity_rank
 from icsfeed.store.database import StoreError, chunks, db_reason, storable_text
 from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table
@@ -234,7 +235,7 @@ class EventsMixin:
             "recurring": bool(ev.rrule),
             "data": blob if blob is not None else _encoded(ev)[0],
             "content_hash": digest, "sequence": sequence, "last_modified": now,
-            "gone": False, "vevent": None, "vevent_key": None,
+            "gone": False, "vevent": None, "vevent_key": None, "is_open": is_open(ev),
         }
         if created is not None:
             values["created"] = created

@@ -50,6 +50,8 @@ events_table = Table(
     Column("gone", Boolean, nullable=False, default=False),
     Column("vevent", LargeBinary),  # rendered VEVENT fragment, cleared on change
     Column("vevent_key", String(64)),  # render settings the fragment was made with
+    #: still open (a firing alert, an open ticket; icsfeed.feed_filters.is_open); NULL: not known yet
+    Column("is_open", Boolean),
     UniqueConstraint("source", "key", name="uq_events_source_key"),
     Index("ix_events_account_start", "account_key", "start_ts"),
     Index("ix_events_start", "start_ts"),
@@ -103,4 +105,28 @@ settings_table = Table(
     "settings", metadata,
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+#: a feed's rolled-up days (icsfeed.budget): the last content and SEQUENCE of each, so that a
+#: re-render without changes keeps the bytes and a change bumps SEQUENCE
+rollups_table = Table(
+    "rollups", metadata,
+    Column("feed_id", String(160), primary_key=True),
+    Column("group_key", String(64), primary_key=True),  # hash of (account, kind, day, severity, open)
+    Column("day", String(10), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("sequence", Integer, nullable=False, default=0),
+    Column("created", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("vevent", LargeBinary, nullable=False),
+)
+
+#: what the web layer needs to serve a feed's filtered variants from its stored body, and what
+#: the status page says of its budget: both for the body with ``etag``
+feed_parts_table = Table(
+    "feed_parts", metadata,
+    Column("feed_id", String(160), primary_key=True),
+    Column("etag", String(80), nullable=False),
+    Column("parts", Text, nullable=False),  # JSON: the body's VEVENTs, each with what filters read
+    Column("report", Text, nullable=False),  # JSON: size, events, rollups, window (icsfeed.budget)
 )

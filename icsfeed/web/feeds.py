@@ -5,6 +5,8 @@ them for a 304), so ``FeedRequests`` answers GET and HEAD of ``/feeds/<id>.ics``
 ``/teams/<id>.ics`` as a small WSGI layer in front of Flask: the answer depends only on the
 token, the stored ETag and the request's conditional headers, and Flask's request cycle
 cost several times the rest. Everything else (other methods, pages, /healthz) goes to Flask.
+A filtered variant (``?kinds=``, ``status=open``, ``min_severity=``) is cut from the feed's
+stored body (``FilteredVariants``): no request renders or joins events.
 
 While the database is away (web/outage.py), a feed this process holds is answered from
 memory, 304s included (stale-if-error); anything else that needs the database gets 503 with
@@ -31,7 +33,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.http import http_date, is_resource_modified, parse_accept_header, quote_etag
 
-from icsfeed.render import build_feed
+from icsfeed.feed_filters import FeedFilter, FilterError, parse_filter, select_parts
 from icsfeed.routing import FeedType, find_feed
 from icsfeed.store import StoreError
 from icsfeed.tokens import check_token
@@ -135,6 +137,7 @@ class FeedRequests:
         self.meta = FeedMetaCache(self._ctx.store)
         self.bodies = BodyCache()
         self._gzip_lock = threading.Lock()
+        self.variants = FilteredVariants(self)
         self.gate = DatabaseGate.on(self._ctx.store.engine)  # fail fast while the database is away
         self.subscribers = init_subscribers(flask_app, self._ctx.store)  # who fetches: tallied, written in batches
         flask_app.extensions["icsfeed_feed_requests"] = self
@@ -178,14 +181,14 @@ class FeedRequests:
         assert spec is not None
         refresh = int(config.feeds.refresh_interval.total_seconds())
 
-        kinds_arg = args.get("kinds")
-        if kinds_arg:  # a filtered variant: joined from stored fragments now (nothing is written)
-            kinds = {k.strip() for k in kinds_arg.split(",") if k.strip()}
-            built = build_feed(config, ctx.store, spec, datetime.now(timezone.utc), kinds=kinds, save_fragments=False,
-                               secret=ctx.secret)
-            return _feed_answer(built.body, built.etag, None, gz=False, refresh=refresh)
-
         gz = _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
+        try:  # after the token: a refused feed answers the same 404 whatever its parameters
+            chosen = parse_filter(args, config.kinds)
+        except FilterError as exc:
+            return _plain(400, f"{exc}\n".encode())
+        if chosen is not None:
+            return self.variants.answer(spec.feed_id, chosen, environ, gz=gz, refresh=refresh)
+
         try:
             meta = self.meta.get(spec.feed_id)
         except DB_ERRORS:
@@ -242,6 +245,89 @@ class FeedRequests:
                 gz_body = gzip.compress(body, compresslevel=6, mtime=0)
                 self.bodies.put(key, gz_body)
         return gz_body
+
+
+class FilteredVariants:
+    """Filtered variants (``?kinds=``, ``status=open``, ``min_severity=``) of stored feeds.
+
+    A variant is cut from the feed's stored body, which render fitted to its size budget:
+    the VEVENTs that pass the filter, found with the list of parts render saved for that
+    body (icsfeed.budget). Nothing is rendered or joined from the events table here, and a
+    variant is never larger than its feed. Its ETag is a hash of the feed's ETag and the
+    filter, so it changes exactly when the feed's bytes do and 304s work per variant.
+    """
+
+    def __init__(self, feeds: FeedRequests) -> None:
+        self.feeds = feeds
+        self._parts: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def answer(self, feed_id: str, chosen: FeedFilter, environ: dict[str, Any], *, gz: bool,
+               refresh: int) -> FeedAnswer:
+        feeds = self.feeds
+        variant = f"{feed_id}?{chosen.canonical}"  # the body cache's key for it
+        try:
+            meta = feeds.meta.get(feed_id)
+        except DB_ERRORS:  # stale-if-error: the variant this process last served, if it holds it
+            return self._from_memory(feed_id, variant, chosen, environ, gz=gz, refresh=refresh)
+        if meta is None:
+            return _plain(503, b"This feed is being prepared; try again in a minute.\n", ("Retry-After", "30"))
+        etag = chosen.etag(meta.etag)
+        modified = datetime.fromtimestamp(meta.last_modified, timezone.utc)
+        if not is_resource_modified(environ, etag=etag + ("-gz" if gz else ""), last_modified=modified):
+            return _feed_answer(b"", etag, meta.last_modified, gz=gz, refresh=refresh, status=304)
+        body = feeds.bodies.get((variant, etag, gz))
+        if body is None:
+            try:
+                cut = self._cut(feed_id, meta.etag, chosen)
+            except DB_ERRORS:
+                return self._from_memory(feed_id, variant, chosen, environ, gz=gz, refresh=refresh)
+            if cut is None:
+                return _plain(503, b"This feed is being prepared; try again in a minute.\n", ("Retry-After", "30"))
+            etag, plain = cut
+            feeds.bodies.put((variant, etag, False), plain)
+            body = feeds._gzipped(variant, etag, plain) if gz else plain
+        return _feed_answer(body, etag, meta.last_modified, gz=gz, refresh=refresh)
+
+    def _cut(self, feed_id: str, feed_etag: str, chosen: FeedFilter) -> tuple[str, bytes] | None:
+        """(variant ETag, bytes) from the feed's stored body and its parts; None while the
+        stored body has no parts yet (rendered by an icsfeed before them: the next render)."""
+        store = self.feeds._ctx.store
+        plain = self.feeds.bodies.get((feed_id, feed_etag, False))
+        if plain is None:
+            stored = store.get_feed(feed_id)
+            if stored is None:
+                return None
+            feed_etag, plain = stored.etag, stored.body  # maybe re-rendered since: the newer one
+            self.feeds.bodies.put((feed_id, feed_etag, False), plain)
+        held = self._parts.get(feed_id)
+        if held is not None and held[0] == feed_etag:
+            parts = held[1]
+        else:
+            found = store.feed_parts(feed_id, feed_etag)
+            if found is None:
+                return None
+            parts = found.parts
+            if len(self._parts) > 10_000:  # bounded: ids come from the config, but be safe
+                self._parts.clear()
+            self._parts[feed_id] = (feed_etag, parts)
+        try:
+            body, _count = select_parts(plain, parts, chosen)
+        except (ValueError, KeyError, TypeError):  # not this body's: wait for the next render
+            log.warning("the stored parts of %s do not fit its body; its variants wait for a render", feed_id)
+            return None
+        return chosen.etag(feed_etag), body
+
+    def _from_memory(self, feed_id: str, variant: str, chosen: FeedFilter, environ: dict[str, Any], *,
+                     gz: bool, refresh: int) -> FeedAnswer:
+        last = self.feeds.meta.last(feed_id)
+        held = self.feeds.bodies.held(variant, chosen.etag(last.etag) if last is not None else None)
+        if held is None or held[1] is None:
+            return UNAVAILABLE_ANSWER
+        etag, plain, packed = held
+        if not is_resource_modified(environ, etag=etag + ("-gz" if gz else "")):
+            return _feed_answer(b"", etag, None, gz=gz, refresh=refresh, status=304)
+        body = (packed if packed is not None else self.feeds._gzipped(variant, etag, plain)) if gz else plain
+        return _feed_answer(body, etag, None, gz=gz, refresh=refresh)
 
 
 def _query(query_string: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from icsfeed import __version__
 from icsfeed.config import CSS_COLORS, Config
+from icsfeed.feed_filters import LEVEL_NAMES, FilterError, parse_filter
 from icsfeed.live import LiveConfig
 from icsfeed.metrics import Metrics
 from icsfeed.routing import FeedSpec, FeedType, all_feeds, find_feed, subscription_url
@@ -32,7 +33,7 @@ from icsfeed.web import context
 from icsfeed.web.admin import admin_auth, admin_required
 from icsfeed.web.feeds import not_found
 from icsfeed.web.month import BadMonth, build_month, grid_range, parse_month, plural
-from icsfeed.web.status import When, build_status
+from icsfeed.web.status import When, budget_words, build_status
 from icsfeed.web.subscribers import ClientFetches, fetches_by_feed, summary_sentence, tally_of
 
 bp = Blueprint("pages", __name__)
@@ -77,8 +78,9 @@ class Subscription:
         return max(len(self.url), len(self.webcal))
 
 
-def subscription(config: Config, secret: bytes, spec: FeedSpec) -> Subscription:
-    url = subscription_url(config, secret, spec)
+def subscription(config: Config, secret: bytes, spec: FeedSpec, filters: str = "") -> Subscription:
+    """``filters``: a filtered variant's parameters (FeedFilter.canonical), appended to the URL."""
+    url = subscription_url(config, secret, spec) + (f"&{filters}" if filters else "")
     webcal = re.sub(r"^https?://", "webcal://", url)
     enc_url, enc_name = quote(url, safe=""), quote(spec.name, safe="")
     token = feed_token(secret, spec.feed_id, spec.token_version)
@@ -149,7 +151,41 @@ def subscribe() -> str:
                            reached_at=reached_at_warning(config),
                            subscribers=None if who is None else {s.spec.feed_id: summary_sentence(who.get(s.spec.feed_id, []), now)
                                                                   for s in subs},
-                           refresh=_human(refresh), google_max=GOOGLE_MAX_URL, **_admin_context(config))
+                           refresh=_human(refresh), google_max=GOOGLE_MAX_URL,
+                           **_budget_and_filters(config, ctx.store, ctx.secret), **_admin_context(config))
+
+
+@dataclass(frozen=True)
+class FilteredSubscription:
+    """The filtered URL an admin asked the subscribe page for (its filter form), or why not."""
+
+    feed_id: str
+    sub: Subscription | None
+    error: str | None
+
+
+def _budget_and_filters(config: Config, store: Store, secret: bytes) -> dict[str, object]:
+    """What the subscribe page shows of the size budget (a warning next to a feed over it) and
+    of filters (a form per feed; ``?feed=<feed id>&kinds=…&status=open&min_severity=…`` shows
+    that feed's filtered URL)."""
+    try:
+        reports = store.feed_reports()
+    except StoreError:
+        reports = {}
+    filtered = None
+    feed_id = request.args.get("feed")
+    spec = next((s for s in all_feeds(config) if s.feed_id == feed_id), None)
+    if spec is not None:
+        args = {"kinds": ",".join(request.args.getlist("kinds")), "status": request.args.get("status", ""),
+                "min_severity": request.args.get("min_severity", "")}
+        try:
+            chosen = parse_filter(args, config.kinds)
+            sub = subscription(config, secret, spec, chosen.canonical) if chosen is not None else None
+            filtered = FilteredSubscription(spec.feed_id, sub, None if sub else "choose at least one filter")
+        except FilterError as exc:
+            filtered = FilteredSubscription(spec.feed_id, None, str(exc))
+    return {"budgets": reports, "budget_words": budget_words, "filtered": filtered, "kind_names": list(config.kinds),
+            "levels": [LEVEL_NAMES[r] for r in sorted(LEVEL_NAMES) if r > 0]}
 
 
 def _who_subscribes() -> dict[str, list[ClientFetches]] | None:

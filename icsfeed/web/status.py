@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from icsfeed.config import Config
 from icsfeed.live import LiveConfig
@@ -103,6 +104,33 @@ class FeedRow:
     name: str
     stored: StoredFeed | None
     rendered: When
+    #: the size budget report of the stored body (icsfeed.budget), None before one was kept
+    budget: dict[str, Any] | None = None
+
+    @property
+    def budget_state(self) -> str:
+        """What the size budget did to the feed, in words."""
+        return budget_words(self.budget)
+
+
+def budget_words(report: dict[str, Any] | None) -> str:
+    """"within budget", or what was done to fit it ("rolled up 412 days of 26,103 events; window 30 of 90 days")."""
+    if not report:
+        return "unknown (rendered before budgets were reported)"
+    if not report.get("over"):
+        return "within budget"
+    said = [f"over budget: {report['full_events']:,} events, {_size(report['full_bytes'])} in the window"]
+    if report.get("rollups"):
+        said.append(f"rolled up {report['rollups']:,} days of {report['rolled_events']:,} events")
+    if report.get("shrunk"):
+        said.append(f"window shrunk to {report['window_back_days']} of {report['configured_back_days']} days back")
+    if report.get("left_out"):
+        said.append(f"{report['left_out']:,} events ahead left out")
+    return "; ".join(said)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} kB"
 
 
 @dataclass
@@ -157,8 +185,10 @@ def build_status(live: LiveConfig, store: Store, now: float | None = None) -> St
         rows.append(row)
     stored = {f.feed_id: f for f in store.feeds_summary()}
     detectors = _detectors(detector_ids, states, counts, now)
+    reports = store.feed_reports()
     feeds = [FeedRow(feed_id=spec.feed_id, name=spec.name, stored=stored.get(spec.feed_id),
-                     rendered=When(stored[spec.feed_id].rendered_at if spec.feed_id in stored else None, now))
+                     rendered=When(stored[spec.feed_id].rendered_at if spec.feed_id in stored else None, now),
+                     budget=reports.get(spec.feed_id))
              for spec in all_feeds(config)]
     return StatusPage(sources=rows, detectors=detectors, feeds=feeds, config_error=live.last_error,
                       config_error_at=When(live.last_error_at, now), config_loaded_at=When(live.loaded_at, now),

@@ -1,0 +1,445 @@
+"""The size budget: every feed stays within what Google Calendar keeps of a subscription.
+
+Google Calendar is reported to drop a subscribed feed's events beyond about 1 MB or about
+1,000 events (see README.md, "Feed size budget"). A feed over its budget is fitted at render
+time, in the poller, from the stored per-event fragments:
+
+1. Roll up: the events of one kind, one account, one local day (the feed's month view
+   timezone), one severity and one open-ness become one all-day VEVENT ("🚨 14 critical alerts
+   on ACME Corp") listing them and linking that day of the feed's month view. The biggest
+   groups go first, only as many as needed. Insight flags, maintenance windows (configurable:
+   ``keep_individual``), open events (a firing alert, an open ticket) and recurring events
+   stay individual.
+2. Still over: the window back shrinks, step by step (never the part ahead), rolling up again
+   at each step.
+3. Still over at no days back: the kept kinds and open events roll up too, and last the
+   events farthest ahead are left out. The feed says so in X-WR-CALDESC, /status shows it.
+
+A rollup's UID comes from (feed, account, kind, day, severity, open); its content hash,
+SEQUENCE and bytes are stored (``rollups`` table), so a re-render without changes decodes no
+event and keeps the bytes, and a change bumps SEQUENCE. Because every VEVENT of a fitted feed
+is of one kind, one severity and one open-ness, its filtered variants (icsfeed.feed_filters)
+are exact subsets of its bytes: render saves the list of its parts next to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import icalendar
+from icalendar.parser import Contentline
+
+from icsfeed.config import BudgetConfig, Config
+from icsfeed.feed_filters import LEVEL_NAMES, is_open
+from icsfeed.render import (
+    _organizer,
+    clean_text,
+    clean_title,
+    feed_secret,
+    links_month_view,
+    render_key,
+    safe_url,
+)
+from icsfeed.routing import FeedSpec, view_url
+from icsfeed.store import FeedQuery, PartAttrs, Store, StoredRollup
+
+DEFAULT_MAX_BYTES = 1_000_000
+DEFAULT_MAX_EVENTS = 1000
+DEFAULT_KEEP_INDIVIDUAL = ("insight", "maintenance")
+#: days back the window shrinks to, in turn, while a feed is still over its budget
+SHRINK_STEPS = (60, 30, 14, 7, 3, 1, 0)
+#: events a rollup lists by name (the month view, which it links, shows them all)
+ROLLUP_LIST_MAX = 20
+#: longest title of a listed event
+ROLLUP_TITLE_MAX = 100
+#: room kept for the note in X-WR-CALDESC of a feed over its budget
+NOTE_RESERVE = 600
+#: bumped when a rollup's bytes change for the same events: stored rollups are stale
+ROLLUP_FORMAT = 1
+PARTS_FORMAT = 1
+#: a rollup's bytes besides its listed events (properties, the heading line), for estimates
+ROLLUP_BASE_BYTES = 700
+_SUMMARY = re.compile(rb"\r\nSUMMARY:((?:[^\r]|\r\n )*)")
+_URL = re.compile(rb"\r\nURL[^:]*:((?:[^\r]|\r\n )*)")
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_bytes: int
+    max_events: int
+    keep_individual: frozenset[str]
+
+    def fits(self, size: int, events: int) -> bool:
+        return size <= self.max_bytes and events <= self.max_events
+
+    def fits_plan(self, plan: _Plan) -> bool:
+        return self.fits(plan.size, plan.events)
+
+
+def feed_budget(config: Config, spec: FeedSpec) -> Budget:
+    """The feed's own budget keys, else ``feeds.budget``'s, else the defaults."""
+    own: BudgetConfig | None = None
+    if spec.type == "account" and spec.id in config.accounts:
+        own = config.accounts[spec.id].budget
+    elif spec.type == "team" and spec.id in config.teams:
+        own = config.teams[spec.id].budget
+
+    def pick(name: str, default: Any) -> Any:
+        for layer in (own, config.feeds.budget):
+            value = getattr(layer, name) if layer is not None else None
+            if value is not None:
+                return value
+        return default
+
+    return Budget(max_bytes=pick("max_bytes", DEFAULT_MAX_BYTES), max_events=pick("max_events", DEFAULT_MAX_EVENTS),
+                  keep_individual=frozenset(pick("keep_individual", DEFAULT_KEEP_INDIVIDUAL)))
+
+
+def view_timezone(config: Config, spec: FeedSpec) -> str:
+    """The timezone of the feed's month view: its days are the rollups' days."""
+    if spec.type == "account" and spec.id in config.accounts:
+        return config.accounts[spec.id].timezone or config.feeds.timezone
+    return config.feeds.timezone
+
+
+def budget_shape(config: Config, spec: FeedSpec) -> list[Any]:
+    """What a feed's bytes depend on here (part of its render key: a new budget re-renders it)."""
+    b = feed_budget(config, spec)
+    return [ROLLUP_FORMAT, PARTS_FORMAT, b.max_bytes, b.max_events, sorted(b.keep_individual), view_timezone(config, spec)]
+
+
+@dataclass(frozen=True)
+class FittedFeed:
+    """A feed's bytes within its budget, the list of its VEVENTs for filtered variants, and a report."""
+
+    body: bytes
+    event_count: int
+    parts: dict[str, Any]
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Part:
+    id: int
+    fragment: bytes
+    attrs: PartAttrs
+    open: bool
+
+
+#: (account key, kind, local day, severity rank, open)
+GroupKey = tuple[str, str, date, "int | None", bool]
+
+
+@dataclass
+class _Plan:
+    kept: list[_Part]
+    rollups: dict[GroupKey, tuple[StoredRollup, list[_Part]]] = field(default_factory=dict)
+    size: int = 0
+    events: int = 0
+    dropped: int = 0
+
+
+def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, head: bytes,
+             tail: bytes, fragments: Sequence[tuple[int, bytes]], *, secret: bytes | None = None,
+             save: bool = True) -> FittedFeed:
+    """The feed's bytes from its events' fragments (row id, VEVENT, in feed order), within its
+    budget. ``save``: keep changed rollups and open flags (the render job; False: only read)."""
+    attrs = store.query_part_attrs(query) if fragments else {}
+    unknown = [i for i, _ in fragments if i in attrs and attrs[i].is_open is None]
+    flags: dict[int, bool] = {}
+    if unknown:  # rows written before the flag existed: worked out once
+        flags = {i: is_open(row.event) for i, row in store.events_by_id(unknown).items()}
+        if save:
+            store.save_open_flags(flags.items())
+    parts = []
+    for i, fragment in fragments:
+        a = attrs.get(i)
+        if a is None:  # changed between the two reads: shown, never rolled up; the next render knows it
+            a = PartAttrs(i, "", "", None, None, 0.0, float("inf"), True, 0, True)
+        parts.append(_Part(i, fragment, a, a.is_open if a.is_open is not None else flags.get(i, True)))
+    budget = feed_budget(config, spec)
+    size = len(head) + len(tail) + sum(len(p.fragment) for p in parts)
+    report: dict[str, Any] = {"full_bytes": size, "full_events": len(parts), "max_bytes": budget.max_bytes,
+                              "max_events": budget.max_events, "rollups": 0, "rolled_events": 0,
+                              "configured_back_days": spec.window_back_days, "window_back_days": spec.window_back_days,
+                              "shrunk": False, "left_out": 0}
+    if budget.fits(size, len(parts)):
+        pieces = [(p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open) for p in parts]
+        return _assemble(head, tail, pieces, report)
+    fitter = _Fitter(config, store, spec, now, budget, len(head) + len(tail) + NOTE_RESERVE, secret)
+    plan, back = fitter.plan(parts)
+    if save:
+        fitter.save(plan, back)
+    pieces = []
+    emitted: set[GroupKey] = set()
+    member_of = {m.id: key for key, (_, members) in plan.rollups.items() for m in members}
+    for p in plan.kept:
+        key = member_of.get(p.id)
+        if key is None:
+            pieces.append((p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open))
+        elif key not in emitted:
+            emitted.add(key)
+            pieces.append((plan.rollups[key][0].vevent, key[1], key[3], key[4]))
+    report.update(rollups=len(plan.rollups), rolled_events=sum(len(m) for _, m in plan.rollups.values()),
+                  window_back_days=back, shrunk=back < spec.window_back_days, left_out=plan.dropped)
+    return _assemble(with_note(head, _note(report)), tail, pieces, report)
+
+
+def _assemble(head: bytes, tail: bytes, pieces: list[tuple[bytes, str, int | None, bool]],
+              report: dict[str, Any]) -> FittedFeed:
+    kinds: list[str] = []
+    index: dict[str, int] = {}
+    listed = []
+    for fragment, kind, rank, open_ in pieces:
+        if kind not in index:
+            index[kind] = len(kinds)
+            kinds.append(kind)
+        listed.append([len(fragment), index[kind], -1 if rank is None else rank, int(open_)])
+    body = b"".join([head, *(p[0] for p in pieces), tail])
+    report = {**report, "bytes": len(body), "events": len(pieces),
+              "over": report["full_bytes"] > report["max_bytes"] or report["full_events"] > report["max_events"]}
+    parts = {"v": PARTS_FORMAT, "head": len(head), "kinds": kinds, "parts": listed}
+    return FittedFeed(body=body, event_count=len(pieces), parts=parts, report=report)
+
+
+def _note(report: dict[str, Any]) -> str:
+    said = []
+    if report["rollups"]:
+        said.append(f"busy days rolled up ({report['rollups']:,} summaries of {report['rolled_events']:,} events)")
+    if report["shrunk"]:
+        said.append(f"showing {report['window_back_days']} of {report['configured_back_days']} days back")
+    if report["left_out"]:
+        said.append(f"{report['left_out']:,} events furthest ahead left out")
+    return (f"Over the size budget of {report['max_events']:,} events and {report['max_bytes'] / 1e6:g} MB that "
+            f"calendar apps keep: {'; '.join(said)}. The month view shows every event.")
+
+
+def with_note(head: bytes, note: str) -> bytes:
+    """The calendar header with ``note`` added to X-WR-CALDESC (re-escaped and folded by
+    icalendar, whatever escaping the header's own text had), or as its own line if it has none."""
+    match = re.search(rb"(?:^|\r\n)(X-WR-CALDESC[;:](?:[^\r]|\r\n[ \t])*)\r\n", head)
+    if match is None:
+        line = Contentline.from_parts("X-WR-CALDESC", icalendar.Parameters(), icalendar.vText(note)).to_ical()
+        return head + line + b"\r\n"
+    unfolded = re.sub(rb"\r\n[ \t]", b"", match.group(1)).decode("utf-8")
+    name, params, value = Contentline(unfolded).parts()
+    text = icalendar.vText.from_ical(value)
+    line = Contentline.from_parts(name, params, icalendar.vText(f"{text} · {note}" if text else note)).to_ical()
+    return head[:match.start(1)] + line + head[match.end(1):]
+
+
+def _plural(label: str, count: int) -> str:
+    """As the month view says it: "alert" / "alerts"; a few kinds take no s."""
+    word = label.lower()
+    return word if count == 1 or word.endswith("s") or word == "maintenance" else word + "s"
+
+
+class _Fitter:
+    """Plans one over-budget feed: which groups roll up, how far back it reaches."""
+
+    def __init__(self, config: Config, store: Store, spec: FeedSpec, now: datetime, budget: Budget,
+                 fixed: int, secret: bytes | None) -> None:
+        self.config, self.store, self.spec, self.budget, self.fixed = config, store, spec, budget, fixed
+        self.now_ts = float(int(now.timestamp()))
+        self.midnight = datetime.combine(now.astimezone(timezone.utc).date(), time(0), timezone.utc)
+        self.tz_name = view_timezone(config, spec)
+        self.tz = ZoneInfo(self.tz_name)
+        secret = secret if secret is not None else feed_secret(config, store)
+        self.view = view_url(config, secret, spec) if secret is not None else None
+        self.names: dict[str, str] = {}
+        for account in config.accounts.values():
+            for key in account.match_keys:
+                self.names[key] = account.name
+        self.kind_order = {name: i for i, name in enumerate(config.kinds)}
+        self.render_key = render_key(config)
+        self.stored = store.rollups_of(spec.feed_id)
+        self._built: dict[tuple[str, str], StoredRollup] = {}
+        self._days: dict[int, date] = {}
+
+    def plan(self, parts: list[_Part]) -> tuple[_Plan, int]:
+        """The widest window that fits: each step planned with the sizes of stored rollups and
+        estimates for the others (no event decoded), then the step that fits made exactly."""
+        backs = [self.spec.window_back_days, *(s for s in SHRINK_STEPS if s < self.spec.window_back_days)]
+        plan = _Plan(kept=parts)
+        for back in backs:
+            cut = (self.midnight - timedelta(days=back)).timestamp()
+            kept = [p for p in parts if p.attrs.recurring or p.attrs.end_ts >= cut]
+            if not self.budget.fits_plan(self.roll_up(kept, protect=True, exact=False)):
+                plan = _Plan(kept=kept)
+                continue
+            plan = self.roll_up(kept, protect=True, exact=True)
+            if self.budget.fits_plan(plan):
+                return plan, back
+        plan = self.roll_up(plan.kept, protect=False, exact=True)  # no days back left: the kept kinds too
+        while not self.budget.fits(plan.size, plan.events) and plan.kept:
+            self._drop_last(plan)
+        return plan, backs[-1]
+
+    def _day(self, p: _Part) -> date:
+        day = self._days.get(p.id)
+        if day is None:
+            day = self._days[p.id] = datetime.fromtimestamp(p.attrs.start_ts, self.tz).date()
+        return day
+
+    def roll_up(self, kept: list[_Part], *, protect: bool, exact: bool) -> _Plan:
+        """The biggest groups first, until the feed fits (``exact``: each chosen rollup made,
+        else the size of its stored bytes while its content is the same, or an estimate)."""
+        plan = _Plan(kept=kept, size=self.fixed + sum(len(p.fragment) for p in kept), events=len(kept))
+        groups: dict[GroupKey, list[_Part]] = {}
+        for p in kept:
+            a = p.attrs
+            if a.recurring or (protect and (a.kind in self.budget.keep_individual or p.open)):
+                continue
+            groups.setdefault((a.account_key or "", a.kind, self._day(p), a.severity_rank, p.open), []).append(p)
+        ranked = sorted((g for g in groups.items() if len(g[1]) >= 2),
+                        key=lambda g: (-len(g[1]), -sum(len(m.fragment) for m in g[1]), repr(g[0])))
+        for key, members in ranked:
+            if self.budget.fits(plan.size, plan.events):
+                break
+            rollup = self.rollup(key, members) if exact else self.known(key, members)
+            size = len(rollup.vevent) if rollup is not None else self.estimate(members)
+            saved = sum(len(m.fragment) for m in members) - size
+            if saved <= 0 and plan.events <= self.budget.max_events:
+                continue  # only the size is over, and this one would not make it smaller
+            if rollup is not None:
+                plan.rollups[key] = (rollup, members)
+            plan.size -= saved
+            plan.events -= len(members) - 1
+        return plan
+
+    def _drop_last(self, plan: _Plan) -> None:
+        """Leave out the VEVENT furthest ahead (a rolled-up day as a whole)."""
+        last = plan.kept[-1]
+        key = next((k for k, (_, members) in plan.rollups.items() if any(m.id == last.id for m in members)), None)
+        if key is None:
+            plan.kept = plan.kept[:-1]
+            plan.size -= len(last.fragment)
+            plan.events -= 1
+            plan.dropped += 1
+            return
+        rollup, members = plan.rollups.pop(key)
+        ids = {m.id for m in members}
+        plan.kept = [p for p in plan.kept if p.id not in ids]
+        plan.size -= len(rollup.vevent)
+        plan.events -= 1
+        plan.dropped += len(members)
+
+    def group_key(self, key: GroupKey) -> str:
+        account, kind, day, rank, open_ = key
+        text = f"{self.spec.feed_id}\x00{account}\x00{kind}\x00{day.isoformat()}\x00{rank}\x00{int(open_)}"
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def _identity(self, key: GroupKey, members: list[_Part]) -> tuple[str, str]:
+        """(group key, content hash): the content is what the members are (UID, SEQUENCE) and
+        everything else the VEVENT shows."""
+        content = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, self._name(key[0]), self.tz_name,
+                              sorted((m.attrs.uid, m.attrs.sequence) for m in members)])
+        return self.group_key(key), hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def known(self, key: GroupKey, members: list[_Part]) -> StoredRollup | None:
+        """The group's rollup if it is stored (or made in this render) with this content."""
+        gkey, digest = self._identity(key, members)
+        stored = self.stored.get(gkey)
+        if stored is not None and stored.content_hash == digest:
+            return stored
+        return self._built.get((gkey, digest))
+
+    def estimate(self, members: list[_Part]) -> int:
+        """About the bytes of a rollup not made yet: its fixed lines, and per listed event its
+        title and link, measured in the event's own fragment."""
+        listed = 0
+        for m in members[:ROLLUP_LIST_MAX]:
+            summary = _SUMMARY.search(m.fragment)
+            link = _URL.search(m.fragment)
+            listed += min(len(summary.group(1)) if summary else 60, ROLLUP_TITLE_MAX + 8)
+            listed += (len(link.group(1)) if link else 0) + 12
+        return ROLLUP_BASE_BYTES + len(self.view or "") * 2 + listed * 21 // 20  # escaping and folding
+
+    def rollup(self, key: GroupKey, members: list[_Part]) -> StoredRollup:
+        """The group's VEVENT: the stored one while its content is the same, else made now
+        with SEQUENCE one higher than the stored one's."""
+        gkey, digest = self._identity(key, members)
+        name = self._name(key[0])
+        stored = self.stored.get(gkey)
+        if stored is not None and stored.content_hash == digest:
+            return stored
+        built = self._built.get((gkey, digest))
+        if built is None:
+            sequence = stored.sequence + 1 if stored is not None else 0
+            created = stored.created if stored is not None else self.now_ts
+            vevent = self._vevent(key, gkey, name, members, sequence, created)
+            built = self._built[(gkey, digest)] = StoredRollup(gkey, key[2].isoformat(), digest, sequence, created,
+                                                               self.now_ts, vevent)
+        return built
+
+    def _name(self, account_key: str) -> str:
+        if not account_key:
+            return "no account"
+        return self.names.get(account_key, account_key)
+
+    def day_link(self, kind: str, day: date) -> str | None:
+        """That day's cell in the feed's own month view (its dom id is the month view's)."""
+        if self.view is None:
+            return None
+        return safe_url(f"{self.view}&month={day:%Y-%m}#d{day:%Y%m%d}k{self.kind_order.get(kind, 0)}")
+
+    def _vevent(self, key: GroupKey, gkey: str, name: str, members: list[_Part], sequence: int,
+                created: float) -> bytes:
+        _account, kind_name, day, rank, open_ = key
+        config = self.config
+        kind = config.kinds.get(kind_name) or config.kinds["alert"]
+        label = kind.label or kind_name.title()
+        level = f"{LEVEL_NAMES[rank]} " if rank is not None else ""
+        state = "open " if open_ and kind_name in ("alert", "ticket") else ""
+        words = f"{len(members)} {state}{level}{_plural(label, len(members))} on {name}"
+        link = self.day_link(kind_name, day)
+        rows = self.store.events_by_id([m.id for m in members])
+        events = sorted((rows[m.id].event for m in members if m.id in rows), key=lambda ev: (str(ev.start), ev.title))
+        room = config.feeds.max_detail - len(link or "") - 200
+        lines = [f"{words}, {day:%A %d %B %Y} ({self.tz_name}):"]
+        used = len(lines[0])
+        for listed, ev in enumerate(events):
+            when = "all day" if ev.all_day else f"{ev.start.astimezone(self.tz):%H:%M}"  # type: ignore[union-attr]
+            url = None if links_month_view(ev) else safe_url(ev.url)
+            line = f"{when} {'(cancelled) ' if ev.status == 'cancelled' else ''}{clean_title(ev.title, ROLLUP_TITLE_MAX)}"
+            line += f" — {url}" if url else ""
+            if listed >= ROLLUP_LIST_MAX or used + len(line) > room:
+                lines.append(f"… and {len(events) - listed} more in the month view")
+                break
+            lines.append(line)
+            used += len(line) + 1
+        detail = "\n".join(lines) + (f"\n\n{link}" if link else "")
+        stamp = datetime.fromtimestamp(self.now_ts, timezone.utc)
+        vevent = icalendar.Event()
+        vevent.add("uid", f"rollup-{gkey}@{config.uid_host}")
+        vevent.add("dtstamp", stamp)
+        vevent.add("dtstart", day)
+        vevent.add("dtend", day + timedelta(days=1))
+        vevent.add("summary", f"{kind.icon} {clean_title(words, config.feeds.max_title)}")
+        vevent.add("description", clean_text(detail, config.feeds.max_detail))
+        if link:
+            vevent.add("url", link)
+        vevent.add("categories", [label, *([LEVEL_NAMES[rank]] if rank is not None else [])])
+        vevent.add("status", "CONFIRMED")
+        vevent.add("sequence", sequence)
+        vevent.add("created", datetime.fromtimestamp(created, timezone.utc))
+        vevent.add("last-modified", stamp)
+        vevent.add("color", kind.color)
+        vevent.add("transp", "TRANSPARENT")
+        vevent.add("class", "PUBLIC")
+        if config.feeds.method_publish:
+            vevent.add("organizer", _organizer(config.feeds.organizer_email, config.feeds.organizer_name))
+        return vevent.to_ical()  # type: ignore[no-any-return]
+
+    def save(self, plan: _Plan, back: int) -> None:
+        """Keep the rollups of this plan that changed; forget those older than any window."""
+        fresh = [r for r, _ in plan.rollups.values() if self.stored.get(r.group_key) is not r]
+        oldest = (self.midnight - timedelta(days=self.spec.window_back_days + 2)).date().isoformat()
+        self.store.save_rollups(self.spec.feed_id, fresh, prune_before=oldest)

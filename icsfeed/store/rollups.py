@@ -1,0 +1,149 @@
+"""What the size budget keeps: rolled-up days, the parts of each rendered feed, open flags.
+
+Render (icsfeed.budget) reads a feed's events by their columns only (no event is decoded
+unless a rolled-up day changed), keeps each rolled-up day's content hash, SEQUENCE and bytes,
+and saves, next to each rendered body, the list of its VEVENTs with what the filters read of
+them, which the web layer uses to serve filtered variants without rendering.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from icsfeed.store.database import StoreError, chunks, db_reason, insert_missing, upsert
+from icsfeed.store.events import FeedQuery
+from icsfeed.store.schema import events_table, feed_parts_table, feeds_table, rollups_table
+
+
+@dataclass(frozen=True)
+class PartAttrs:
+    """What the budget and the filters need of one stored event, read from its columns."""
+
+    id: int
+    uid: str
+    kind: str
+    account_key: str | None
+    severity_rank: int | None
+    start_ts: float
+    end_ts: float
+    recurring: bool
+    sequence: int
+    is_open: bool | None
+
+
+@dataclass(frozen=True)
+class StoredRollup:
+    group_key: str
+    day: str
+    content_hash: str
+    sequence: int
+    created: float
+    last_modified: float
+    vevent: bytes
+
+
+@dataclass(frozen=True)
+class FeedParts:
+    """The VEVENTs of the stored body with this ETag (JSON as render saved it) and its budget report."""
+
+    etag: str
+    parts: dict[str, Any]
+    report: dict[str, Any]
+
+
+class RollupsMixin:
+    """Part of :class:`~icsfeed.store.Store`."""
+
+    engine: Engine
+    _feed_conditions: Any
+
+    def query_part_attrs(self, query: FeedQuery) -> dict[int, PartAttrs]:
+        """The feed's events by row id, columns only (the same conditions as query_fragments)."""
+        t = events_table
+        conditions = self._feed_conditions(query)
+        if conditions is None:
+            return {}
+        stmt = select(t.c.id, t.c.uid, t.c.kind, t.c.account_key, t.c.severity_rank, t.c.start_ts, t.c.end_ts,
+                      t.c.recurring, t.c.sequence, t.c.is_open).where(and_(*conditions))
+        with self.engine.connect() as conn:
+            return {r[0]: PartAttrs(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8],
+                                    None if r[9] is None else bool(r[9]))
+                    for r in conn.execute(stmt).all()}
+
+    def save_open_flags(self, flags: Iterable[tuple[int, bool]]) -> None:
+        """Fill ``is_open`` of rows written before it existed (render works it out once)."""
+        batch = [{"_id": i, "is_open": flag} for i, flag in flags]
+        if not batch:
+            return
+        t = events_table
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(t).where(t.c.id == bindparam("_id")).values(is_open=bindparam("is_open")), batch)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store open flags: {db_reason(exc)}") from None
+
+    def rollups_of(self, feed_id: str) -> dict[str, StoredRollup]:
+        r = rollups_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(r.c.group_key, r.c.day, r.c.content_hash, r.c.sequence, r.c.created,
+                                       r.c.last_modified, r.c.vevent).where(r.c.feed_id == feed_id)).all()
+        return {row[0]: StoredRollup(*row) for row in rows}
+
+    def save_rollups(self, feed_id: str, rollups: Sequence[StoredRollup], *, prune_before: str | None = None) -> None:
+        """Keep new and changed rollups; forget those of days before ``prune_before`` (YYYY-MM-DD)."""
+        r = rollups_table
+        try:
+            with self.engine.begin() as conn:
+                for chunk in chunks(list(rollups), 200):
+                    values = [{"feed_id": feed_id, "group_key": x.group_key, "day": x.day, "content_hash": x.content_hash,
+                               "sequence": x.sequence, "created": x.created, "last_modified": x.last_modified,
+                               "vevent": x.vevent} for x in chunk]
+                    insert_missing(conn, r, values)
+                    conn.execute(update(r).where(and_(r.c.feed_id == bindparam("_feed"), r.c.group_key == bindparam("_key")))
+                                 .values(day=bindparam("day"), content_hash=bindparam("content_hash"),
+                                         sequence=bindparam("sequence"), last_modified=bindparam("last_modified"),
+                                         vevent=bindparam("vevent")),
+                                 [{"_feed": feed_id, "_key": v["group_key"], **{k: v[k] for k in (
+                                     "day", "content_hash", "sequence", "last_modified", "vevent")}} for v in values])
+                if prune_before is not None:
+                    conn.execute(delete(r).where(and_(r.c.feed_id == feed_id, r.c.day < prune_before)))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store rollups of {feed_id}: {db_reason(exc)}") from None
+
+    def save_feed_parts(self, feed_id: str, etag: str, parts: dict[str, Any], report: dict[str, Any]) -> bool:
+        """Keep the parts of the body with ``etag``, if that is the feed's stored body (a render
+        whose save was refused, compare-and-set, describes bytes nobody is served)."""
+        f, p = feeds_table, feed_parts_table
+        row = {"feed_id": feed_id, "etag": etag, "parts": json.dumps(parts, separators=(",", ":")),
+               "report": json.dumps(report, separators=(",", ":"))}
+        try:
+            with self.engine.begin() as conn:
+                stored = conn.execute(select(f.c.etag).where(f.c.feed_id == feed_id)).scalar_one_or_none()
+                if stored != etag:
+                    return False
+                upsert(conn, p, [row], {"etag": etag, "parts": row["parts"], "report": row["report"]})
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store the parts of {feed_id}: {db_reason(exc)}") from None
+        return True
+
+    def feed_parts(self, feed_id: str, etag: str) -> FeedParts | None:
+        """The parts of the body with ``etag``, or None (rendered before parts were kept, or just re-rendered)."""
+        p = feed_parts_table
+        with self.engine.connect() as conn:
+            row = conn.execute(select(p.c.etag, p.c.parts, p.c.report)
+                               .where(and_(p.c.feed_id == feed_id, p.c.etag == etag))).first()
+        return None if row is None else FeedParts(row.etag, json.loads(row.parts), json.loads(row.report))
+
+    def feed_reports(self) -> dict[str, dict[str, Any]]:
+        """feed id -> budget report of its stored body (status and subscribe pages)."""
+        f, p = feeds_table, feed_parts_table
+        stmt = select(p.c.feed_id, p.c.report).join(f, and_(f.c.feed_id == p.c.feed_id, f.c.etag == p.c.etag))
+        with self.engine.connect() as conn:
+            return {r.feed_id: json.loads(r.report) for r in conn.execute(stmt)}
