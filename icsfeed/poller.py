@@ -8,22 +8,24 @@ they are stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
+from icsfeed import __version__
 from icsfeed.config import Config
 from icsfeed.insights import refresh_insights
 from icsfeed.model import Event
 from icsfeed.redact import redact, secret_forms
 from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
-from icsfeed.sources import Source, SourceError, load_source_class
+from icsfeed.sources import AnswerUnchanged, Source, SourceError, load_source_class
 from icsfeed.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -101,8 +103,32 @@ def build_source(config: Config, source_id: str) -> Source:
     return cls(source_id, config.source_settings[source_id], config.source_context())
 
 
+def answer_fingerprint(config: Config, source_id: str) -> bytes:
+    """What a source's events depend on besides the origin's raw answer: its settings and
+    absence policy, the kinds, the text caps, the timezones, icsfeed's version, and the year
+    (a birthday's detail counts the years). An answer digest made under another fingerprint
+    never matches, so a change to any of these maps the answer again."""
+    cfg = config.sources[source_id]
+    context = config.source_context()
+    shape = {
+        "source": cfg.model_dump(mode="json"),
+        "settings": config.source_settings[source_id].model_dump(mode="json"),
+        "kinds": {name: [info.all_day, info.duration_seconds] for name, info in sorted(context.kinds.items())},
+        "timezones": [context.default_timezone, sorted(context.account_timezones.items())],
+        "caps": [config.feeds.max_title, config.feeds.max_detail, sorted(config.kinds)],
+        "version": __version__, "year": date.today().year,
+    }
+    return json.dumps(shape, sort_keys=True, default=str).encode()
+
+
 def poll_source(config: Config, store: Store, source_id: str, *, now: float | None = None) -> PollReport:
-    """Poll one source and apply the result; never raises for a failing source."""
+    """Poll one source and apply the result; never raises for a failing source.
+
+    A full-dump source whose raw answer is the one the stored events came from (its digest
+    is kept with the source's state by the poll that stored them) costs a read and a hash:
+    mapping, checking and the upsert would all give the same rows again. A failed poll
+    clears that digest, so the next one is applied in full.
+    """
     cfg = config.sources[source_id]
     secrets = source_secrets(config, source_id)
     started = time.monotonic()
@@ -112,7 +138,12 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         source = build_source(config, source_id)
         source.cursor = state.cursor
         since = datetime.fromtimestamp(state.last_success, timezone.utc) if state.last_success else None
-        events = _checked(config, source, source.fetch(since))
+        source.fingerprint = answer_fingerprint(config, source_id)
+        source.known_digest = state.answer_digest if not (source.incremental and since is not None) else None
+        try:
+            events = _checked(config, source, source.fetch(since))
+        except AnswerUnchanged:
+            return _unchanged(store, source_id, state, source.known_digest or "", now, started, secrets)
     except Exception as exc:  # the source failed as a whole: keep the last good events
         if isinstance(exc, SourceError):
             message = str(exc)
@@ -134,7 +165,8 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
             source_id, events, absence=cfg.absence or source.absence, complete=complete, now=now,
             previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
             affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
-            fragment=fragment_renderer(config))  # VEVENTs rendered as they are written
+            fragment=fragment_renderer(config),  # VEVENTs rendered as they are written
+            answer_digest=source.answer_digest if complete else None)
     except StoreError as exc:  # the store refused the poll: a failure like any other (backoff, /status)
         return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
     for key, reason in changes.skipped:  # records the store cannot hold: skipped like the source's own
@@ -148,6 +180,21 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
                         unchanged=changes.unchanged, closed=changes.closed, cancelled=changes.cancelled,
                         skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
     log.info("poll %s", report.line())
+    return report
+
+
+def _unchanged(store: Store, source_id: str, state: Any, digest: str, now: float, started: float,
+               secrets: set[str]) -> PollReport:
+    """Record a poll whose answer is the stored one: the events stay as they are."""
+    elapsed = time.monotonic() - started
+    last = dict(state.last_result or {})
+    last["answer_unchanged"] = True
+    try:
+        store.record_unchanged(source_id, now, result=last, duration=elapsed, answer_digest=digest)
+    except StoreError as exc:
+        return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
+    report = PollReport(source_id, ok=True, unchanged=int(last.get("fetched") or 0), seconds=elapsed)
+    log.info("poll %s (answer unchanged)", report.line())
     return report
 
 

@@ -95,7 +95,7 @@ class EventsMixin:
     uid_host: str
     # from the other parts, called inside a poll's transaction
     _mark_dirty: Callable[[Any, Iterable[str]], None]
-    _record_success: Callable[[Any, str, float, str | None, dict[str, Any] | None, float | None], None]
+    _record_success: Callable[..., None]
 
     # --- polls ---------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class EventsMixin:
                    cursor: str | None = None, result: dict[str, Any] | None = None,
                    duration: float | None = None,
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
-                   fragment: Fragmenter | None = None) -> PollChanges:
+                   fragment: Fragmenter | None = None, answer_digest: str | None = None) -> PollChanges:
         """Upsert a poll's events and apply the absence policy, all in one transaction.
 
         ``complete`` is False for incremental polls: then a missing event means nothing.
@@ -113,6 +113,8 @@ class EventsMixin:
         transaction: a crash right after the commit cannot leave a feed that misses them.
         ``fragment`` renders a new or changed event's VEVENT (bytes and render key) so it is
         written with the event, once, instead of being rewritten into the row by the render.
+        ``answer_digest``: the digest of the raw answer these events came from, kept with the
+        source's state in the same transaction (the next poll of the same answer skips it).
         """
         changes = PollChanges()
         unique: dict[str, Event] = {}
@@ -167,7 +169,7 @@ class EventsMixin:
                     self._bulk_update(conn, updates)
                 if affected is not None and changes.touched:
                     self._mark_dirty(conn, affected(changes.touched))
-                self._record_success(conn, source_id, now, cursor, result, duration)
+                self._record_success(conn, source_id, now, cursor, result, duration, answer_digest)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot write poll of {source_id}: {db_reason(exc)}") from None
         return changes

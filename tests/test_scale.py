@@ -1,0 +1,107 @@
+"""Issue 11 (scale on one machine): what makes a poll of an unchanged origin cheap, and what
+must still happen when it is skipped. Speed itself is measured in benchmarks/bench_scale.py."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from icsfeed.config import Config
+from icsfeed.poller import poll_source
+from icsfeed.sources.mapping import MappedSource
+
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+CONFIG = """
+accounts:
+  - {id: acme, name: Acme}
+sources:
+  - id: tickets
+    type: file
+    path: tickets.jsonl
+    absence: cancel
+    mapping: {kind: ticket, key: id, title: subject, start: created, account: org}
+"""
+
+
+def write_records(config: Config, records: list[dict[str, Any]]) -> None:
+    (config.config_dir / "tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def records(n: int, tag: str = "") -> list[dict[str, Any]]:
+    return [{"id": i, "subject": f"ticket {i}{tag}", "org": "acme", "created": (NOW - timedelta(hours=i)).isoformat()}
+            for i in range(n)]
+
+
+def count_mapping(monkeypatch: Any) -> list[int]:
+    """How many records the mapped sources turn into events (the work an unchanged answer skips)."""
+    mapped = [0]
+    original = MappedSource.to_event
+
+    def counting(self: MappedSource, record: Any) -> Any:
+        mapped[0] += 1
+        return original(self, record)
+
+    monkeypatch.setattr(MappedSource, "to_event", counting)
+    return mapped
+
+
+def test_unchanged_answer_is_neither_mapped_nor_written(make_env: Any, monkeypatch: Any) -> None:
+    config, store = make_env({"a.yaml": CONFIG})
+    write_records(config, records(20))
+    mapped = count_mapping(monkeypatch)
+    first = poll_source(config, store, "tickets", now=1000.0)
+    assert first.ok and first.new == 20 and mapped[0] == 20
+    before = {r.event.key: (r.sequence, r.last_modified) for r in store.query_events(_all())}
+    again = poll_source(config, store, "tickets", now=2000.0)
+    assert again.ok and again.unchanged == 20 and again.new == again.updated == 0
+    assert mapped[0] == 20  # the second answer was not mapped at all
+    state = store.source_state("tickets")
+    assert state.last_success == 2000.0 and state.polls_total == 2 and state.last_result["answer_unchanged"]
+    assert {r.event.key: (r.sequence, r.last_modified) for r in store.query_events(_all())} == before
+
+
+def test_changed_answer_is_applied_and_a_vanished_event_cancelled(make_env: Any) -> None:
+    config, store = make_env({"a.yaml": CONFIG})
+    write_records(config, records(5))
+    assert poll_source(config, store, "tickets", now=1000.0).new == 5
+    assert poll_source(config, store, "tickets", now=1500.0).unchanged == 5
+    write_records(config, records(4, tag=" (edited)"))  # one gone, the rest edited
+    report = poll_source(config, store, "tickets", now=2000.0)
+    assert report.updated == 4 and report.cancelled == 1
+    rows = {r.event.key: r for r in store.query_events(_all())}
+    assert rows["4"].event.status == "cancelled" and rows["0"].sequence == 1
+
+
+def test_a_failed_poll_means_the_next_same_answer_is_applied_in_full(make_env: Any, monkeypatch: Any) -> None:
+    config, store = make_env({"a.yaml": CONFIG})
+    write_records(config, records(3))
+    assert poll_source(config, store, "tickets", now=1000.0).ok
+    (config.config_dir / "tickets.jsonl").unlink()
+    assert not poll_source(config, store, "tickets", now=1500.0).ok
+    assert store.source_state("tickets").answer_digest is None
+    write_records(config, records(3))  # the very answer the events came from
+    mapped = count_mapping(monkeypatch)
+    report = poll_source(config, store, "tickets", now=2000.0)
+    assert report.ok and report.unchanged == 3 and mapped[0] == 3  # mapped and compared again
+
+
+def test_a_config_change_maps_the_same_answer_again(make_env: Any, monkeypatch: Any, tmp_path: Path) -> None:
+    config, store = make_env({"a.yaml": CONFIG})
+    write_records(config, records(3))
+    assert poll_source(config, store, "tickets", now=1000.0).new == 3
+    config2, store2 = make_env({"a.yaml": CONFIG.replace("title: subject", "title: '{subject} at {org}'")})
+    mapped = count_mapping(monkeypatch)
+    report = poll_source(config2, store2, "tickets", now=2000.0)
+    assert mapped[0] == 3 and report.updated == 3
+    assert store2.query_events(_all())[0].event.title.endswith(" at acme")
+
+
+def _all() -> Any:
+    from icsfeed.store import FeedQuery
+
+    return FeedQuery(0.0, 1e11)
+
+
