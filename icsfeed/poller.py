@@ -290,6 +290,7 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, 
     """
     ids = list(source_ids) if source_ids else [s.id for s in config.sources.values() if s.enabled]
     started = since if since is not None else time.time()
+    began = time.perf_counter()
     reports = []
     busy: list[str] = []  # sources another poller was polling when this one came to them
     for source_id in ids:
@@ -314,18 +315,25 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, 
         # the feeds those polls change would be rendered twice (now by this poller, then again
         # by that one): wait for them, then render together with the others, splitting the feeds
         _wait_for_polls(coordinator, busy, timeout=OTHERS_WAIT_SECONDS)
+    polled = time.perf_counter()
+    refreshed = 0
     try:
-        refresh_due_insights(config, store, claims=coordinator)
+        refreshed = refresh_due_insights(config, store, claims=coordinator)
     except StoreError as exc:
         log.error("cannot refresh insights: %s", exc)
+    insights_done = time.perf_counter()
+    feeds: list[str] = []
     try:
         if coordinator is None:
-            render_feeds(config, store)
+            feeds = render_feeds(config, store)
         else:
             with coordinator.feed_claims() as claim:
-                render_feeds(config, store, claim=claim)
+                feeds = render_feeds(config, store, claim=claim)
     except StoreError as exc:
         log.error("cannot store rendered feeds: %s", exc)
+    log.info("poll stages: %d sources in %.2f s, insights of %d account keys in %.2f s, %d feeds rendered in %.2f s",
+             len(reports), polled - began, refreshed, insights_done - polled, len(feeds),
+             time.perf_counter() - insights_done)
     return reports
 
 

@@ -8,10 +8,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from icalendar.parser.content_line import Contentline
+
 from icsfeed.config import Config
 from icsfeed.poller import poll_source
+from icsfeed.render import fold_ascii, render_feeds
 from icsfeed.sources.mapping import MappedSource
-
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 CONFIG = """
@@ -105,3 +109,40 @@ def _all() -> Any:
     return FeedQuery(0.0, 1e11)
 
 
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab\\^ ,;:é", max_size=400))
+def test_fast_fold_is_icalendars_fold(text: str) -> None:
+    line = text.replace("é", "e")  # the fast path is for ASCII lines (others go to icalendar)
+    assert fold_ascii(line) == Contentline(line).to_ical().decode("ascii")
+
+
+def test_flags_that_link_the_view_are_rendered_once_per_feed_not_per_render(tmp_path: Path, monkeypatch: Any) -> None:
+    """Insight flags link the month view of the feed showing them, so they have no shared
+    fragment; they are kept under the feed's own view key and joined by its next render."""
+    from test_team_links import NOW as FLAG_NOW
+    from test_team_links import _feed, _view_links, _world
+
+    import icsfeed.render as render
+
+    world = _world(tmp_path)
+    render_feeds(world.config, world.store, now=FLAG_NOW)
+    rendered: list[str] = []
+    original = render.render_vevent
+
+    def counting(config: Config, row: Any, view: str | None = None) -> bytes:
+        rendered.append(row.event.kind)
+        return original(config, row, view)
+
+    monkeypatch.setattr(render, "render_vevent", counting)
+    first = {f: _feed(world, f)[0] for f in ("account/acme", "team/heads-up")}
+    render_feeds(world.config, world.store, now=FLAG_NOW, force=True, only=["account/acme"])
+    assert "insight" not in rendered  # the account feed found its flags under its own view key
+    render_feeds(world.config, world.store, now=FLAG_NOW, force=True)
+    assert "insight" in rendered  # a team feed renders them with its own view (none of them stored)
+    for feed_id, body in first.items():
+        again, events = _feed(world, feed_id)
+        assert again == body
+        links = set(_view_links(events))
+        assert len(links) == 1 and feed_id.rpartition("/")[2] in links.pop()
