@@ -231,10 +231,11 @@ def refresh_due_insights(config: Config, store: Store, now: float | None = None,
     for key in due:  # claimed per configured account: its keys are refreshed together
         by_account.setdefault(owner.get(key.strip().lower(), ""), []).append(key)
     names = sorted(by_account)
+    batch = max(1, min(INSIGHT_BATCH, len(names) // 8))  # a few accounts: small claims, so all pollers get some
     done = 0
     with claims.locks() as locks:
-        for start in range(0, len(names), INSIGHT_BATCH):
-            claimed = [n for n in names[start:start + INSIGHT_BATCH] if locks.try_lock("account", n)]
+        for start in range(0, len(names), batch):
+            claimed = [n for n in names[start:start + batch] if locks.try_lock("account", n)]
             if not claimed:
                 continue
             fresh = store.insights_due()  # read again under the claim: another poller may have just done them
@@ -280,17 +281,35 @@ def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[E
 
 
 def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, *,
-         coordinator: Coordinator | None = None, since: float | None = None) -> list[PollReport]:
+         coordinator: Coordinator | None = None, since: float | None = None,
+         helpers: int = 0) -> list[PollReport]:
     """Poll sources in turn (all enabled ones by default), then re-render the changed feeds.
 
     With ``coordinator`` (``icsfeed poll --once``), pollers running at the same time split
     the work: a source another poller is polling right now, or has polled since this run
     started (``since``, default now), is left to it; so are the feeds and accounts another
-    one renders or refreshes.
+    one renders or refreshes. ``helpers``: that many such pollers started here
+    (icsfeed/parallel.py) to use the other cores; their reports stand in for the sources
+    they polled.
     """
     ids = list(source_ids) if source_ids else [s.id for s in config.sources.values() if s.enabled]
     started = since if since is not None else time.time()
     began = time.perf_counter()
+    team = None
+    if helpers > 0 and coordinator is not None and not source_ids:
+        from icsfeed.parallel import Helpers
+
+        team = Helpers(config.config_dir, config.data_dir, started, helpers)
+    try:
+        reports = _poll_all(config, store, ids, coordinator, started, began)
+    finally:
+        helped = team.finish() if team is not None else []
+    by_source = {r["source"]: r for r in helped}
+    return [PollReport(**by_source.pop(r.source)) if r.elsewhere and r.source in by_source else r for r in reports]
+
+
+def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordinator | None, started: float,
+              began: float) -> list[PollReport]:
     reports = []
     busy: list[str] = []  # sources another poller was polling when this one came to them
     for source_id in ids:
@@ -319,6 +338,8 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, 
     refreshed = 0
     try:
         refreshed = refresh_due_insights(config, store, claims=coordinator)
+        if coordinator is not None:  # render once the others' refreshes are stored too
+            _wait_for_insights(config, store, coordinator, timeout=OTHERS_WAIT_SECONDS)
     except StoreError as exc:
         log.error("cannot refresh insights: %s", exc)
     insights_done = time.perf_counter()
@@ -335,6 +356,27 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, 
              len(reports), polled - began, refreshed, insights_done - polled, len(feeds),
              time.perf_counter() - insights_done)
     return reports
+
+
+def _wait_for_insights(config: Config, store: Store, coordinator: Coordinator, timeout: float) -> None:
+    """Until no account due for insights is claimed by another poller (its refresh is
+    stored, and the feeds it marks dirty are rendered once, after it), or ``timeout``."""
+    owner = {key: account.id for account in config.accounts.values() for key in account.match_keys}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        due = store.insights_due()
+        if not due:
+            return
+        busy = False
+        with coordinator.locks() as locks:
+            for name in sorted({owner.get(key.strip().lower(), "") for key in due}):
+                if not locks.try_lock("account", name):
+                    busy = True
+                    break
+                locks.unlock("account", name)
+        if not busy:
+            return
+        time.sleep(0.05)
 
 
 def _wait_for_polls(coordinator: Coordinator, source_ids: list[str], timeout: float) -> None:
