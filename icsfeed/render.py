@@ -457,7 +457,11 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     # which): with the view known up front, this feed joins the ones made for it last time
     view: str | None = view_url(config, secret, spec) if secret is not None else None
     view_key = view_fragment_key(key, view) if view is not None else None
-    listed = store.query_fragments(query, key if view_key is None else (key, view_key))
+    by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
+    if view_key is None or by_keys is None:
+        listed = store.query_fragments(query, key)
+    else:
+        listed = by_keys(query, (key, view_key))
     missing = [i for i, fragment in listed if fragment is None]
     rendered: dict[int, bytes | None] = {}
     if missing:

@@ -278,17 +278,20 @@ class EventsMixin:
         with self.engine.connect() as conn:
             return [_event_row(r) for r in conn.execute(stmt).all()]  # one fetchall, not a fetch a row
 
-    def query_fragments(self, query: FeedQuery, render_key: str | Sequence[str]) -> list[tuple[int, bytes | None]]:
+    def query_fragments(self, query: FeedQuery, render_key: str) -> list[tuple[int, bytes | None]]:
         """(id, VEVENT fragment) of a feed's events in feed order; the fragment is None where
-        none made under ``render_key`` (or one of these keys) is stored. Cheaper than
-        :meth:`query_events`: no event is decoded, which is what a re-render after a small
-        change mostly needs."""
+        none made under ``render_key`` is stored. Cheaper than :meth:`query_events`: no event
+        is decoded, which is what a re-render after a small change mostly needs."""
+        return self.query_feed_fragments(query, (render_key,))
+
+    def query_feed_fragments(self, query: FeedQuery, keys: Sequence[str]) -> list[tuple[int, bytes | None]]:
+        """:meth:`query_fragments` for fragments made under any of ``keys`` (the render key,
+        and the key of the fragments made for one feed's month view links)."""
         t = events_table
         conditions = self._feed_conditions(query)
         if conditions is None:
             return []
-        keys = [render_key] if isinstance(render_key, str) else list(render_key)
-        current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(keys)
+        current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
         fragment = case((current, t.c.vevent), else_=null())
         stmt = select(t.c.id, fragment).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
