@@ -154,10 +154,15 @@ def measured_poll(base: Path) -> dict[str, float]:
     text = log_path.read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"icsfeed poll --once failed ({proc.returncode}):\n{text[-3000:]}")
-    stages = re.search(r"poll stages: (\d+) sources in ([\d.]+) s, insights of (\d+) account keys in ([\d.]+) s, "
+    # the command's own line and its helpers' ("icsfeed.poller[helper]"): accounts and feeds
+    # add up, a stage lasts as long as its slowest process
+    found = re.findall(r"poll stages: (\d+) sources in ([\d.]+) s, insights of (\d+) account keys in ([\d.]+) s, "
                        r"(\d+) feeds rendered in ([\d.]+) s", text)
-    if stages is None:  # an icsfeed from before the poller logged its stages (ICSFEED_BENCH_CODE)
-        stages = ["", "0", "nan", "0", "nan", "0", "nan"]  # type: ignore[assignment]
+    if not found:  # an icsfeed from before the poller logged its stages (ICSFEED_BENCH_CODE)
+        found = [("0", "nan", "0", "nan", "0", "nan")]
+    stages = ["", found[0][0], str(max(float(f[1]) for f in found)), str(sum(int(f[2]) for f in found)),
+              str(max(float(f[3]) for f in found)), str(sum(int(f[4]) for f in found)),
+              str(max(float(f[5]) for f in found))]
     db = base / "data" / "icsfeed.db"
     size = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024,
@@ -266,7 +271,8 @@ def _poll_once(base: Path, url: str, pollers: int) -> tuple[float, list[int], fl
     from icsfeed.store import Store
 
     Store(url).close()
-    env = {**os.environ, "ICSFEED_STORAGE_URL": url, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "ICSFEED_STORAGE_URL": url, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(REPO),
+           "ICSFEED_POLL_HELPERS": "0"}  # one process per poller, as this comparison means
     argv = [sys.executable, "-m", "icsfeed", "--config", str(base / "config"), "--data", str(base / "data"),
             "--log-level", "WARNING", "poll", "--once"]
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
