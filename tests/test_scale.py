@@ -146,3 +146,23 @@ def test_flags_that_link_the_view_are_rendered_once_per_feed_not_per_render(tmp_
         assert again == body
         links = set(_view_links(events))
         assert len(links) == 1 and feed_id.rpartition("/")[2] in links.pop()
+
+
+def test_stored_events_decode_as_from_dict_does() -> None:
+    """Rows are decoded without re-running the Event checks; the result is the same Event,
+    every field of it (a field added to Event and not decoded fails here)."""
+    import dataclasses
+    from datetime import date
+
+    from icsfeed.model import Event
+    from icsfeed.store.events import _encoded, stored_event
+
+    events = [Event(source="s", key="1", kind="alert", title="t", start=NOW, end=None),
+              Event(source="s", key="2", kind="birthday", title="b", start=date(2026, 1, 1), end=date(2026, 1, 2),
+                    detail="d", url="https://x.example/", account="Acme", status="cancelled", severity="high",
+                    attrs={"host": ["a", 1]}, rrule="FREQ=YEARLY", alarm_before=timedelta(hours=2))]
+    for ev in events:
+        blob = _encoded(ev)[0]
+        decoded = stored_event(blob)
+        assert decoded == Event.from_dict(json.loads(blob)) == ev
+        assert set(vars(decoded)) == {f.name for f in dataclasses.fields(Event)}
