@@ -224,6 +224,8 @@ def run() -> dict[str, float]:
             if name == "one_pct":
                 change_one_percent(base)
             phases[name] = measured_poll(base)
+            print(f"  ({name}: {phases[name]['wall']:.1f} s wall, CPU {phases[name]['cpu']:.1f} s, "
+                  f"load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)  # gigabytes of data and database
     print(f"Scale{'' if CODE == REPO else f' (icsfeed from {CODE})'}: {ACCOUNTS:,} accounts x {PER_ACCOUNT:,} events = {events:,} events from {SOURCES} file sources, "

@@ -166,3 +166,47 @@ def test_stored_events_decode_as_from_dict_does() -> None:
         decoded = stored_event(blob)
         assert decoded == Event.from_dict(json.loads(blob)) == ev
         assert set(vars(decoded)) == {f.name for f in dataclasses.fields(Event)}
+
+
+def test_poll_once_helpers_split_the_work_and_report_every_source(tmp_path: Path) -> None:
+    """``icsfeed poll --once`` with a helper (icsfeed/parallel.py): the helper polls some of
+    the sources, each source is polled once, and the command prints every source's report and
+    fails when one failed, whichever process polled it. Today one process polls them all."""
+    import sys
+    from collections import Counter
+
+    from conftest import cli
+    from test_coordination import read_runs, slow_sources
+
+    from icsfeed.config import load_config
+    from icsfeed.store import Store
+
+    names = [f"s{i}" for i in range(6)]
+    runs = tmp_path / "runs.jsonl"
+    config_dir = tmp_path / "config"
+    from servers import write_config
+
+    broken = ("  - {id: broken, type: command, argv: [" + json.dumps(sys.executable) + ", -c, 'import sys; sys.exit(3)'],"
+              " mapping: {kind: ticket, key: id, title: t, start: s}}\n")
+    write_config(config_dir, {"a.yaml": "accounts: [{id: acme, name: ACME}]\n"
+                              + slow_sources(config_dir, runs, names, 2.5) + broken})
+    done = cli(config_dir, tmp_path / "data", "--log-level", "INFO", "poll", "--once", timeout=240,
+               env={"ICSFEED_POLL_HELPERS": "1", "ICSFEED_SECRET_KEY": "k" * 32})
+    assert done.returncode == 1, done.stderr[-2000:]  # the broken source failed
+    finished = [r for r in read_runs(runs) if "end" in r]
+    assert Counter(str(r["source"]) for r in finished) == Counter(dict.fromkeys(names, 1))
+    assert len({int(r["pid"]) for r in finished}) == 2, "the command and its helper each polled some"
+    assert "[helper]: poll s" in done.stderr
+    lines = done.stdout.splitlines()
+    for name in names:  # every source's own report, none "not polled here"
+        assert any(line.startswith(f"{name}: 5 new, ") for line in lines), done.stdout
+    assert any(line.startswith("broken: ERROR") for line in lines), done.stdout
+    assert "not polled here" not in done.stdout
+    config = load_config(config_dir, tmp_path / "data")
+    store = Store(config.storage_url)
+    try:
+        assert {s: n for s, n in store.event_counts().items() if s in names} == dict.fromkeys(names, 5)
+        assert store.get_feed("account/acme") is not None
+    finally:
+        store.close()
+
