@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -295,21 +295,29 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, 
     ids = list(source_ids) if source_ids else [s.id for s in config.sources.values() if s.enabled]
     started = since if since is not None else time.time()
     began = time.perf_counter()
-    team = None
-    if helpers > 0 and coordinator is not None and not source_ids:
-        from icsfeed.parallel import Helpers
+    team: list[Any] = []
 
-        team = Helpers(config.config_dir, config.data_dir, started, helpers)
+    def need_help() -> None:
+        """Start the helpers once there is work to share (an unchanged poll never pays their start)."""
+        if not team and helpers > 0 and coordinator is not None and not source_ids:
+            from icsfeed.parallel import Helpers
+
+            team.append(Helpers(config.config_dir, config.data_dir, started, helpers))
+
     try:
-        reports = _poll_all(config, store, ids, coordinator, started, began)
+        reports = _poll_all(config, store, ids, coordinator, started, began, need_help)
     finally:
-        helped = team.finish() if team is not None else []
+        helped = team[0].finish() if team else []
     by_source = {r["source"]: r for r in helped}
     return [PollReport(**by_source.pop(r.source)) if r.elsewhere and r.source in by_source else r for r in reports]
 
 
+#: due accounts or dirty feeds from which ``poll --once`` shares the work with its helpers
+HELP_FROM = 8
+
+
 def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordinator | None, started: float,
-              began: float) -> list[PollReport]:
+              began: float, need_help: Callable[[], None]) -> list[PollReport]:
     reports = []
     busy: list[str] = []  # sources another poller was polling when this one came to them
     for source_id in ids:
@@ -326,6 +334,8 @@ def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordin
                     reports.append(PollReport(source_id, ok=True, elsewhere="another poller polled it during this run"))
                 else:
                     reports.append(poll_source(config, store, source_id))
+                    if reports[-1].new or reports[-1].updated or reports[-1].seconds > 1.0:
+                        need_help()  # this origin's answer changed: the others' may too
         except StoreError as exc:
             message = redact(str(exc), source_secrets(config, source_id))
             log.error("cannot store poll of %s: %s", source_id, message)
@@ -337,6 +347,8 @@ def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordin
     polled = time.perf_counter()
     refreshed = 0
     try:
+        if coordinator is not None and len(store.insights_due()) >= HELP_FROM:
+            need_help()
         refreshed = refresh_due_insights(config, store, claims=coordinator)
         if coordinator is not None:  # render once the others' refreshes are stored too
             _wait_for_insights(config, store, coordinator, timeout=OTHERS_WAIT_SECONDS)
@@ -348,6 +360,8 @@ def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordin
         if coordinator is None:
             feeds = render_feeds(config, store)
         else:
+            if _dirty_feeds(store) >= HELP_FROM:
+                need_help()
             with coordinator.feed_claims() as claim:
                 feeds = render_feeds(config, store, claim=claim)
     except StoreError as exc:
@@ -356,6 +370,14 @@ def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordin
              len(reports), polled - began, refreshed, insights_done - polled, len(feeds),
              time.perf_counter() - insights_done)
     return reports
+
+
+def _dirty_feeds(store: Store) -> int:
+    """How many stored feeds are dirty (0 when the store cannot tell: the render will say why)."""
+    try:
+        return sum(1 for dirty, *_ in store.feed_render_generations().values() if dirty)
+    except Exception:  # only a hint for starting helpers
+        return 0
 
 
 def _wait_for_insights(config: Config, store: Store, coordinator: Coordinator, timeout: float) -> None:

@@ -181,7 +181,7 @@ def test_poll_once_helpers_split_the_work_and_report_every_source(tmp_path: Path
     from icsfeed.config import load_config
     from icsfeed.store import Store
 
-    names = [f"s{i}" for i in range(6)]
+    names = [f"s{i}" for i in range(8)]
     runs = tmp_path / "runs.jsonl"
     config_dir = tmp_path / "config"
     from servers import write_config
@@ -189,7 +189,7 @@ def test_poll_once_helpers_split_the_work_and_report_every_source(tmp_path: Path
     broken = ("  - {id: broken, type: command, argv: [" + json.dumps(sys.executable) + ", -c, 'import sys; sys.exit(3)'],"
               " mapping: {kind: ticket, key: id, title: t, start: s}}\n")
     write_config(config_dir, {"a.yaml": "accounts: [{id: acme, name: ACME}]\n"
-                              + slow_sources(config_dir, runs, names, 2.5) + broken})
+                              + slow_sources(config_dir, runs, names, 3.0) + broken})
     done = cli(config_dir, tmp_path / "data", "--log-level", "INFO", "poll", "--once", timeout=240,
                env={"ICSFEED_POLL_HELPERS": "1", "ICSFEED_SECRET_KEY": "k" * 32})
     assert done.returncode == 1, done.stderr[-2000:]  # the broken source failed
