@@ -235,9 +235,14 @@ def run() -> dict[str, float]:
     titles = {"first": "first import", "unchanged": "unchanged poll of everything",
               "one_pct": "1% of the events changed (all accounts), insights + feeds"}
     out: dict[str, float] = {}
+    full = events == 1_000_000  # the goals are for 1,000 x 1,000; a smaller run shows no verdict
+
+    def judged(ok: bool) -> str:
+        return ("met" if ok else "NOT met") if full else "goal for 1,000 x 1,000 events"
+
     for name, r in phases.items():
         rss = max(r["maxrss_mib"], r["peak_tree_mib"])
-        verdict = "met" if r["wall"] <= goals[name] and (name != "first" or rss <= GOAL_RSS_MIB) else "NOT met"
+        verdict = judged(r["wall"] <= goals[name] and (name != "first" or rss <= GOAL_RSS_MIB))
         goal = f"goal <= {goals[name]:.0f} s" + (f", RSS <= {GOAL_RSS_MIB:.0f} MiB" if name == "first" else "")
         print(line(titles[name], f"{r['wall']:.1f} s",
                    f"{goal}: {verdict}; CPU {r['cpu']:.1f} s; peak RSS {rss:.0f} MiB; "
@@ -249,10 +254,10 @@ def run() -> dict[str, float]:
     one = phases["one_pct"]
     per = one["insights_s"] / max(1.0, one["insight_keys"]) * 1000
     print(line("insight refresh, per account of 1,000 events (the 1% row's)", f"{per:.1f} ms",
-               f"goal <= {GOAL_INSIGHT_MS:.0f} ms: {'met' if per <= GOAL_INSIGHT_MS else 'NOT met'}"))
+               f"goal <= {GOAL_INSIGHT_MS:.0f} ms: {'met' if per <= GOAL_INSIGHT_MS else 'NOT met'}"))  # any size
     size = one["db_bytes"] / events
     print(line("database on disk, per event (events, insights, feeds)", f"{size:,.0f} B",
-               f"goal <= {GOAL_BYTES_PER_EVENT:,.0f} B: {'met' if size <= GOAL_BYTES_PER_EVENT else 'NOT met'}; "
+               f"goal <= {GOAL_BYTES_PER_EVENT:,.0f} B: {judged(size <= GOAL_BYTES_PER_EVENT)}; "
                f"{one['db_bytes'] / 2**20:,.0f} MiB"))
     if stages:
         per_event = stages["stage_fetch_map_us"] + stages["stage_vevent_us"] + stages["stage_store_us"]
