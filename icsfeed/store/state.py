@@ -66,7 +66,7 @@ class StateMixin:
                 if done.rowcount != 1:
                     raise StoreError(f"the stored answer of {source_id} changed meanwhile")
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot record the poll of {source_id}: {db_reason(exc)}") from None
+            raise StoreError(f"cannot write poll of {source_id}: {db_reason(exc)}") from None
 
     def record_failure(self, source_id: str, error: str, now: float, duration: float | None = None) -> int:
         """Note a failed poll; returns the number of failures in a row."""
