@@ -1,14 +1,14 @@
-"""Scale: 1,000 accounts x 1,000 events each, poll + render, time and peak memory.
+"""Scale (issue 11): 1,000 accounts x 1,000 events each, each row one whole ``icsfeed poll --once``.
 
 Ten ``file`` sources (JSON Lines, 100,000 records each, four kinds, spread over every
-account) are polled by the product's own ``poll_source`` and the feeds rendered by
-``render_feeds`` -- what ``icsfeed poll --once`` does -- in a child process, so that its peak
-RSS (``resource.getrusage``) is icsfeed's alone. The data files are written by the parent
-before the child starts (not timed). Insights are switched off here: they are a separate
-stage with their own cost, measured on a sample of accounts and reported next to it.
-
-Then, in the same child: a poll in which nothing changed (steady state: every source
-re-read, nothing written, no feed re-rendered) and a poll in which 1% of the events changed.
+account), the default insights, SQLite. Three runs of the real command on one data
+directory, each a process of its own (its wall time, CPU and peak RSS from ``wait4``; the
+RSS of it and any children it starts is sampled too), printed next to the issue's goals:
+the first import; a poll in which nothing changed (steady state: every source re-read,
+nothing written, no feed re-rendered); a poll in which 1% of the events changed, across
+all accounts (every account's insights refreshed, every affected feed re-rendered). The
+stage times (polls, insights, render) are the ones the poller logs. The data files are
+written before (not timed). The database's size per event is measured after each run.
 
 ``ICSFEED_BENCH_ACCOUNTS`` / ``ICSFEED_BENCH_EVENTS`` scale it down for a quick look.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -44,10 +45,15 @@ POLLER_ROUNDS = int(os.environ.get("ICSFEED_BENCH_POLLER_ROUNDS", "2"))
 ACCOUNTS = int(os.environ.get("ICSFEED_BENCH_ACCOUNTS", "1000"))
 PER_ACCOUNT = int(os.environ.get("ICSFEED_BENCH_EVENTS", "1000"))
 SOURCES = 10
+#: ``ICSFEED_BENCH_CODE``: the icsfeed tree the measured ``poll --once`` runs (default: this one),
+#: to measure another commit side by side on the same data
+CODE = Path(os.environ.get("ICSFEED_BENCH_CODE", str(REPO)))
 KINDS = ("alert", "backup", "ticket", "maintenance")
 
 
-def write_data(base: Path, accounts_n: int = ACCOUNTS, per_account: int = PER_ACCOUNT) -> None:
+def write_data(base: Path, accounts_n: int = ACCOUNTS, per_account: int = PER_ACCOUNT, *,
+               insights: bool = False) -> None:
+    """Ten JSON Lines files and their config (``insights``: on with the default settings)."""
     config = base / "config"
     config.mkdir(parents=True)
     rnd = random.Random(11)
@@ -75,67 +81,94 @@ def write_data(base: Path, accounts_n: int = ACCOUNTS, per_account: int = PER_AC
                severity: severity, url: "https://origin.example/{kind}/{{id}}", attrs: {{host: host}}}}""")
     accounts = "\n".join(f"  - {{id: c{i:04d}, name: Customer {i}}}" for i in range(accounts_n))
     (config / "icsfeed.yaml").write_text(
-        "insights: {enabled: false}\n"
+        ("" if insights else "insights: {enabled: false}\n") +
         f"accounts:\n{accounts}\n"
         "teams:\n  - {id: critical, name: Critical alerts, accounts: '*', kinds: [alert], min_severity: critical}\n"
         "sources:\n" + "\n".join(sources) + "\n", encoding="utf-8")
 
 
-def child(base: Path) -> None:
-    """Runs in its own process: poll + render, then steady state, then 1% changed."""
-    sys.path.insert(0, str(REPO))
-    from icsfeed.config import load_config
-    from icsfeed.poller import poll_source
-    from icsfeed.render import render_feeds
-    from icsfeed.store import Store
+#: the issue-11 goals, next to which every row is printed
+GOAL_FIRST_S, GOAL_RSS_MIB, GOAL_UNCHANGED_S, GOAL_ONE_PCT_S = 60.0, 1024.0, 5.0, 10.0
+GOAL_INSIGHT_MS, GOAL_BYTES_PER_EVENT = 20.0, 1500.0
 
-    config = load_config(base / "config", base / "data")
-    store = Store(config.storage_url, uid_host=config.uid_host)
-    out: dict[str, float] = {}
 
-    def poll_all() -> tuple[float, float, int]:
-        started = time.perf_counter()
-        for source_id in config.sources:
-            report = poll_source(config, store, source_id)
-            assert report.ok, report.line()
-        polled = time.perf_counter()
-        rendered = render_feeds(config, store)
-        return polled - started, time.perf_counter() - polled, len(rendered)
-
-    cpu = time.process_time()
-    out["poll"], out["render"], out["feeds"] = poll_all()
-    out["cpu"] = time.process_time() - cpu
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["events"] = float(sum(store.event_counts().values()))
-
-    out["steady_poll"], out["steady_render"], out["steady_feeds"] = poll_all()
-
-    for s in range(SOURCES):  # 1% of every source's records change their title
+def change_one_percent(base: Path) -> int:
+    """1% of every source's records change their title (spread over every account)."""
+    changed = 0
+    for s in range(SOURCES):
         path = base / "config" / f"src{s}.jsonl"
         lines = path.read_text(encoding="utf-8").splitlines()
         for j in random.Random(s).sample(range(len(lines)), len(lines) // 100):
             record = json.loads(lines[j])
             record["title"] += " (updated)"
             lines[j] = json.dumps(record)
+            changed += 1
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out["one_pct_poll"], out["one_pct_render"], out["one_pct_feeds"] = poll_all()
-    out["peak_rss_mib_end"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["db_mib"] = (base / "data" / "icsfeed.db").stat().st_size / 2**20
-    out.update(_insights_sample(config, store))
-    print("RESULT " + json.dumps(out), flush=True)
+    return changed
 
 
-def _insights_sample(config: object, store: object) -> dict[str, float]:
-    """Insights (on by default in the product) recompute every account a poll touched; time
-    that for a sample of accounts with the default settings, to extrapolate."""
-    from icsfeed.insights import refresh_account
-    from icsfeed.insights.settings import InsightsSettings
+def _tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants now (a pool's workers count)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            for field in Path(f"/proc/{p}/status").read_text().splitlines():
+                if field.startswith("VmRSS:"):
+                    total += int(field.split()[1])
+        except OSError:
+            pass
+    return total / 1024
 
-    accounts = list(config.accounts.values())[:20]  # type: ignore[attr-defined]
-    started = time.perf_counter()
-    for account in accounts:
-        refresh_account(config, store, InsightsSettings(), account, time.time())  # type: ignore[arg-type]
-    return {"insights_per_account": (time.perf_counter() - started) / len(accounts)}
+
+def measured_poll(base: Path) -> dict[str, float]:
+    """One ``icsfeed poll --once`` (polls, insights, render), as a user runs it: wall time,
+    CPU, peak RSS of the process (and, sampled, of it with any children it starts), its
+    stages as it logs them, and the database's size on disk afterwards."""
+    env = {**os.environ, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(CODE)}
+    env.pop("ICSFEED_STORAGE_URL", None)
+    argv = [sys.executable, "-m", "icsfeed", "--config", str(base / "config"), "--data", str(base / "data"),
+            "--log-level", "INFO", "poll", "--once"]
+    log_path = base / "poll.log"
+    with log_path.open("wb") as log_file:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        peak_tree = 0.0
+        while True:  # wait4: this process's own rusage (its peak RSS, not the largest child's so far)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_tree = max(peak_tree, _tree_rss_mib(proc.pid))
+            time.sleep(0.25)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"icsfeed poll --once failed ({proc.returncode}):\n{text[-3000:]}")
+    # the command's own line and its helpers' ("icsfeed.poller[helper]"): accounts and feeds
+    # add up, a stage lasts as long as its slowest process
+    found = re.findall(r"poll stages: (\d+) sources in ([\d.]+) s, insights of (\d+) account keys in ([\d.]+) s, "
+                       r"(\d+) feeds rendered in ([\d.]+) s", text)
+    if not found:  # an icsfeed from before the poller logged its stages (ICSFEED_BENCH_CODE)
+        found = [("0", "nan", "0", "nan", "0", "nan")]
+    stages = ["", found[0][0], str(max(float(f[1]) for f in found)), str(sum(int(f[2]) for f in found)),
+              str(max(float(f[3]) for f in found)), str(sum(int(f[4]) for f in found)),
+              str(max(float(f[5]) for f in found))]
+    db = base / "data" / "icsfeed.db"
+    size = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024,
+            "peak_tree_mib": peak_tree, "poll_s": float(stages[2]), "insight_keys": float(stages[3]),
+            "insights_s": float(stages[4]), "feeds": float(stages[5]), "render_s": float(stages[6]),
+            "db_bytes": float(size)}
 
 
 def stage_costs(base: Path, n: int = 20_000) -> dict[str, float]:
@@ -177,43 +210,64 @@ def stage_costs(base: Path, n: int = 20_000) -> dict[str, float]:
 
 
 def run() -> dict[str, float]:
+    """The issue-11 rows: first import, unchanged poll, 1% changed, each one whole
+    ``icsfeed poll --once`` with the default insights, on SQLite; printed next to the goals."""
     base = Path(tempfile.mkdtemp(prefix="icsfeed-scale-"))
     started = time.perf_counter()
-    write_data(base)
+    write_data(base, insights=True)
     generated = time.perf_counter() - started
-    stages = stage_costs(base)
+    events = ACCOUNTS * PER_ACCOUNT
+    phases: dict[str, dict[str, float]] = {}
     try:
-        done = subprocess.run([sys.executable, __file__, "--child", str(base)], capture_output=True, text=True,
-                              timeout=7200, check=False, cwd=Path(__file__).parent)
+        stages = stage_costs(base) if CODE == REPO else {}
+        for name in ("first", "unchanged", "one_pct"):
+            if name == "one_pct":
+                change_one_percent(base)
+            phases[name] = measured_poll(base)
+            print(f"  ({name}: {phases[name]['wall']:.1f} s wall, CPU {phases[name]['cpu']:.1f} s, "
+                  f"load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)  # gigabytes of data and database
-    result = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode != 0 or not result:
-        raise SystemExit(f"scale child failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    r = json.loads(result[0].removeprefix("RESULT "))
-    total = r["poll"] + r["render"]
-    print(f"Scale: {ACCOUNTS:,} accounts x {PER_ACCOUNT:,} events = {int(r['events']):,} events from {SOURCES} file "
-          f"sources, {int(r['feeds'])} feeds (data written in {generated:.0f} s, not timed); child process")
-    print(line("first poll of everything (fetch, map, store, render VEVENTs)", f"{r['poll']:.1f} s",
-               f"{r['poll'] / r['events'] * 1e6:.0f} us per event"))
-    print(line("render_feeds (join, hash, save every feed)", f"{r['render']:.1f} s",
-               f"{r['render'] / r['feeds'] * 1000:.0f} ms per feed"))
-    print(line("poll + render", f"{total:.1f} s", f"goal <= 60 s; CPU {r['cpu']:.1f} s"))
-    print(line("peak RSS", f"{r['peak_rss_mib']:.0f} MiB", "goal <= 1024 MiB"))
-    print(line("steady state: poll with nothing changed + render", f"{r['steady_poll'] + r['steady_render']:.1f} s",
-               f"{int(r['steady_feeds'])} feeds re-rendered"))
-    print(line("poll with 1% of the events changed + render", f"{r['one_pct_poll'] + r['one_pct_render']:.1f} s",
-               f"render {r['one_pct_render']:.1f} s for {int(r['one_pct_feeds'])} feeds"))
-    print(line("peak RSS over all three; database size", f"{r['peak_rss_mib_end']:.0f} MiB", f"{r['db_mib']:.0f} MiB on disk"))
-    per_event = stages["stage_fetch_map_us"] + stages["stage_vevent_us"] + stages["stage_store_us"]
-    print(line(f"where a first poll's time goes, CPU per event ({int(stages['stage_records']):,} records)",
-               f"{per_event:.0f} us", f"fetch + map {stages['stage_fetch_map_us']:.0f}, "
-               f"VEVENT render {stages['stage_vevent_us']:.0f}, store {stages['stage_store_us']:.0f}"))
-    if "insights_per_account" in r:
-        per = r["insights_per_account"]
-        print(line("insights refresh, per account (mean of 20, default settings)", f"{per * 1000:.0f} ms",
-                   f"x {ACCOUNTS:,} accounts = {per * ACCOUNTS:.0f} s per poll that touches them all"))
-    return {"scale_" + k: v for k, v in {**r, **stages}.items()}
+    print(f"Scale{'' if CODE == REPO else f' (icsfeed from {CODE})'}: {ACCOUNTS:,} accounts x {PER_ACCOUNT:,} events = {events:,} events from {SOURCES} file sources, "
+          f"{ACCOUNTS + 1} feeds, default insights; each row one whole `icsfeed poll --once` on SQLite "
+          f"(data written in {generated:.0f} s, not timed)")
+    goals = {"first": GOAL_FIRST_S, "unchanged": GOAL_UNCHANGED_S, "one_pct": GOAL_ONE_PCT_S}
+    titles = {"first": "first import", "unchanged": "unchanged poll of everything",
+              "one_pct": "1% of the events changed (all accounts), insights + feeds"}
+    out: dict[str, float] = {}
+    full = events == 1_000_000  # the goals are for 1,000 x 1,000; a smaller run shows no verdict
+
+    def judged(ok: bool) -> str:
+        return ("met" if ok else "NOT met") if full else "goal for 1,000 x 1,000 events"
+
+    for name, r in phases.items():
+        rss = max(r["maxrss_mib"], r["peak_tree_mib"])
+        verdict = judged(r["wall"] <= goals[name] and (name != "first" or rss <= GOAL_RSS_MIB))
+        goal = f"goal <= {goals[name]:.0f} s" + (f", RSS <= {GOAL_RSS_MIB:.0f} MiB" if name == "first" else "")
+        print(line(titles[name], f"{r['wall']:.1f} s",
+                   f"{goal}: {verdict}; CPU {r['cpu']:.1f} s; peak RSS {rss:.0f} MiB; "
+                   f"{r['db_bytes'] / events:,.0f} bytes per event on disk"))
+        print(line("    of which polls / insights / render", f"{r['poll_s']:.1f} s",
+                   f"insights {r['insights_s']:.1f} s ({int(r['insight_keys'])} accounts), "
+                   f"render {r['render_s']:.1f} s ({int(r['feeds'])} feeds)"))
+        out.update({f"scale_{name}_{k}": v for k, v in r.items()})
+    one = phases["one_pct"]
+    per = one["insights_s"] / max(1.0, one["insight_keys"]) * 1000
+    print(line("insight refresh, per account of 1,000 events (the 1% row's)", f"{per:.1f} ms",
+               f"goal <= {GOAL_INSIGHT_MS:.0f} ms: {'met' if per <= GOAL_INSIGHT_MS else 'NOT met'}"))  # any size
+    size = one["db_bytes"] / events
+    print(line("database on disk, per event (events, insights, feeds)", f"{size:,.0f} B",
+               f"goal <= {GOAL_BYTES_PER_EVENT:,.0f} B: {judged(size <= GOAL_BYTES_PER_EVENT)}; "
+               f"{one['db_bytes'] / 2**20:,.0f} MiB"))
+    if stages:
+        per_event = stages["stage_fetch_map_us"] + stages["stage_vevent_us"] + stages["stage_store_us"]
+        print(line(f"a first poll's CPU per event, by stage ({int(stages['stage_records']):,} records)",
+                   f"{per_event:.0f} us", f"fetch + map {stages['stage_fetch_map_us']:.0f}, "
+                   f"VEVENT render {stages['stage_vevent_us']:.0f}, store {stages['stage_store_us']:.0f}"))
+    out["scale_insight_ms_per_account"] = per
+    out["scale_bytes_per_event"] = size
+    out.update({"scale_" + k: v for k, v in stages.items()})
+    return out
 
 
 def _poll_once(base: Path, url: str, pollers: int) -> tuple[float, list[int], float]:
@@ -224,7 +278,8 @@ def _poll_once(base: Path, url: str, pollers: int) -> tuple[float, list[int], fl
     from icsfeed.store import Store
 
     Store(url).close()
-    env = {**os.environ, "ICSFEED_STORAGE_URL": url, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "ICSFEED_STORAGE_URL": url, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(REPO),
+           "ICSFEED_POLL_HELPERS": "0"}  # one process per poller, as this comparison means
     argv = [sys.executable, "-m", "icsfeed", "--config", str(base / "config"), "--data", str(base / "data"),
             "--log-level", "WARNING", "poll", "--once"]
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -348,9 +403,7 @@ def run_pollers() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        child(Path(sys.argv[2]))
-    elif sys.argv[1:] == ["--pollers"]:
+    if sys.argv[1:] == ["--pollers"]:
         run_pollers()
     else:
         run()

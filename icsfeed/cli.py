@@ -137,7 +137,10 @@ def poll(env: Env, once: bool, sources: tuple[str, ...]) -> None:
     coordinator = Coordinator(store.engine)  # other pollers at work on the same store get their share
     if once:
         try:
-            reports = poll_now(config, store, sources or None, coordinator=coordinator, since=started)
+            from icsfeed.parallel import default_helpers
+
+            reports = poll_now(config, store, sources or None, coordinator=coordinator, since=started,
+                               helpers=default_helpers())
         finally:
             coordinator.close()
         for report in reports:  # already redacted by the poller; once more costs nothing

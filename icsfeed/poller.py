@@ -8,22 +8,24 @@ they are stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
+from icsfeed import __version__
 from icsfeed.config import Config
 from icsfeed.insights import refresh_insights
 from icsfeed.model import Event
 from icsfeed.redact import redact, secret_forms
 from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
-from icsfeed.sources import Source, SourceError, load_source_class
+from icsfeed.sources import AnswerUnchanged, Source, SourceError, load_source_class
 from icsfeed.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -101,8 +103,32 @@ def build_source(config: Config, source_id: str) -> Source:
     return cls(source_id, config.source_settings[source_id], config.source_context())
 
 
+def answer_fingerprint(config: Config, source_id: str) -> bytes:
+    """What a source's events depend on besides the origin's raw answer: its settings and
+    absence policy, the kinds, the text caps, the timezones, icsfeed's version, and the year
+    (a birthday's detail counts the years). An answer digest made under another fingerprint
+    never matches, so a change to any of these maps the answer again."""
+    cfg = config.sources[source_id]
+    context = config.source_context()
+    shape = {
+        "source": cfg.model_dump(mode="json"),
+        "settings": config.source_settings[source_id].model_dump(mode="json"),
+        "kinds": {name: [info.all_day, info.duration_seconds] for name, info in sorted(context.kinds.items())},
+        "timezones": [context.default_timezone, sorted(context.account_timezones.items())],
+        "caps": [config.feeds.max_title, config.feeds.max_detail, sorted(config.kinds)],
+        "version": __version__, "year": date.today().year,
+    }
+    return json.dumps(shape, sort_keys=True, default=str).encode()
+
+
 def poll_source(config: Config, store: Store, source_id: str, *, now: float | None = None) -> PollReport:
-    """Poll one source and apply the result; never raises for a failing source."""
+    """Poll one source and apply the result; never raises for a failing source.
+
+    A full-dump source whose raw answer is the one the stored events came from (its digest
+    is kept with the source's state by the poll that stored them) costs a read and a hash:
+    mapping, checking and the upsert would all give the same rows again. A failed poll
+    clears that digest, so the next one is applied in full.
+    """
     cfg = config.sources[source_id]
     secrets = source_secrets(config, source_id)
     started = time.monotonic()
@@ -112,7 +138,12 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         source = build_source(config, source_id)
         source.cursor = state.cursor
         since = datetime.fromtimestamp(state.last_success, timezone.utc) if state.last_success else None
-        events = _checked(config, source, source.fetch(since))
+        source.fingerprint = answer_fingerprint(config, source_id)
+        source.known_digest = state.answer_digest if not (source.incremental and since is not None) else None
+        try:
+            events = _checked(config, source, source.fetch(since))
+        except AnswerUnchanged:
+            return _unchanged(store, source_id, state, source.known_digest or "", now, started, secrets)
     except Exception as exc:  # the source failed as a whole: keep the last good events
         if isinstance(exc, SourceError):
             message = str(exc)
@@ -134,7 +165,8 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
             source_id, events, absence=cfg.absence or source.absence, complete=complete, now=now,
             previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
             affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
-            fragment=fragment_renderer(config))  # VEVENTs rendered as they are written
+            fragment=fragment_renderer(config),  # VEVENTs rendered as they are written
+            answer_digest=source.answer_digest if complete else None)
     except StoreError as exc:  # the store refused the poll: a failure like any other (backoff, /status)
         return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
     for key, reason in changes.skipped:  # records the store cannot hold: skipped like the source's own
@@ -148,6 +180,21 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
                         unchanged=changes.unchanged, closed=changes.closed, cancelled=changes.cancelled,
                         skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
     log.info("poll %s", report.line())
+    return report
+
+
+def _unchanged(store: Store, source_id: str, state: Any, digest: str, now: float, started: float,
+               secrets: set[str]) -> PollReport:
+    """Record a poll whose answer is the stored one: the events stay as they are."""
+    elapsed = time.monotonic() - started
+    last = dict(state.last_result or {})
+    last["answer_unchanged"] = True
+    try:
+        store.record_unchanged(source_id, now, result=last, duration=elapsed, answer_digest=digest)
+    except StoreError as exc:
+        return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
+    report = PollReport(source_id, ok=True, unchanged=int(last.get("fetched") or 0), seconds=elapsed)
+    log.info("poll %s (answer unchanged)", report.line())
     return report
 
 
@@ -184,10 +231,11 @@ def refresh_due_insights(config: Config, store: Store, now: float | None = None,
     for key in due:  # claimed per configured account: its keys are refreshed together
         by_account.setdefault(owner.get(key.strip().lower(), ""), []).append(key)
     names = sorted(by_account)
+    batch = max(1, min(INSIGHT_BATCH, len(names) // 8))  # a few accounts: small claims, so all pollers get some
     done = 0
     with claims.locks() as locks:
-        for start in range(0, len(names), INSIGHT_BATCH):
-            claimed = [n for n in names[start:start + INSIGHT_BATCH] if locks.try_lock("account", n)]
+        for start in range(0, len(names), batch):
+            claimed = [n for n in names[start:start + batch] if locks.try_lock("account", n)]
             if not claimed:
                 continue
             fresh = store.insights_due()  # read again under the claim: another poller may have just done them
@@ -233,16 +281,43 @@ def _checked(config: Config, source: Source, fetched: Iterable[Event]) -> list[E
 
 
 def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, *,
-         coordinator: Coordinator | None = None, since: float | None = None) -> list[PollReport]:
+         coordinator: Coordinator | None = None, since: float | None = None,
+         helpers: int = 0) -> list[PollReport]:
     """Poll sources in turn (all enabled ones by default), then re-render the changed feeds.
 
     With ``coordinator`` (``icsfeed poll --once``), pollers running at the same time split
     the work: a source another poller is polling right now, or has polled since this run
     started (``since``, default now), is left to it; so are the feeds and accounts another
-    one renders or refreshes.
+    one renders or refreshes. ``helpers``: that many such pollers started here
+    (icsfeed/parallel.py) to use the other cores; their reports stand in for the sources
+    they polled.
     """
     ids = list(source_ids) if source_ids else [s.id for s in config.sources.values() if s.enabled]
     started = since if since is not None else time.time()
+    began = time.perf_counter()
+    team: list[Any] = []
+
+    def need_help() -> None:
+        """Start the helpers once there is work to share (an unchanged poll never pays their start)."""
+        if not team and helpers > 0 and coordinator is not None and not source_ids:
+            from icsfeed.parallel import Helpers
+
+            team.append(Helpers(config.config_dir, config.data_dir, started, helpers))
+
+    try:
+        reports = _poll_all(config, store, ids, coordinator, started, began, need_help)
+    finally:
+        helped = team[0].finish() if team else []
+    by_source = {r["source"]: r for r in helped}
+    return [PollReport(**by_source.pop(r.source)) if r.elsewhere and r.source in by_source else r for r in reports]
+
+
+#: due accounts or dirty feeds from which ``poll --once`` shares the work with its helpers
+HELP_FROM = 8
+
+
+def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordinator | None, started: float,
+              began: float, need_help: Callable[[], None]) -> list[PollReport]:
     reports = []
     busy: list[str] = []  # sources another poller was polling when this one came to them
     for source_id in ids:
@@ -259,6 +334,8 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, 
                     reports.append(PollReport(source_id, ok=True, elsewhere="another poller polled it during this run"))
                 else:
                     reports.append(poll_source(config, store, source_id))
+                    if reports[-1].new or reports[-1].updated or reports[-1].seconds > 1.0:
+                        need_help()  # this origin's answer changed: the others' may too
         except StoreError as exc:
             message = redact(str(exc), source_secrets(config, source_id))
             log.error("cannot store poll of %s: %s", source_id, message)
@@ -267,19 +344,61 @@ def poll(config: Config, store: Store, source_ids: Iterable[str] | None = None, 
         # the feeds those polls change would be rendered twice (now by this poller, then again
         # by that one): wait for them, then render together with the others, splitting the feeds
         _wait_for_polls(coordinator, busy, timeout=OTHERS_WAIT_SECONDS)
+    polled = time.perf_counter()
+    refreshed = 0
     try:
-        refresh_due_insights(config, store, claims=coordinator)
+        if coordinator is not None and len(store.insights_due()) >= HELP_FROM:
+            need_help()
+        refreshed = refresh_due_insights(config, store, claims=coordinator)
+        if coordinator is not None:  # render once the others' refreshes are stored too
+            _wait_for_insights(config, store, coordinator, timeout=OTHERS_WAIT_SECONDS)
     except StoreError as exc:
         log.error("cannot refresh insights: %s", exc)
+    insights_done = time.perf_counter()
+    feeds: list[str] = []
     try:
         if coordinator is None:
-            render_feeds(config, store)
+            feeds = render_feeds(config, store)
         else:
+            if _dirty_feeds(store) >= HELP_FROM:
+                need_help()
             with coordinator.feed_claims() as claim:
-                render_feeds(config, store, claim=claim)
+                feeds = render_feeds(config, store, claim=claim)
     except StoreError as exc:
         log.error("cannot store rendered feeds: %s", exc)
+    log.info("poll stages: %d sources in %.2f s, insights of %d account keys in %.2f s, %d feeds rendered in %.2f s",
+             len(reports), polled - began, refreshed, insights_done - polled, len(feeds),
+             time.perf_counter() - insights_done)
     return reports
+
+
+def _dirty_feeds(store: Store) -> int:
+    """How many stored feeds are dirty (0 when the store cannot tell: the render will say why)."""
+    try:
+        return sum(1 for dirty, *_ in store.feed_render_generations().values() if dirty)
+    except Exception:  # only a hint for starting helpers
+        return 0
+
+
+def _wait_for_insights(config: Config, store: Store, coordinator: Coordinator, timeout: float) -> None:
+    """Until no account due for insights is claimed by another poller (its refresh is
+    stored, and the feeds it marks dirty are rendered once, after it), or ``timeout``."""
+    owner = {key: account.id for account in config.accounts.values() for key in account.match_keys}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        due = store.insights_due()
+        if not due:
+            return
+        busy = False
+        with coordinator.locks() as locks:
+            for name in sorted({owner.get(key.strip().lower(), "") for key in due}):
+                if not locks.try_lock("account", name):
+                    busy = True
+                    break
+                locks.unlock("account", name)
+        if not busy:
+            return
+        time.sleep(0.05)
 
 
 def _wait_for_polls(coordinator: Coordinator, source_ids: list[str], timeout: float) -> None:

@@ -261,7 +261,26 @@ def _line(name: str, value: str) -> bytes:
     data = line.encode("utf-8")
     if len(data) < _FOLD_AT:
         return data + b"\r\n"
+    if len(data) == len(line):  # ASCII: icalendar's fold, by slices instead of a character at a time
+        return fold_ascii(line).encode("ascii") + b"\r\n"
     return Contentline(line).to_ical() + b"\r\n"
+
+
+def fold_ascii(line: str) -> str:
+    """icalendar's folding (``Contentline.to_ical``) of an ASCII line, byte for byte: pieces
+    of 74 octets, except that a piece never ends in an escape's first character (``\\``
+    or ``^``), which then starts the next piece. Long descriptions (an insight's) are folded
+    in microseconds instead of a millisecond."""
+    pieces = []
+    start, width = 0, _FOLD_AT - 1
+    while len(line) - start > width:
+        end = start + width
+        if line[end - 1] in "\\^":
+            end -= 1
+        pieces.append(line[start:end])
+        start = end
+    pieces.append(line[start:])
+    return "\r\n ".join(pieces)
 
 
 def _lib_line(name: str, value: object) -> bytes:
@@ -425,6 +444,12 @@ def _render_or_skip(config: Config, row: EventRow, view: str | None = None) -> b
         return None
 
 
+def view_fragment_key(key: str, view: str) -> str:
+    """The key of a stored fragment that links this month view (``key``: render_key): such
+    a fragment is one feed's, and only that feed's render finds it."""
+    return hashlib.sha256(f"{key}\0{view}".encode()).hexdigest()[:32]
+
+
 def feed_secret(config: Config, store: Store) -> bytes | None:
     """The token key, for the month view links in feeds; None when it cannot be read
     (``store``: on a server database every process shares the key kept there)."""
@@ -454,15 +479,23 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
         wanted = frozenset(kinds)
         query = replace(query, kinds=wanted if query.kinds is None else query.kinds & wanted)
     key = key or render_key(config)
-    listed = store.query_fragments(query, key)
+    # events linking the month view are kept rendered for one feed's view (the key says
+    # which): with the view known up front, this feed joins the ones made for it last time
+    view: str | None = view_url(config, secret, spec) if secret is not None else None
+    view_key = view_fragment_key(key, view) if view is not None else None
+    by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
+    if view_key is None or by_keys is None:
+        listed = store.query_fragments(query, key)
+    else:
+        listed = by_keys(query, (key, view_key))
     missing = [i for i, fragment in listed if fragment is None]
     rendered: dict[int, bytes | None] = {}
     if missing:
         rows = store.events_by_id(missing)
-        view: str | None = None
-        if any(links_month_view(row.event) for row in rows.values()):
+        if view is None and any(links_month_view(row.event) for row in rows.values()):
             secret = secret if secret is not None else feed_secret(config, store)
             view = view_url(config, secret, spec) if secret is not None else None
+            view_key = view_fragment_key(key, view) if view is not None else None
         fresh = []
         for i in missing:
             row = rows.get(i)
@@ -471,8 +504,14 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
             linked = links_month_view(row.event)
             fragment = _render_or_skip(config, row, view if linked else None)
             rendered[i] = fragment
-            if fragment is not None and not linked:  # a view link is this feed's: never stored
+            if fragment is None:
+                continue
+            if not linked:
                 fresh.append((i, fragment, key))
+            elif view_key is not None and spec.type == "account":
+                # kept under the account feed's view key (a team feed's key never matches it, and
+                # team feeds, which would take turns with it over the one slot, render their own)
+                fresh.append((i, fragment, view_key))
         if save_fragments:
             store.save_fragments(fresh)
     head, tail = calendar_header(config, spec)

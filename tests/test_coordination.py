@@ -168,7 +168,7 @@ def test_two_poll_once_processes_split_the_sources(url: str, tmp_path: Path) -> 
                               + slow_sources(config_dir, runs, names, 1.0)})
     Store(url).close()  # the schema first: two processes creating it at once is not what is tried here
     argv = [sys.executable, "-m", "icsfeed", "--config", str(config_dir), "--data", str(tmp_path / "data"), "poll", "--once"]
-    env = {**os.environ, "ICSFEED_SECRET_KEY": "k" * 32}
+    env = {**os.environ, "ICSFEED_SECRET_KEY": "k" * 32, "ICSFEED_POLL_HELPERS": "0"}  # two pollers, no helpers
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
     for proc, (_out, err) in zip(procs, outputs, strict=True):

@@ -89,9 +89,11 @@ class History:
         return self._other[key]
 
     def forget(self) -> None:
-        """Re-read insight events on next use: a detector just stored flags the next one counts."""
+        """Re-read insight events on next use: a detector just stored flags the next one counts.
+        What holds no insight (a year of tickets) is kept: only flags were written."""
         self._insights = None
-        self._other.clear()
+        self._other = {key: rows for key, rows in self._other.items()
+                       if key[2] is not None and INSIGHT_KIND not in key[2]}
 
 
 def _indexed(rows: list[EventRow]) -> list[tuple[float, float, EventRow]]:

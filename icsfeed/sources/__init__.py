@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from icsfeed.sources.base import Source, SourceContext, SourceError, SourceSettings
+from icsfeed.sources.base import AnswerUnchanged, Source, SourceContext, SourceError, SourceSettings
 
-__all__ = ["BUILTIN_TYPES", "Source", "SourceContext", "SourceError", "SourceSettings", "load_source_class"]
+__all__ = ["BUILTIN_TYPES", "AnswerUnchanged", "Source", "SourceContext", "SourceError", "SourceSettings", "load_source_class"]
 
 #: type name -> "module:Class"
 BUILTIN_TYPES: dict[str, str] = {

@@ -19,6 +19,7 @@ is :meth:`Source.fetch`. The rules, which the poller relies on:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,11 @@ MAX_LOGGED_SKIPS = 5
 
 class SourceError(Exception):
     """A poll failed as a whole; the message is shown on the status page (no secrets)."""
+
+
+class AnswerUnchanged(Exception):
+    """Raised by ``fetch`` when :meth:`Source.answer_unchanged` says the origin's raw answer is
+    the one the stored events came from: the poller records a successful poll and stops."""
 
 
 class SourceSettings(BaseModel):
@@ -113,6 +119,13 @@ class Source(ABC):
         self.cursor: str | None = None
         #: reasons for records skipped in the last fetch
         self.skipped: list[str] = []
+        #: set by the poller: what the answer digest depends on besides the raw bytes (the
+        #: source's settings, kinds, caps: see poller.answer_fingerprint), and the digest of
+        #: the answer the stored events came from (None: none known, poll in full)
+        self.fingerprint: bytes = b""
+        self.known_digest: str | None = None
+        #: the digest of the last raw answer ``answer_unchanged`` saw
+        self.answer_digest: str | None = None
 
     @classmethod
     def parse_settings(cls, raw: dict[str, Any]) -> SourceSettings:
@@ -122,6 +135,14 @@ class Source(ABC):
     @abstractmethod
     def fetch(self, since: datetime | None) -> Iterable[Event]:
         """Every event the origin has now (or changed since ``since``); raise on failure."""
+
+    def answer_unchanged(self, raw: bytes) -> bool:
+        """Note the digest of the origin's whole raw answer; True when it is the one the
+        stored events came from, so ``fetch`` may raise :class:`AnswerUnchanged` instead of
+        mapping it again. Only for types whose events are a function of the answer and the
+        configuration alone (not of the clock): a full dump re-read every poll."""
+        self.answer_digest = hashlib.sha256(self.fingerprint + b"\0" + raw).hexdigest()
+        return self.known_digest is not None and self.known_digest == self.answer_digest
 
     def skip(self, record: object, reason: str) -> None:
         """Log and count a record that cannot become an event; the poll goes on."""

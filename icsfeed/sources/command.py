@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from icsfeed.model import Event
-from icsfeed.sources.base import SourceError
+from icsfeed.sources.base import AnswerUnchanged, SourceError
 from icsfeed.sources.mapping import (
     MappedSettings,
     MappedSource,
@@ -62,5 +62,7 @@ class CommandSource(MappedSource):
         if done.returncode != 0:
             first = (done.stderr.decode("utf-8", "replace").strip().split("\n") or [""])[-1].strip()[:300]
             raise SourceError(f"{name} exited with status {done.returncode}: {first}")
+        if self.answer_unchanged(done.stdout):  # the same output as the stored events came from
+            raise AnswerUnchanged(name)
         text = done.stdout.decode("utf-8-sig", "replace")  # a byte-order mark is no record
         return list(self.events_from(records_in(self, text, s.format, s.items, name)))

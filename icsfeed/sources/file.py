@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from icsfeed.model import Event
-from icsfeed.sources.base import SourceError
+from icsfeed.sources.base import AnswerUnchanged, SourceError
 from icsfeed.sources.mapping import (
     MappedSettings,
     MappedSource,
@@ -49,6 +49,8 @@ class FileSource(MappedSource):
                 data = handle.read(limit + 1)
             if len(data) > limit:
                 raise SourceError(f"{path.name}: more than max_bytes ({limit})")
+            if self.answer_unchanged(data):  # the same bytes as the stored events came from
+                raise AnswerUnchanged(path.name)
             # universal newlines, as a text file is read: \r\n and \r end a line (U+2028 does not)
             text = data.decode(_encoding(self.settings.encoding), "replace").replace("\r\n", "\n").replace("\r", "\n")
         except LookupError:

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from datetime import time as dtime
 from typing import Any
 
@@ -96,7 +96,7 @@ class EventsMixin:
     uid_host: str
     # from the other parts, called inside a poll's transaction
     _mark_dirty: Callable[[Any, Iterable[str]], None]
-    _record_success: Callable[[Any, str, float, str | None, dict[str, Any] | None, float | None], None]
+    _record_success: Callable[..., None]
 
     # --- polls ---------------------------------------------------------------------------
 
@@ -105,7 +105,8 @@ class EventsMixin:
                    cursor: str | None = None, result: dict[str, Any] | None = None,
                    duration: float | None = None,
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
-                   fragment: Fragmenter | None = None, record: bool = True) -> PollChanges:
+                   fragment: Fragmenter | None = None, record: bool = True,
+                   answer_digest: str | None = None) -> PollChanges:
         """Upsert a poll's events and apply the absence policy, all in one transaction.
 
         ``complete`` is False for incremental polls: then a missing event means nothing.
@@ -116,7 +117,10 @@ class EventsMixin:
         written with the event, once, instead of being rewritten into the row by the render.
         ``record`` False (a pushed notification, ``complete`` False too): the source's poll
         state (last success, cursor) is left as it is, since a push says nothing about the
-        events it does not name.
+        events it does not name; only its answer digest is cleared (the stored events no
+        longer come from that answer alone).
+        ``answer_digest``: the digest of the raw answer these events came from, kept with the
+        source's state in the same transaction (the next poll of the same answer skips it).
         """
         changes = PollChanges()
         unique: dict[str, Event] = {}
@@ -172,7 +176,9 @@ class EventsMixin:
                 if affected is not None and changes.touched:
                     self._mark_dirty(conn, affected(changes.touched))
                 if record:
-                    self._record_success(conn, source_id, now, cursor, result, duration)
+                    self._record_success(conn, source_id, now, cursor, result, duration, answer_digest)
+                else:
+                    self._upsert_state(conn, source_id, {"answer_digest": None})
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot write poll of {source_id}: {db_reason(exc)}") from None
         return changes
@@ -286,11 +292,17 @@ class EventsMixin:
         """(id, VEVENT fragment) of a feed's events in feed order; the fragment is None where
         none made under ``render_key`` is stored. Cheaper than :meth:`query_events`: no event
         is decoded, which is what a re-render after a small change mostly needs."""
+        return self.query_feed_fragments(query, (render_key,))
+
+    def query_feed_fragments(self, query: FeedQuery, keys: Sequence[str]) -> list[tuple[int, bytes | None]]:
+        """:meth:`query_fragments` for fragments made under any of ``keys`` (the render key,
+        and the key of the fragments made for one feed's month view links)."""
         t = events_table
         conditions = self._feed_conditions(query)
         if conditions is None:
             return []
-        fragment = case((t.c.vevent_key == render_key, t.c.vevent), else_=null())
+        current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
+        fragment = case((current, t.c.vevent), else_=null())
         stmt = select(t.c.id, fragment).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
             return list(conn.execute(stmt).all())  # one fetchall: half the time of a fetch a row
@@ -354,8 +366,26 @@ _EVENT_ROW_COLUMNS = (events_table.c.id, events_table.c.uid, events_table.c.data
 
 def _event_row(r: tuple[Any, ...]) -> EventRow:
     row_id, uid, data, sequence, created, last_modified, vevent, vevent_key = r
-    return EventRow(id=row_id, uid=uid, event=Event.from_dict(json.loads(data)), sequence=sequence,
+    return EventRow(id=row_id, uid=uid, event=stored_event(data), sequence=sequence,
                     created=created, last_modified=last_modified, vevent=vevent, vevent_key=vevent_key)
+
+
+def stored_event(data: str) -> Event:
+    """The Event a row's JSON holds, the same as ``Event.from_dict(json.loads(data))``, without
+    re-running the checks it passed when it was stored: insights and renders decode every event
+    of an account, and the checks cost as much as the JSON."""
+    d = json.loads(data)
+    start = d["start"]
+    parse = date.fromisoformat if "T" not in start else datetime.fromisoformat
+    end, alarm = d.get("end"), d.get("alarm_before")
+    ev = object.__new__(Event)
+    ev.__dict__.update(
+        source=d["source"], key=d["key"], kind=d["kind"], title=d["title"], start=parse(start),
+        end=parse(end) if end else None, detail=d.get("detail") or "", url=d.get("url"),
+        account=d.get("account"), status=d.get("status") or "confirmed", severity=d.get("severity"),
+        attrs=d.get("attrs") or {}, rrule=d.get("rrule"),
+        alarm_before=timedelta(seconds=alarm) if alarm else None)
+    return ev
 
 
 def _account_key(account: str | None) -> str | None:

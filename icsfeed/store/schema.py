@@ -71,6 +71,9 @@ source_state_table = Table(
     Column("next_poll", Float),
     Column("polls_total", Integer, nullable=False, default=0),
     Column("failures_total", Integer, nullable=False, default=0),
+    #: digest of the origin's raw answer that the stored events came from (see Source.answer_unchanged);
+    #: cleared by a failed poll, so that the next one is applied in full
+    Column("answer_digest", String(64)),
 )
 
 feeds_table = Table(

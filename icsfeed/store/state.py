@@ -30,6 +30,7 @@ class SourceState:
     next_poll: float | None = None
     polls_total: int = 0
     failures_total: int = 0
+    answer_digest: str | None = None
 
 
 class StateMixin:
@@ -38,14 +39,34 @@ class StateMixin:
     engine: Engine
 
     def _record_success(self, conn: Any, source_id: str, now: float, cursor: str | None,
-                        result: dict[str, Any] | None, duration: float | None) -> None:
+                        result: dict[str, Any] | None, duration: float | None,
+                        answer_digest: str | None = None) -> None:
+        """A stored poll; ``answer_digest``: the raw answer its events came from (None: unknown)."""
         s = source_state_table
         values: dict[str, Any] = {"last_attempt": now, "last_success": now, "consecutive_failures": 0,
                                   "last_duration": duration, "last_result": json.dumps(result or {}),
-                                  "polls_total": func.coalesce(s.c.polls_total, 0) + 1}
+                                  "polls_total": func.coalesce(s.c.polls_total, 0) + 1,
+                                  "answer_digest": answer_digest}
         if cursor is not None:
             values["cursor"] = storable_text(cursor)
         self._upsert_state(conn, source_id, values)
+
+    def record_unchanged(self, source_id: str, now: float, *, result: dict[str, Any] | None = None,
+                         duration: float | None = None, answer_digest: str) -> None:
+        """A successful poll whose raw answer is the one the stored events came from: nothing
+        to write but the poll itself (last success, counters), only if that digest is still
+        the stored one (a failure in between cleared it: then the caller must poll in full)."""
+        s = source_state_table
+        try:
+            with self.engine.begin() as conn:
+                done = conn.execute(s.update().where(and_(s.c.source == source_id, s.c.answer_digest == answer_digest))
+                                    .values(last_attempt=now, last_success=now, consecutive_failures=0,
+                                            last_duration=duration, last_result=json.dumps(result or {}),
+                                            polls_total=func.coalesce(s.c.polls_total, 0) + 1))
+                if done.rowcount != 1:
+                    raise StoreError(f"the stored answer of {source_id} changed meanwhile")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write poll of {source_id}: {db_reason(exc)}") from None
 
     def record_failure(self, source_id: str, error: str, now: float, duration: float | None = None) -> int:
         """Note a failed poll; returns the number of failures in a row."""
@@ -55,7 +76,7 @@ class StateMixin:
                 self._upsert_state(conn, source_id, {
                     "last_attempt": now, "last_error": storable_text(error[:2000]), "last_error_at": now,
                     "consecutive_failures": func.coalesce(s.c.consecutive_failures, 0) + 1,
-                    "last_duration": duration,
+                    "last_duration": duration, "answer_digest": None,
                     "polls_total": func.coalesce(s.c.polls_total, 0) + 1,
                     "failures_total": func.coalesce(s.c.failures_total, 0) + 1})
                 failures = conn.execute(select(s.c.consecutive_failures).where(s.c.source == source_id)).scalar_one()
