@@ -160,7 +160,9 @@ def test_stored_events_decode_as_from_dict_does() -> None:
     events = [Event(source="s", key="1", kind="alert", title="t", start=NOW, end=None),
               Event(source="s", key="2", kind="birthday", title="b", start=date(2026, 1, 1), end=date(2026, 1, 2),
                     detail="d", url="https://x.example/", account="Acme", status="cancelled", severity="high",
-                    attrs={"host": ["a", 1]}, rrule="FREQ=YEARLY", alarm_before=timedelta(hours=2))]
+                    attrs={"host": ["a", 1]}, rrule="FREQ=YEARLY", alarm_before=timedelta(hours=2)),
+              Event(source="am", key="3", kind="alert", title="firing", start=NOW, end=None,
+                    seen=NOW.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))]
     for ev in events:
         blob = _encoded(ev)[0]
         decoded = stored_event(blob)

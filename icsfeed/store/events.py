@@ -377,14 +377,15 @@ def stored_event(data: str) -> Event:
     d = json.loads(data)
     start = d["start"]
     parse = date.fromisoformat if "T" not in start else datetime.fromisoformat
-    end, alarm = d.get("end"), d.get("alarm_before")
+    end, alarm, seen = d.get("end"), d.get("alarm_before"), d.get("seen")
     ev = object.__new__(Event)
     ev.__dict__.update(
         source=d["source"], key=d["key"], kind=d["kind"], title=d["title"], start=parse(start),
         end=parse(end) if end else None, detail=d.get("detail") or "", url=d.get("url"),
         account=d.get("account"), status=d.get("status") or "confirmed", severity=d.get("severity"),
         attrs=d.get("attrs") or {}, rrule=d.get("rrule"),
-        alarm_before=timedelta(seconds=alarm) if alarm else None)
+        alarm_before=timedelta(seconds=alarm) if alarm else None,
+        seen=datetime.fromisoformat(seen) if seen else None)
     return ev
 
 
