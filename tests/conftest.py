@@ -72,6 +72,25 @@ def storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     yield url
 
 
+@pytest.fixture
+def another_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """Call it before opening a second, independent store in one test: on PostgreSQL the
+    stores opened after it use a new empty database (on SQLite each data dir is its own)."""
+    made: list[str] = []
+
+    def switch() -> None:
+        if os.environ.get(STORAGE_URL_ENV) and BACKEND == "postgresql":
+            cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+            made.append(cluster.create_database("w"))
+            monkeypatch.setenv(STORAGE_URL_ENV, cluster.url(made[-1]))
+
+    yield switch
+    if made:
+        cluster = request.getfixturevalue("postgres_cluster")
+        for name in made:
+            cluster.drop_database(name)
+
+
 def storage_url(data_dir: Path) -> str:
     """The database an ``icsfeed`` process started by this test writes to: the run's
     PostgreSQL database of the test, else the SQLite file in ``data_dir``."""

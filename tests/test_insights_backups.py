@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_missed_weekly_full_backup_is_flagged_on_its_sunday(tmp_path: Path) -> N
     assert flags[0].attrs["host"] == "db01" and flags[0].attrs["series"] == "full"
 
 
-def test_late_run_within_grace_cancels_the_flag_and_one_after_it_does_not(tmp_path: Path) -> None:
+def test_late_run_within_grace_cancels_the_flag_and_one_after_it_does_not(tmp_path: Path, another_store: Callable[[], None]) -> None:
     sunday = date(2026, 3, 22)
     history = db01(date(2026, 1, 5), sunday, skip_full=(sunday,))
     world = make_world(tmp_path)
@@ -57,6 +58,7 @@ def test_late_run_within_grace_cancels_the_flag_and_one_after_it_does_not(tmp_pa
     [cancelled] = world.rows("backups", status="cancelled")
     assert cancelled.uid == row.uid and cancelled.sequence == row.sequence + 1
     # in another world it comes at 05:00, after the grace period: the flag stands
+    another_store()  # an independent store (on PostgreSQL: its own database)
     other = make_world(tmp_path / "other")
     too_late = backup("db01-late", at(sunday + timedelta(days=1), 5, 0), full=True)
     other.poll("backups", [*history, too_late], at(sunday + timedelta(days=1), 6))

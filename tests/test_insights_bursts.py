@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -199,7 +200,7 @@ def test_noise_on_a_quiet_account_is_not_a_burst_and_a_real_burst_on_it_is(tmp_p
     assert flag.title.endswith("(usually about 4 in a week)")
 
 
-def test_wording_says_none_never_about_zero_and_one_line_says_it_all(tmp_path: Path) -> None:
+def test_wording_says_none_never_about_zero_and_one_line_says_it_all(tmp_path: Path, another_store: Callable[[], None]) -> None:
     """Baseline weeks alternating 0 and 1 alerts (a median of 0.5: "about 0" before) read
     "about 1 in a week"; an account with no alerts at all reads "usually none". The first
     line of the description says what happened, what is usual and where the evidence is."""
@@ -214,6 +215,7 @@ def test_wording_says_none_never_about_zero_and_one_line_says_it_all(tmp_path: P
     assert line.startswith("14 alerts from Mon 16 Mar 2026 to Wed 18 Mar 2026 where about 1 in a week is usual")
     assert "the top alerts are below" in line and "month view" in line
     assert flag.attrs["view_link"] is True
+    another_store()  # an independent store (on PostgreSQL: its own database)
     silent = make_world(tmp_path / "silent")
     silent.poll("alerts", burst(), NOW)
     silent.poll("backups", [backup(f"k{d}", at(d, 2)) for d in days(date(2026, 1, 5), TODAY)], NOW)

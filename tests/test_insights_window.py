@@ -8,6 +8,7 @@ it says changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_a_first_import_of_twelve_weeks_flags_what_is_in_it(tmp_path: Path) -> N
     assert "⚠️ Missed weekly full backup for db01 (usually Sunday)" in shown
 
 
-def test_a_burst_that_began_before_the_window_and_runs_into_it_is_flagged(tmp_path: Path) -> None:
+def test_a_burst_that_began_before_the_window_and_runs_into_it_is_flagged(tmp_path: Path, another_store: Callable[[], None]) -> None:
     """The feed shows 90 days back: a burst from day 93 to day 89 is half in it; one that
     ended on day 95 is not shown, and not flagged."""
     world = make_world(tmp_path)
@@ -82,6 +83,7 @@ def test_a_burst_that_began_before_the_window_and_runs_into_it_is_flagged(tmp_pa
     assert [(f.start, f.end) for f in flags] == [(TODAY - timedelta(days=93), TODAY - timedelta(days=88))]
     assert next(t for t in feed_summaries(world) if t.startswith("⚠️ Alert burst: ")).split(" (")[0] in (
         "⚠️ Alert burst: 25 alerts in 5 days", "⚠️ Alert burst: 26 alerts in 5 days")  # a quiet one among them
+    another_store()  # an independent store (on PostgreSQL: its own database)
     other = make_world(tmp_path / "other")
     other.poll("alerts", quiet(TODAY - timedelta(days=200), TODAY) + before, NOW)
     other.refresh(NOW)
