@@ -10,7 +10,7 @@
 // that the Python side sees every file's result. A non-zero exit means the
 // script itself failed (bad arguments, missing ical.js).
 
-import { readFileSync } from "node:fs";
+import { checkFiles, message } from "./check_files.mjs";
 import ICAL from "ical.js";
 
 /** How many RRULE occurrences to expand per event: enough to hit a bad rule. */
@@ -22,10 +22,6 @@ const RRULE_PROBE = 3;
 const CALENDAR_TEXT = ["name", "description", "x-wr-calname", "x-wr-caldesc"];
 for (const name of CALENDAR_TEXT) {
   ICAL.design.icalendar.property[name] = { defaultType: "text" };
-}
-
-function message(err) {
-  return err && err.message ? `${err.name || "Error"}: ${err.message}` : String(err);
 }
 
 function checkText(text) {
@@ -147,21 +143,4 @@ function checkCalendar(root, result) {
   }
 }
 
-function main(argv) {
-  if (argv.length === 0) {
-    process.stderr.write("usage: node check_ical.mjs FILE [FILE...]\n");
-    process.exit(2);
-  }
-  const out = argv.map((file) => {
-    let text;
-    try {
-      text = readFileSync(file, "utf8");
-    } catch (err) {
-      return { file, errors: [`read: ${message(err)}`] };
-    }
-    return { file, ...checkText(text) };
-  });
-  process.stdout.write(JSON.stringify(out));
-}
-
-main(process.argv.slice(2));
+checkFiles("check_ical.mjs", checkText);

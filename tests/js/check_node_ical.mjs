@@ -12,15 +12,11 @@
 // expanding is an error too. node-ical throws on little (it is tolerant), so a parse
 // exception is reported as well. The process exits 0 so the Python side sees every file.
 
-import { readFileSync } from "node:fs";
+import { checkFiles, message } from "./check_files.mjs";
 import ical from "node-ical";
 
 const RRULE_YEARS = 3;
 const YEAR_MS = 365.25 * 24 * 3600 * 1000;
-
-function message(err) {
-  return err && err.message ? `${err.name || "Error"}: ${err.message}` : String(err);
-}
 
 function iso(value) {
   return value instanceof Date && Number.isFinite(value.getTime()) ? value.toISOString() : null;
@@ -73,21 +69,4 @@ function checkText(text) {
   return result;
 }
 
-function main(argv) {
-  if (argv.length === 0) {
-    process.stderr.write("usage: node check_node_ical.mjs FILE [FILE...]\n");
-    process.exit(2);
-  }
-  const out = argv.map((file) => {
-    let text;
-    try {
-      text = readFileSync(file, "utf8");
-    } catch (err) {
-      return { file, errors: [`read: ${message(err)}`] };
-    }
-    return { file, ...checkText(text) };
-  });
-  process.stdout.write(JSON.stringify(out));
-}
-
-main(process.argv.slice(2));
+checkFiles("check_node_ical.mjs", checkText);
