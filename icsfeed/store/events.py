@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from datetime import time as dtime
 from typing import Any
 
@@ -371,22 +371,8 @@ def _event_row(r: tuple[Any, ...]) -> EventRow:
 
 
 def stored_event(data: str) -> Event:
-    """The Event a row's JSON holds, the same as ``Event.from_dict(json.loads(data))``, without
-    re-running the checks it passed when it was stored: insights and renders decode every event
-    of an account, and the checks cost as much as the JSON."""
-    d = json.loads(data)
-    start = d["start"]
-    parse = date.fromisoformat if "T" not in start else datetime.fromisoformat
-    end, alarm, seen = d.get("end"), d.get("alarm_before"), d.get("seen")
-    ev = object.__new__(Event)
-    ev.__dict__.update(
-        source=d["source"], key=d["key"], kind=d["kind"], title=d["title"], start=parse(start),
-        end=parse(end) if end else None, detail=d.get("detail") or "", url=d.get("url"),
-        account=d.get("account"), status=d.get("status") or "confirmed", severity=d.get("severity"),
-        attrs=d.get("attrs") or {}, rrule=d.get("rrule"),
-        alarm_before=timedelta(seconds=alarm) if alarm else None,
-        seen=datetime.fromisoformat(seen) if seen else None)
-    return ev
+    """The Event a row's JSON holds (it passed the Event checks when it was stored)."""
+    return Event.from_checked_dict(json.loads(data))
 
 
 def _account_key(account: str | None) -> str | None:
