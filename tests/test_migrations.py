@@ -28,6 +28,7 @@ from icsfeed.poller import build_source, poll_source
 from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
 from icsfeed.store import Store, StoreError, events_table, metadata
+from icsfeed.store.codec import Codec
 from icsfeed.store.migrate import alembic_config, head, upgrade_url
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -78,11 +79,13 @@ def write_tickets(config: Config, records: list[dict[str, object]]) -> None:
 
 
 def event_rows(engine: Engine) -> dict[str, tuple[object, ...]]:
+    """Each event's row as read back (``data`` decoded: JSON text before 0010, compressed after)."""
     t = events_table
+    codec = Codec(engine)
     with engine.connect() as conn:
         rows = conn.execute(select(t.c.key, t.c.uid, t.c.sequence, t.c.created, t.c.data, t.c.content_hash,
                                    t.c.account_key)).all()
-    return {row.key: tuple(row[1:]) for row in rows}
+    return {row.key: (row.uid, row.sequence, row.created, codec.text(row.data), *row[5:]) for row in rows}
 
 
 def legacy_poll(config: Config, old: store_d97b23e.Store) -> store_d97b23e.PollChanges:

@@ -195,9 +195,9 @@ def test_every_record_is_stored_the_same_on_both_backends(make_env: object) -> N
     assert rows["3"].account_key == "ac\ufffdme"
     assert rows["5"].account_key == "x" * ACCOUNT_KEY_LENGTH, "cut to the column, the same everywhere"
     assert rows["🦄-6"].account_key == "acme 🏢"
-    assert json.loads(rows["4"].data)["title"] == "NUL \u0000 in the text", "text keeps its NUL (JSON-escaped)"
-    assert json.loads(rows["🦄-6"].data)["title"] == "Astral 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🎫"
-    title = json.loads(rows["7"].data)["title"]
+    assert json.loads(store.codec.text(rows["4"].data))["title"] == "NUL \u0000 in the text", "text keeps its NUL (JSON-escaped)"
+    assert json.loads(store.codec.text(rows["🦄-6"].data))["title"] == "Astral 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🎫"
+    title = json.loads(store.codec.text(rows["7"].data))["title"]
     assert len(title) == config.feeds.max_title and title.endswith("…"), "long text cut the same when stored"
     assert store.insights_due().keys() >= {"acme", "x" * ACCOUNT_KEY_LENGTH, "ac\ufffdme"}
 

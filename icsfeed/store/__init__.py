@@ -8,7 +8,7 @@ never deleted. Each poll is applied in one transaction.
 One concern per module, as Radicale splits ``storage/``: ``schema`` (the tables),
 ``database`` (engine, SQLite pragmas, read-only open, errors), ``migrate`` and
 ``migrations/`` (schema versions, Alembic), ``events`` (polls and the queries of render),
-``feeds`` (rendered feeds, dirty marks), ``rollups`` (the size budget's rolled-up days and
+``codec`` (how rows and feed bodies are compressed on disk), ``feeds`` (rendered feeds, dirty marks), ``rollups`` (the size budget's rolled-up days and
 the parts of rendered feeds), ``state`` (per-source state, due insights), ``keys``
 (the shared secret key), ``subscribers`` (who fetches each feed). :class:`Store` is composed of their parts.
 """
@@ -21,6 +21,7 @@ from icsfeed.store.feeds import FeedsMixin, StoredFeed
 from icsfeed.store.keys import KeysMixin
 from icsfeed.store.rollups import FeedParts, PartAttrs, RollupsMixin, StoredRollup
 from icsfeed.store.schema import (
+    dictionaries_table,
     events_table,
     feeds_table,
     insights_due_table,
@@ -45,6 +46,7 @@ __all__ = [
     "StoredRollup",
     "SubscriberCount",
     "Touched",
+    "dictionaries_table",
     "events_table",
     "feeds_table",
     "insights_due_table",

@@ -12,13 +12,21 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, db_reason, redact_url
-from icsfeed.store.schema import events_table, feeds_table, insights_due_table, settings_table, source_state_table
+from icsfeed.store.schema import (
+    dictionaries_table,
+    events_table,
+    feeds_table,
+    insights_due_table,
+    settings_table,
+    source_state_table,
+)
 
 log = logging.getLogger("icsfeed.store")
 
 #: what is copied, parents first; settings only between server databases (SQLite keeps the
-#: key in its data directory: the caller passes it)
-TABLES = (events_table, source_state_table, feeds_table, insights_due_table)
+#: key in its data directory: the caller passes it). Rows are copied as stored: the events'
+#: encoded values with the dictionaries they name (ids kept), feed bodies compressed.
+TABLES = (dictionaries_table, events_table, source_state_table, feeds_table, insights_due_table)
 BATCH = 1000
 
 
@@ -38,7 +46,7 @@ def copy_database(source: Any, target: Any, *, secret_key: bytes | None = None) 
     ``secret_key``: the token key to keep (SQLite's data-directory key) when the target
     keeps it in the database."""
     with target.engine.connect() as conn:
-        for table in (events_table, feeds_table, source_state_table):
+        for table in (events_table, feeds_table, source_state_table, dictionaries_table):
             if conn.execute(select(func.count()).select_from(table)).scalar_one():
                 raise StoreError(f"the target database ({redact_url(target.url)}) already has {table.name}: "
                                  "copy into an empty database")
@@ -55,9 +63,10 @@ def copy_database(source: Any, target: Any, *, secret_key: bytes | None = None) 
                     dst.execute(table.insert(), [r._asdict() for r in batch])
                     count += len(batch)
                 copied.rows[table.name] = count
-            if dst.dialect.name == "postgresql":  # ids were copied: the next event's id comes after them
-                dst.execute(text("SELECT setval(pg_get_serial_sequence('events', 'id'), "
-                                 "COALESCE((SELECT MAX(id) FROM events), 0) + 1, false)"))
+            if dst.dialect.name == "postgresql":  # ids were copied: the next row's id comes after them
+                for name in ("events", "dictionaries"):
+                    dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                                     f"COALESCE((SELECT MAX(id) FROM {name}), 0) + 1, false)"))
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot copy into {redact_url(target.url)}: {db_reason(exc)}") from None
     if secret_key is not None and target.shares_secret:

@@ -30,6 +30,7 @@ class Database:
         """Open the database at ``url`` and make sure its schema is at head: created when
         empty; upgraded when behind if ``upgrade`` (default: on SQLite only, see
         :func:`~icsfeed.store.migrate.ensure_schema`), else a :class:`StoreError`."""
+        from icsfeed.store.codec import Codec
         from icsfeed.store.migrate import ensure_schema
 
         self.url = url
@@ -41,6 +42,8 @@ class Database:
         path = sqlite_path(url)
         make_data_dir(url)
         self.engine: Engine = open_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        #: how rows and bodies are encoded on disk, and the dictionaries read for it
+        self.codec = Codec(self.engine)
         try:
             ensure_schema(self.engine, upgrade=self.engine.dialect.name == "sqlite" if upgrade is None else upgrade)
         except (SQLAlchemyError, OSError) as exc:
@@ -71,8 +74,11 @@ class Database:
             self.engine.dispose()
             raise StoreError(f"the database {path} has {status.describe()}, and cannot be upgraded: "
                              f"its directory {path.parent} cannot be written")
+        from icsfeed.store.codec import Codec
+
         self.engine.dispose()
         self.engine, self.read_only = engine, True
+        self.codec = Codec(engine)
         log.warning("the data directory %s cannot be written: serving what is stored; polls and renders "
                     "cannot be saved until it is writable and icsfeed is restarted", path.parent)
         return True

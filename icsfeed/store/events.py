@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.feed_filters import is_open
 from icsfeed.model import Event, severity_rank
+from icsfeed.store.codec import Codec, UndecodableBlob, source_group
 from icsfeed.store.database import StoreError, chunks, db_reason, storable_text
 from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table
 from icsfeed.tokens import event_uid
@@ -94,6 +95,7 @@ class EventsMixin:
 
     engine: Engine
     uid_host: str
+    codec: Codec
     # from the other parts, called inside a poll's transaction
     _mark_dirty: Callable[[Any, Iterable[str]], None]
     _record_success: Callable[..., None]
@@ -169,6 +171,7 @@ class EventsMixin:
                 if complete:
                     missing = [row for key, row in existing.items() if key not in unique and not row.gone]
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, updates, fragment)
+                self._encode_rows(conn, inserts + updates)
                 if inserts:
                     conn.execute(t.insert(), inserts)
                 if updates:
@@ -196,7 +199,12 @@ class EventsMixin:
         seen_until = previous_success or now
         gone_only: list[int] = []
         for row in rows:
-            ev = Event.from_dict(json.loads(row.data))
+            try:
+                ev = Event.from_dict(json.loads(self.codec.text(row.data)))
+            except (UndecodableBlob, ValueError) as exc:  # left as it is: its policy cannot be applied
+                log.warning("stored event %d cannot be read (%s): marked gone, left as it is", row.id, exc)
+                gone_only.append(row.id)
+                continue
             policy = ev.attrs.get("absence") or absence
             new_ev = ev
             if policy == "close":
@@ -226,6 +234,19 @@ class EventsMixin:
         for shape, batch in by_shape.items():
             stmt = update(t).where(t.c.id == bindparam("_id")).values({c: bindparam(c) for c in shape})
             conn.execute(stmt, batch)
+
+    def _encode_rows(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Rows about to be written, their ``data`` (JSON text) and ``vevent`` (bytes) encoded as
+        stored (icsfeed.store.codec), in place: the one step between the values and the write."""
+        if not rows:
+            return
+        groups = [source_group(r["source"]) for r in rows]
+        data = self.codec.encode_values(conn, "data", groups, [r["data"].encode("utf-8") for r in rows])
+        vevents = self.codec.encode_values(conn, "vevent", groups, [r.get("vevent") for r in rows])
+        for r, d, v in zip(rows, data, vevents, strict=True):
+            r["data"] = d
+            if "vevent" in r:
+                r["vevent"] = v
 
     def _row_values(self, ev: Event, digest: str, now: float, *, sequence: int,
                     created: float | None = None, blob: str | None = None,
@@ -286,7 +307,8 @@ class EventsMixin:
             return []
         stmt = select(*_EVENT_ROW_COLUMNS).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
-            return [_event_row(r) for r in conn.execute(stmt).all()]  # one fetchall, not a fetch a row
+            rows = conn.execute(stmt).all()  # one fetchall, not a fetch a row
+        return [row for r in rows if (row := self._event_row(r)) is not None]
 
     def query_fragments(self, query: FeedQuery, render_key: str) -> list[tuple[int, bytes | None]]:
         """(id, VEVENT fragment) of a feed's events in feed order; the fragment is None where
@@ -305,7 +327,18 @@ class EventsMixin:
         fragment = case((current, t.c.vevent), else_=null())
         stmt = select(t.c.id, fragment).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
-            return list(conn.execute(stmt).all())  # one fetchall: half the time of a fetch a row
+            rows = conn.execute(stmt).all()  # one fetchall: half the time of a fetch a row
+        decode = self.codec.decode
+        out: list[tuple[int, bytes | None]] = []
+        for row_id, blob in rows:
+            if blob is not None:
+                try:
+                    blob = decode(blob)
+                except UndecodableBlob as exc:  # rendered again from its event (and stored again)
+                    log.warning("stored VEVENT of event %d cannot be read (%s): rendered again", row_id, exc)
+                    blob = None
+            out.append((row_id, blob))
+        return out
 
     def events_by_id(self, ids: Sequence[int]) -> dict[int, EventRow]:
         """Stored events by row id (the ones a render has no fragment for)."""
@@ -315,8 +348,27 @@ class EventsMixin:
             for chunk in chunks(list(ids), 500):
                 stmt = select(*_EVENT_ROW_COLUMNS).where(t.c.id.in_(chunk))
                 for r in conn.execute(stmt).all():
-                    out[r[0]] = _event_row(r)
+                    row = self._event_row(r)
+                    if row is not None:
+                        out[r[0]] = row
         return out
+
+    def _event_row(self, r: tuple[Any, ...]) -> EventRow | None:
+        """A row read by _EVENT_ROW_COLUMNS, decoded; None (logged) when it cannot be read."""
+        row_id, uid, data, sequence, created, last_modified, vevent, vevent_key = r
+        try:
+            event = stored_event(data, self.codec)
+        except (UndecodableBlob, ValueError, TypeError, KeyError) as exc:
+            log.warning("stored event %d (%s) cannot be read, left out: %s", row_id, uid, exc)
+            return None
+        if vevent is not None:
+            try:
+                vevent = self.codec.decode(vevent)
+            except UndecodableBlob as exc:
+                log.warning("stored VEVENT of event %d cannot be read (%s): rendered again", row_id, exc)
+                vevent = vevent_key = None
+        return EventRow(id=row_id, uid=uid, event=event, sequence=sequence,
+                        created=created, last_modified=last_modified, vevent=vevent, vevent_key=vevent_key)
 
     def save_fragments(self, fragments: Iterable[tuple[int, bytes, str]]) -> None:
         """Keep rendered VEVENTs (id, bytes, render key) so the next render only joins them."""
@@ -327,7 +379,16 @@ class EventsMixin:
         stmt = update(t).where(t.c.id == bindparam("_id")).values(vevent=bindparam("vevent"), vevent_key=bindparam("vevent_key"))
         try:
             with self.engine.begin() as conn:
-                conn.execute(stmt, batch)
+                sources: dict[int, str] = {}
+                for chunk in chunks([b["_id"] for b in batch], 500):  # the dictionaries are per source
+                    sources.update(conn.execute(select(t.c.id, t.c.source).where(t.c.id.in_(chunk))).tuples().all())
+                batch = [b for b in batch if b["_id"] in sources]  # a row deleted meanwhile: nothing to keep
+                encoded = self.codec.encode_values(conn, "vevent", [source_group(sources[b["_id"]]) for b in batch],
+                                                   [b["vevent"] for b in batch])
+                for b, blob in zip(batch, encoded, strict=True):
+                    b["vevent"] = blob
+                if batch:
+                    conn.execute(stmt, batch)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store rendered events: {db_reason(exc)}") from None
 
@@ -364,15 +425,13 @@ _EVENT_ROW_COLUMNS = (events_table.c.id, events_table.c.uid, events_table.c.data
                       events_table.c.vevent_key)
 
 
-def _event_row(r: tuple[Any, ...]) -> EventRow:
-    row_id, uid, data, sequence, created, last_modified, vevent, vevent_key = r
-    return EventRow(id=row_id, uid=uid, event=stored_event(data), sequence=sequence,
-                    created=created, last_modified=last_modified, vevent=vevent, vevent_key=vevent_key)
+def stored_event(data: str | bytes, codec: Codec | None = None) -> Event:
+    """The Event a row's ``data`` holds (it passed the Event checks when it was stored): its
+    JSON, or the stored blob of it when ``codec`` is given. Raises UndecodableBlob or
+    ValueError for a row that cannot be read."""
+    text = codec.text(data) if codec is not None else data
+    return Event.from_checked_dict(json.loads(text))
 
-
-def stored_event(data: str) -> Event:
-    """The Event a row's JSON holds (it passed the Event checks when it was stored)."""
-    return Event.from_checked_dict(json.loads(data))
 
 
 def _account_key(account: str | None) -> str | None:

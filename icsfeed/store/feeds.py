@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from icsfeed.store.codec import UndecodableBlob, pack_body, unpack_body
 from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
 from icsfeed.store.schema import feeds_table
 
@@ -110,8 +111,8 @@ class FeedsMixin:
                 values = {"rendered_at": now, "render_seconds": render_seconds, "event_count": event_count,
                           "dirty": clean, "render_key": render_key, "window_day": window_day,
                           "body_gen": generation}
-                if changed:
-                    values.update(body=body, body_gz=body_gz, etag=etag, last_modified=now)
+                if changed:  # the body compressed (icsfeed.store.codec); get_feed gives it back as it was
+                    values.update(body=pack_body(body), body_gz=body_gz, etag=etag, last_modified=now)
                 conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store feed {feed_id}: {db_reason(exc)}") from None
@@ -127,7 +128,13 @@ class FeedsMixin:
             row = conn.execute(stmt, {"feed_id": feed_id}).first()
         if row is None or row.etag is None:
             return None
-        body = row[-1] if with_body else b""
+        body = b""
+        if with_body:
+            try:
+                body = unpack_body(row[-1]) if not gz else bytes(row[-1] or b"")
+            except UndecodableBlob as exc:
+                log.warning("the stored body of feed %s cannot be read (%s): treated as not rendered", feed_id, exc)
+                return None
         return StoredFeed(
             feed_id=row.feed_id, body=body if not gz else b"", body_gz=body if gz else b"",
             etag=row.etag, last_modified=row.last_modified, rendered_at=row.rendered_at,

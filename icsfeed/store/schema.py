@@ -42,13 +42,13 @@ events_table = Table(
     Column("start_ts", Float, nullable=False),
     Column("end_ts", Float, nullable=False),
     Column("recurring", Boolean, nullable=False, default=False),
-    Column("data", Text, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # the Event's JSON, encoded (icsfeed.store.codec)
     Column("content_hash", String(64), nullable=False),
     Column("sequence", Integer, nullable=False, default=0),
     Column("created", Float, nullable=False),
     Column("last_modified", Float, nullable=False),
     Column("gone", Boolean, nullable=False, default=False),
-    Column("vevent", LargeBinary),  # rendered VEVENT fragment, cleared on change
+    Column("vevent", LargeBinary),  # rendered VEVENT fragment, encoded like data; cleared on change
     Column("vevent_key", String(64)),  # render settings the fragment was made with
     #: still open (a firing alert, an open ticket; icsfeed.feed_filters.is_open); NULL: not known yet
     Column("is_open", Boolean),
@@ -79,7 +79,7 @@ source_state_table = Table(
 feeds_table = Table(
     "feeds", metadata,
     Column("feed_id", String(160), primary_key=True),
-    Column("body", LargeBinary),
+    Column("body", LargeBinary),  # zstd-compressed (icsfeed.store.codec.pack_body)
     Column("body_gz", LargeBinary),
     Column("etag", String(80)),
     Column("last_modified", Float),
@@ -132,4 +132,16 @@ feed_parts_table = Table(
     Column("etag", String(80), nullable=False),
     Column("parts", Text, nullable=False),  # JSON: the body's VEVENTs, each with what filters read
     Column("report", Text, nullable=False),  # JSON: size, events, rollups, window (icsfeed.budget)
+)
+
+#: zstd dictionaries the rows' values are compressed with (icsfeed.store.codec): per column
+#: and source group, never changed or deleted once written (rows name theirs by id)
+dictionaries_table = Table(
+    "dictionaries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("field", String(16), nullable=False),  # the column: data or vevent
+    Column("source_group", String(SOURCE_ID_LENGTH), nullable=False),
+    Column("samples", Integer, nullable=False),  # values it was trained on
+    Column("created", Float, nullable=False),
+    Column("content", LargeBinary, nullable=False),
 )

@@ -1,0 +1,269 @@
+"""How rows and feed bodies are kept on disk: zstd frames, most of them made with a dictionary
+trained from the installation's own rows.
+
+An event row's JSON (``events.data``) and its VEVENT fragment (``events.vevent``) are a few
+hundred bytes each and much alike within one source (its mapping fills the same fields with
+the same words): compressed alone, a row shrinks by a third; with a dictionary trained on rows
+of the same source, by 85–90% (docs/PERFORMANCE.md, issue 11). So each column has, per
+*source group* (a configured source, or one insight detector for all accounts: the source id
+up to its ``:``), dictionaries trained from the first large enough batch of that group's values
+written, kept in the ``dictionaries`` table. A dictionary is never changed or deleted: a newer
+one (trained on a larger batch) is used for new writes, rows written before keep decoding with
+theirs.
+
+What a blob is, read by its first bytes alone:
+
+- a zstd frame (``28 b5 2f fd``): its header names the dictionary it was made with
+  (``DICT_ID_BASE`` + the row id in ``dictionaries``), or none;
+- anything else is the value itself (JSON starts with ``{``, a fragment with ``BEGIN:``): what a
+  value that does not shrink is stored as, and what rows from before migration 0010 held.
+
+Feed bodies (``feeds.body``) are compressed the same way, without a dictionary (they are
+large), at zstd's fastest level: a render pays ≈ 3 ms per 500 kB, a feed request never
+(the web layer keeps the body it read, per ETag).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from icsfeed.store.schema import dictionaries_table
+
+log = logging.getLogger("icsfeed.store")
+
+MAGIC = b"\x28\xb5\x2f\xfd"
+#: a dictionary's zstd id is this plus its row id: ids below 32768 are reserved by zstd's format
+DICT_ID_BASE = 32768
+#: zstd level of rows (a few microseconds a row) and of feed bodies (fastest: renders pay it)
+ROW_LEVEL, BODY_LEVEL = 3, 1
+#: a group's first dictionary is trained from a batch of at least this many values
+MIN_SAMPLES = 64
+#: at most this many values of a batch are trained on; a dictionary trained on fewer is
+#: replaced by one trained on a batch at least ``RETRAIN_FACTOR`` times as large
+MAX_SAMPLES, RETRAIN_FACTOR = 1000, 4
+DICT_SIZE = 16 * 1024
+#: the columns with dictionaries
+FIELDS = ("data", "vevent")
+
+
+class UndecodableBlob(ValueError):
+    """A stored value that cannot be read back (corrupt, or made with a dictionary this
+    database does not hold)."""
+
+
+def source_group(source: str) -> str:
+    """Rows whose values are alike: a configured source, or one insight detector's flags of
+    every account (``insight-backups:acme`` -> ``insight-backups``)."""
+    return source.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class DictionaryInfo:
+    id: int
+    field: str
+    group: str
+    samples: int
+
+
+class Codec:
+    """One store's encoder and decoder: the dictionaries it has read (never changed once
+    written, so held for the process's life), and per-thread zstd contexts (not thread-safe)."""
+
+    def __init__(self, engine: Engine | None) -> None:
+        """``engine``: where committed dictionaries are read from; None (a migration, whose
+        transaction may hold the only copy) reads them through the connection of each call."""
+        self.engine = engine
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # --- decoding ---------------------------------------------------------------------------
+
+    def decode(self, blob: bytes | memoryview | str) -> bytes:
+        """The value a blob holds; raises :class:`UndecodableBlob`."""
+        if isinstance(blob, str):  # a TEXT value (a row written before 0010 on a backend that kept it)
+            return blob.encode("utf-8", "surrogatepass")
+        blob = bytes(blob)
+        if blob[:4] != MAGIC:
+            return blob
+        try:
+            dict_id = zstandard.get_frame_parameters(blob).dict_id
+            return self._decompressor(dict_id).decompress(blob)
+        except zstandard.ZstdError as exc:
+            raise UndecodableBlob(f"not a readable zstd frame: {exc}") from None
+
+    def text(self, blob: bytes | memoryview | str) -> str:
+        """A blob's value as text (JSON); raises :class:`UndecodableBlob`."""
+        try:
+            return self.decode(blob).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UndecodableBlob(f"not UTF-8: {exc}") from None
+
+    def _decompressor(self, dict_id: int) -> zstandard.ZstdDecompressor:
+        held: dict[int, zstandard.ZstdDecompressor] | None = getattr(self._local, "d", None)
+        if held is None:
+            held = self._local.d = {}
+        dctx = held.get(dict_id)
+        if dctx is None:
+            dctx = zstandard.ZstdDecompressor(dict_data=self._dictionary(dict_id)) if dict_id else \
+                zstandard.ZstdDecompressor()
+            held[dict_id] = dctx
+        return dctx
+
+    def _dictionary(self, dict_id: int) -> zstandard.ZstdCompressionDict:
+        """A committed dictionary (held from then on: it never changes), read on a connection of
+        its own, so that one written by a transaction later rolled back (its id then free for
+        another) is never held."""
+        found = self._dicts.get(dict_id)
+        if found is None:
+            if self.engine is None:
+                raise UndecodableBlob(f"dictionary {dict_id} is not loaded")
+            try:
+                with self.engine.connect() as conn:
+                    content = _content(conn, dict_id - DICT_ID_BASE)
+            except SQLAlchemyError:  # no such table yet (a migration's own transaction)
+                content = None
+            if not content:
+                raise UndecodableBlob(f"made with dictionary {dict_id}, which this database does not hold")
+            found = self._dicts[dict_id] = zstandard.ZstdCompressionDict(content)
+        return found
+
+    def load(self, conn: Any) -> None:
+        """Hold every dictionary ``conn`` sees (a downgrade's decoding, in its own transaction)."""
+        t = dictionaries_table
+        for row_id, content in conn.execute(select(t.c.id, t.c.content)):
+            if content:
+                self._dicts[DICT_ID_BASE + row_id] = zstandard.ZstdCompressionDict(bytes(content))
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def encode_values(self, conn: Any, field: str, groups: Sequence[str], values: list[bytes | None]) -> list[bytes | None]:
+        """``values`` (None stays None) of rows of these source groups, encoded: each group's
+        newest dictionary for ``field``, trained first (in ``conn``'s transaction) when the
+        batch is large enough and the group has none or only one trained on a small batch."""
+        by_group: dict[str, list[int]] = {}
+        for i, (group, value) in enumerate(zip(groups, values, strict=True)):
+            if value is not None:
+                by_group.setdefault(group, []).append(i)
+        if not by_group:
+            return values
+        known = self._infos(conn, field)
+        out = list(values)
+        for group, positions in by_group.items():
+            info = known.get(group)
+            cctx = None
+            if info is None or (info.samples < MAX_SAMPLES and len(positions) >= RETRAIN_FACTOR * info.samples):
+                cctx = self._trained(conn, field, group, [values[i] for i in positions])  # type: ignore[misc]
+            if cctx is None:
+                cctx = self._compressor(conn, info.id if info is not None else 0)
+            for i in positions:
+                out[i] = pack(cctx, values[i])  # type: ignore[arg-type]
+        return out
+
+    def _infos(self, conn: Any, field: str) -> dict[str, DictionaryInfo]:
+        """The newest dictionary of each group for ``field`` (a small table: read per batch, so
+        dictionaries other processes trained are used at once)."""
+        t = dictionaries_table
+        newest: dict[str, DictionaryInfo] = {}
+        for r in conn.execute(select(t.c.id, t.c.source_group, t.c.samples).where(t.c.field == field).order_by(t.c.id)):
+            newest[r.source_group] = DictionaryInfo(r.id, field, r.source_group, r.samples)
+        return newest
+
+    def _compressor(self, conn: Any, row_id: int) -> zstandard.ZstdCompressor:
+        """The compressor of a dictionary (0: none); one this transaction wrote and has not
+        committed yet is read through ``conn`` and not held."""
+        held: dict[int, zstandard.ZstdCompressor] | None = getattr(self._local, "c", None)
+        if held is None:
+            held = self._local.c = {}
+        cctx = held.get(row_id)
+        if cctx is None:
+            if not row_id:
+                cctx = held[0] = _row_compressor(None)
+                return cctx
+            try:
+                cctx = held[row_id] = _row_compressor(self._dictionary(DICT_ID_BASE + row_id))
+            except UndecodableBlob:
+                content = _content(conn, row_id)
+                if content is None:
+                    raise
+                cctx = _row_compressor(zstandard.ZstdCompressionDict(content))
+        return cctx
+
+    def _trained(self, conn: Any, field: str, group: str, values: list[bytes]) -> zstandard.ZstdCompressor | None:
+        """A new dictionary for the group trained from ``values`` and written in ``conn``'s
+        transaction, and a compressor with it; None when there are too few to train on."""
+        if len(values) < MIN_SAMPLES:
+            return None
+        samples = random.Random(len(values)).sample(values, min(len(values), MAX_SAMPLES))
+        t = dictionaries_table
+        started = time.process_time()
+        row_id = conn.execute(t.insert().values(field=field, source_group=group[:160], samples=len(samples),
+                                                created=time.time(), content=b"")).inserted_primary_key[0]
+        try:
+            trained = zstandard.train_dictionary(min(DICT_SIZE, max(1024, sum(map(len, samples)) // 4)), samples,
+                                                 dict_id=DICT_ID_BASE + row_id, level=ROW_LEVEL)
+        except zstandard.ZstdError as exc:  # too little or too uniform to train on: no dictionary
+            log.info("no compression dictionary for %s of %s: %s", field, group, exc)
+            conn.execute(t.delete().where(t.c.id == row_id))
+            return None
+        conn.execute(t.update().where(t.c.id == row_id).values(content=trained.as_bytes()))
+        log.info("trained a compression dictionary for %s of %s from %d values in %.0f ms",
+                 field, group, len(samples), (time.process_time() - started) * 1000)
+        return _row_compressor(trained)  # not held: the transaction may yet be rolled back
+
+
+def _row_compressor(dictionary: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdCompressor:
+    options: dict[str, Any] = {"level": ROW_LEVEL, "write_checksum": False, "write_content_size": True}
+    if dictionary is not None:
+        options["dict_data"] = dictionary
+    return zstandard.ZstdCompressor(**options)
+
+
+def _content(conn: Any, row_id: int) -> bytes | None:
+    t = dictionaries_table
+    content = conn.execute(select(t.c.content).where(t.c.id == row_id)).scalar()
+    return bytes(content) if content else None
+
+
+def pack(cctx: zstandard.ZstdCompressor, value: bytes) -> bytes:
+    """The value compressed, or as it is when that is not smaller."""
+    packed = cctx.compress(value)
+    return packed if len(packed) < len(value) else value
+
+
+_BODY = threading.local()
+
+
+def pack_body(body: bytes) -> bytes:
+    """A feed body as stored: compressed without a dictionary, at zstd's fastest level."""
+    cctx = getattr(_BODY, "c", None)
+    if cctx is None:
+        cctx = _BODY.c = zstandard.ZstdCompressor(level=BODY_LEVEL, write_checksum=True, write_content_size=True)
+    return pack(cctx, body) if body else body
+
+
+def unpack_body(blob: bytes | memoryview | None) -> bytes:
+    """A stored feed body (compressed or, written before 0010, as it is)."""
+    if blob is None:
+        return b""
+    blob = bytes(blob)
+    if blob[:4] != MAGIC:
+        return blob
+    dctx = getattr(_BODY, "d", None)
+    if dctx is None:
+        dctx = _BODY.d = zstandard.ZstdDecompressor()
+    try:
+        return dctx.decompress(blob)
+    except zstandard.ZstdError as exc:
+        raise UndecodableBlob(f"not a readable zstd frame: {exc}") from None
