@@ -25,7 +25,7 @@ import icalendar
 import pytest
 from conftest import DEMO_CONFIG, REPO, cli, write_config
 from fake_origins import FakeOrigin, RecordedRequest, Reply, TrickleOrigin, json_response
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from icsfeed.config import Config
 from icsfeed.poller import poll, poll_source
