@@ -26,7 +26,7 @@ log = logging.getLogger("icsfeed.store")
 #: what is copied, parents first; settings only between server databases (SQLite keeps the
 #: key in its data directory: the caller passes it). Rows are copied as stored: the events'
 #: encoded values with the dictionaries they name (ids kept), feed bodies compressed.
-TABLES = (dictionaries_table, events_table, source_state_table, feeds_table, insights_due_table)
+TABLES = (events_table, source_state_table, feeds_table, insights_due_table, dictionaries_table)
 BATCH = 1000
 
 

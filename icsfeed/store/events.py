@@ -381,7 +381,7 @@ class EventsMixin:
             with self.engine.begin() as conn:
                 sources: dict[int, str] = {}
                 for chunk in chunks([b["_id"] for b in batch], 500):  # the dictionaries are per source
-                    sources.update(conn.execute(select(t.c.id, t.c.source).where(t.c.id.in_(chunk))).tuples().all())
+                    sources.update((r[0], r[1]) for r in conn.execute(select(t.c.id, t.c.source).where(t.c.id.in_(chunk))))
                 batch = [b for b in batch if b["_id"] in sources]  # a row deleted meanwhile: nothing to keep
                 encoded = self.codec.encode_values(conn, "vevent", [source_group(sources[b["_id"]]) for b in batch],
                                                    [b["vevent"] for b in batch])

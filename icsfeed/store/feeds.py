@@ -133,13 +133,25 @@ class FeedsMixin:
             try:
                 body = unpack_body(row[-1]) if not gz else bytes(row[-1] or b"")
             except UndecodableBlob as exc:
-                log.warning("the stored body of feed %s cannot be read (%s): treated as not rendered", feed_id, exc)
+                log.error("the stored body of feed %s cannot be read (%s): marked for a new render", feed_id, exc)
+                self._forget_body(feed_id)
                 return None
         return StoredFeed(
             feed_id=row.feed_id, body=body if not gz else b"", body_gz=body if gz else b"",
             etag=row.etag, last_modified=row.last_modified, rendered_at=row.rendered_at,
             event_count=row.event_count or 0, render_seconds=row.render_seconds or 0.0,
             render_key=row.render_key, window_day=row.window_day)
+
+    def _forget_body(self, feed_id: str) -> None:
+        """An unreadable body is dropped with its ETag and the feed marked dirty: the next render
+        writes it again (its ETag would otherwise match, and save_feed keep the bad bytes)."""
+        f = feeds_table
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(f).where(f.c.feed_id == feed_id).values(body=None, body_gz=None, etag=None))
+                self._mark_dirty(conn, [feed_id])
+        except SQLAlchemyError as exc:  # a read-only database: it stays unreadable until a render can write
+            log.warning("cannot mark feed %s for a new render: %s", feed_id, db_reason(exc))
 
     def feeds_summary(self) -> list[StoredFeed]:
         """Every rendered feed without its bytes, for the status page."""
