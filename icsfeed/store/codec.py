@@ -84,8 +84,7 @@ class Codec:
         """``engine``: where committed dictionaries are read from; None (a migration, whose
         transaction may hold the only copy) reads them through the connection of each call."""
         self.engine = engine
-        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
-        self._lock = threading.Lock()
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}  # assignments only: safe across threads
         self._local = threading.local()
 
     # --- decoding ---------------------------------------------------------------------------
