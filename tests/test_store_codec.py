@@ -265,3 +265,28 @@ def test_encoded_values_decode_to_what_was_written(tmp_path: Path, texts: list[s
         assert pack_body(values[0]) and unpack_body(pack_body(values[0])) == values[0]
     finally:
         store.close()
+
+
+def test_downgrade_to_0009_writes_the_rows_back_as_json_text(storage_backend: str, tmp_path: Path) -> None:
+    url = storage_url(tmp_path / "data")
+    store = Store(url, uid_host="test")
+    events = tickets(40) + HOSTILE
+    try:
+        poll(store, tickets(40))
+        poll(store, HOSTILE, source="odd")
+        body = b"BEGIN:VCALENDAR\r\n" + b"y" * 5000 + b"END:VCALENDAR\r\n"
+        store.save_feed("account/acme", body, b"", "e1", event_count=1, now=time.time(), render_seconds=0.1,
+                        render_key="k", window_day="2026-12-02")
+        with store.engine.connect() as conn, conn.begin():
+            command.downgrade(alembic_config(conn), "0009")
+        t = events_table
+        with store.engine.connect() as conn:
+            rows = {r.key: r for r in conn.execute(sa.text("SELECT key, data, vevent FROM events"))}
+            stored_body = conn.execute(sa.text("SELECT body FROM feeds")).scalar_one()
+            tables = sa.inspect(conn).get_table_names()
+        assert "dictionaries" not in tables and t.name in tables
+        assert {k: r.data for k, r in rows.items()} == {str(_storable(ev).key): _encoded(_storable(ev))[0] for ev in events}
+        assert {k: bytes(r.vevent) for k, r in rows.items()} == {str(ev.key): fragment_of(ev) for ev in events}
+        assert bytes(stored_body) == body
+    finally:
+        store.close()
