@@ -201,7 +201,7 @@ class EventsMixin:
         for row in rows:
             try:
                 ev = Event.from_dict(json.loads(self.codec.text(row.data)))
-            except (UndecodableBlob, ValueError) as exc:  # left as it is: its policy cannot be applied
+            except (UndecodableBlob, ValueError, TypeError, KeyError) as exc:  # left as it is: no policy applies
                 log.warning("stored event %d cannot be read (%s): marked gone, left as it is", row.id, exc)
                 gone_only.append(row.id)
                 continue
@@ -431,7 +431,6 @@ def stored_event(data: str | bytes, codec: Codec | None = None) -> Event:
     ValueError for a row that cannot be read."""
     text = codec.text(data) if codec is not None else data
     return Event.from_checked_dict(json.loads(text))
-
 
 
 def _account_key(account: str | None) -> str | None:
