@@ -42,6 +42,7 @@ from icsfeed.config import load_config
 from icsfeed.live import LiveConfig
 from icsfeed.scheduler import MAX_BACKOFF, PollScheduler, backoff_delay
 from icsfeed.store import Store
+from icsfeed.store.codec import Codec, unpack_body
 
 ACCOUNTS = """
     accounts:
@@ -233,9 +234,15 @@ def _db_facts(url: str) -> dict[str, Any]:
                 feeds = {r[0]: bytes(r[1]) for r in sa_conn.execute(text(feeds_sql))}
         finally:
             engine.dispose()
-    gens = {int(re.match(r"gen (\d+) ", json.loads(data)["title"]).group(1)) for _, _, data, _ in rows}  # type: ignore[union-attr]
+    engine = create_engine(url)  # the rows are stored compressed, some with dictionaries kept in the database
+    try:
+        codec = Codec(engine)
+        gens = {int(re.match(r"gen (\d+) ", json.loads(codec.text(data))["title"]).group(1))  # type: ignore[union-attr]
+                for _, _, data, _ in rows}
+    finally:
+        engine.dispose()
     return {"keys": [r[0] for r in rows], "uids": [r[1] for r in rows], "gens": gens,
-            "sequences": {r[3] for r in rows}, "feeds": feeds}
+            "sequences": {r[3] for r in rows}, "feeds": {k: unpack_body(v) for k, v in feeds.items()}}
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from sqlalchemy import create_engine, text
 
 from icsfeed.config import STORAGE_URL_ENV
 from icsfeed.coordination import rendezvous_owner
+from icsfeed.store.codec import Codec
 
 pytestmark = pytest.mark.slow
 
@@ -197,9 +198,10 @@ def test_two_pollers_share_the_sources_and_the_survivor_of_a_kill_9_takes_over(p
             twice = conn.execute(text("SELECT source, key, count(*) FROM events GROUP BY source, key HAVING count(*) > 1")).all()
             stored = defaultdict(set)
             titles = defaultdict(set)
+            codec = Codec(engine)  # rows are stored compressed
             for source, key, data in conn.execute(text("SELECT source, key, data FROM events")):
                 stored[source].add(key)
-                titles[source].add(json.loads(data)["title"])
+                titles[source].add(json.loads(codec.text(data))["title"])
     finally:
         engine.dispose()
     assert twice == []

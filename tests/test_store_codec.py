@@ -75,6 +75,14 @@ def poll(store: Store, events: list[Event], source: str = "tickets") -> None:
                      fragment=lambda row: (fragment_of(row.event), "key1"))
 
 
+def save_body(store: Store, filler: bytes) -> bytes:
+    """A rendered body of account/acme saved (what render_feeds stores), returned as given."""
+    body = b"BEGIN:VCALENDAR\r\n" + filler + b"END:VCALENDAR\r\n"
+    store.save_feed("account/acme", body, b"", "e1", event_count=1, now=time.time(), render_seconds=0.1,
+                    render_key="k", window_day="2026-12-02")
+    return body
+
+
 def test_database_from_0009_is_rewritten_and_reads_back_the_same_events_fragments_and_bodies(
         storage_backend: str, tmp_path: Path) -> None:
     url = storage_backend if storage_backend != "sqlite" else f"sqlite:///{tmp_path / 'data' / 'icsfeed.db'}"
@@ -233,9 +241,7 @@ def test_copy_to_postgresql_keeps_compressed_rows_and_their_dictionaries(tmp_pat
     try:
         poll(source, tickets(120))
         poll(source, HOSTILE, source="odd")
-        body = b"BEGIN:VCALENDAR\r\n" + b"x" * 10_000 + b"END:VCALENDAR\r\n"
-        source.save_feed("account/acme", body, b"", "e1", event_count=1, now=time.time(), render_seconds=0.1,
-                         render_key="k", window_day="2026-12-02")
+        body = save_body(source, b"x" * 10_000)
         copy_database(source, target)
         assert stored_events(target) == stored_events(source) == {str(ev.key): ev for ev in tickets(120) + HOSTILE}
         assert sorted(dict(target.query_fragments(EVERYTHING, "key1")).items()) == \
@@ -274,9 +280,7 @@ def test_downgrade_to_0009_writes_the_rows_back_as_json_text(storage_backend: st
     try:
         poll(store, tickets(40))
         poll(store, HOSTILE, source="odd")
-        body = b"BEGIN:VCALENDAR\r\n" + b"y" * 5000 + b"END:VCALENDAR\r\n"
-        store.save_feed("account/acme", body, b"", "e1", event_count=1, now=time.time(), render_seconds=0.1,
-                        render_key="k", window_day="2026-12-02")
+        body = save_body(store, b"y" * 5000)
         with store.engine.connect() as conn, conn.begin():
             command.downgrade(alembic_config(conn), "0009")
         t = events_table
