@@ -99,14 +99,14 @@ class Codec:
         if blob[:4] != MAGIC:
             return blob
         try:
-            dict_id = frame_dict_id(blob)
+            dict_id = zstandard.get_frame_parameters(blob).dict_id
             try:
                 dctx = self._local.d[dict_id]
             except (AttributeError, KeyError):
                 dctx = self._decompressor(dict_id)
             return dctx.decompress(blob)  # type: ignore[no-any-return]
-        except (zstandard.ZstdError, IndexError) as exc:
-            raise UndecodableBlob(f"not a readable zstd frame: {exc or 'truncated'}") from None
+        except zstandard.ZstdError as exc:
+            raise UndecodableBlob(f"not a readable zstd frame: {exc}") from None
 
     def text(self, blob: bytes | memoryview | str) -> str:
         """A blob's value as text (JSON); raises :class:`UndecodableBlob`."""
@@ -239,19 +239,6 @@ def _content(conn: Any, row_id: int) -> bytes | None:
     t = dictionaries_table
     content = conn.execute(select(t.c.content).where(t.c.id == row_id)).scalar()
     return bytes(content) if content else None
-
-
-def frame_dict_id(frame: bytes) -> int:
-    """The dictionary id a zstd frame's header names (0: none), read from the header as the
-    format defines it (RFC 8878, 3.1.1.1): cheaper than asking the library, per row."""
-    descriptor = frame[4]
-    size = (0, 1, 2, 4)[descriptor & 3]
-    if not size:
-        return 0
-    start = 5 if descriptor & 0x20 else 6  # a window descriptor byte unless single-segment
-    if len(frame) < start + size:
-        raise IndexError("truncated frame header")
-    return int.from_bytes(frame[start:start + size], "little")
 
 
 def pack(cctx: zstandard.ZstdCompressor, value: bytes) -> bytes:
