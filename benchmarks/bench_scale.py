@@ -141,7 +141,8 @@ def measured_poll(base: Path) -> dict[str, float]:
     log_path = base / "poll.log"
     with log_path.open("wb") as log_file:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        # cwd outside every tree: ``python -m`` imports the current directory's icsfeed before PYTHONPATH's
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=str(base))
         peak_tree = 0.0
         while True:  # wait4: this process's own rusage (its peak RSS, not the largest child's so far)
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
