@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from datetime import time as dtime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
 from sqlalchemy.engine import Engine
@@ -106,7 +106,8 @@ class EventsMixin:
                    duration: float | None = None,
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
                    fragment: Fragmenter | None = None, record: bool = True,
-                   answer_digest: str | None = None) -> PollChanges:
+                   answer_digest: str | None = None, record_digests: Mapping[str, str] | None = None,
+                   known: Mapping[str, str] | None = None) -> PollChanges:
         """Upsert a poll's events and apply the absence policy, all in one transaction.
 
         ``complete`` is False for incremental polls: then a missing event means nothing.
@@ -121,10 +122,19 @@ class EventsMixin:
         longer come from that answer alone).
         ``answer_digest``: the digest of the raw answer these events came from, kept with the
         source's state in the same transaction (the next poll of the same answer skips it).
+        ``record_digests``: event key (as mapped) -> digest of the origin record it came from,
+        stored with the row (NULL for an event without one) so the next poll need not map
+        that record again. ``known``: stored key -> record digest of the events whose record
+        the source found unchanged and did not map (:meth:`record_digests`): present and
+        unchanged; if any of them changed since it was read, the poll is refused (StoreError)
+        and the next one maps in full.
         """
         changes = PollChanges()
         unique: dict[str, Event] = {}
+        digest_of: dict[str, str | None] = {}
+        mapped_digests = record_digests or {}
         for ev in events:
+            mapped_key = str(ev.key)
             ev = _storable(ev)
             if len(ev.key) > EVENT_KEY_LENGTH:  # skipped, never the whole poll
                 changes.skipped.append((ev.key, f"key longer than {EVENT_KEY_LENGTH} characters"))
@@ -133,41 +143,50 @@ class EventsMixin:
                 changes.duplicates += 1
                 log.warning("source %s returned key %r more than once; the last one wins", source_id, ev.key[:80])
             unique[str(ev.key)] = ev
+            digest_of[str(ev.key)] = mapped_digests.get(mapped_key)
+        unmapped = {k: d for k, d in (known or {}).items() if k not in unique}
         t = events_table
         try:
             with self.engine.begin() as conn:
-                existing = {
-                    row.key: row for row in conn.execute(
-                        select(t.c.id, t.c.key, t.c.content_hash, t.c.sequence, t.c.gone,
-                               t.c.account_key, t.c.kind, t.c.severity_rank, t.c.created)
-                        .where(t.c.source == source_id))
-                }
+                existing = {row.key: row for row in _stored_rows(conn, source_id)}
+                for key, record_digest in unmapped.items():
+                    row = existing.get(key)
+                    if row is None or row.gone or row.record_digest != record_digest:
+                        raise StoreError(f"the stored events of {source_id} changed during its poll")
+                changes.unchanged += len(unmapped)
                 inserts: list[dict[str, Any]] = []
                 updates: list[dict[str, Any]] = []
                 revived: list[int] = []
+                redigested: list[dict[str, Any]] = []
                 for key, ev in unique.items():
                     blob, digest = _encoded(ev)
                     old = existing.get(key)
                     if old is None:
                         inserts.append(self._row_values(ev, digest, now, sequence=0, created=now, blob=blob,
-                                                        fragment=fragment))
+                                                        fragment=fragment, record_digest=digest_of[key]))
                         changes.new += 1
                     elif old.content_hash != digest:
                         values = self._row_values(ev, digest, now, sequence=old.sequence + 1, blob=blob,
-                                                  fragment=fragment, created_for_fragment=old.created)
+                                                  fragment=fragment, created_for_fragment=old.created,
+                                                  record_digest=digest_of[key])
                         updates.append({"_id": old.id, **values})
                         changes.updated += 1
                         changes.touched.add(Touched(old.account_key, old.kind, old.severity_rank))
                     else:
                         if old.gone:
                             revived.append(old.id)
+                        if old.record_digest != digest_of[key]:  # the same event from another record text
+                            redigested.append({"_id": old.id, "record_digest": digest_of[key]})
                         changes.unchanged += 1
                         continue
                     changes.touched.add(Touched(_account_key(ev.account), ev.kind, severity_rank(ev.severity)))
                 for chunk in chunks(revived, 500):
                     conn.execute(update(t).where(t.c.id.in_(chunk)).values(gone=False))
+                if redigested:
+                    self._bulk_update(conn, redigested)
                 if complete:
-                    missing = [row for key, row in existing.items() if key not in unique and not row.gone]
+                    missing = [row for key, row in existing.items()
+                               if key not in unique and key not in unmapped and not row.gone]
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, updates, fragment)
                 if inserts:
                     conn.execute(t.insert(), inserts)
@@ -229,7 +248,8 @@ class EventsMixin:
 
     def _row_values(self, ev: Event, digest: str, now: float, *, sequence: int,
                     created: float | None = None, blob: str | None = None,
-                    fragment: Fragmenter | None = None, created_for_fragment: float | None = None) -> dict[str, Any]:
+                    fragment: Fragmenter | None = None, created_for_fragment: float | None = None,
+                    record_digest: str | None = None) -> dict[str, Any]:
         start_ts = to_ts(ev.start)
         uid = event_uid(ev.source, str(ev.key), self.uid_host)
         values: dict[str, Any] = {
@@ -242,6 +262,7 @@ class EventsMixin:
             "data": blob if blob is not None else _encoded(ev)[0],
             "content_hash": digest, "sequence": sequence, "last_modified": now,
             "gone": False, "vevent": None, "vevent_key": None, "is_open": is_open(ev),
+            "record_digest": record_digest,
         }
         if created is not None:
             values["created"] = created
@@ -252,6 +273,16 @@ class EventsMixin:
             if made is not None:
                 values["vevent"], values["vevent_key"] = made
         return values
+
+    def record_digests(self, source_id: str) -> dict[str, str]:
+        """Record digest -> key of a source's present events that were mapped from a record
+        (what a poll need not map again when the origin sends the same record)."""
+        try:
+            with self.engine.connect() as conn:
+                return {row.record_digest: row.key for row in _stored_rows(conn, source_id)
+                        if row.record_digest is not None and not row.gone}
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the stored records of {source_id}: {db_reason(exc)}") from None
 
     def event_counts(self) -> dict[str, int]:
         """Events stored per source."""
@@ -330,6 +361,38 @@ class EventsMixin:
                 conn.execute(stmt, batch)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store rendered events: {db_reason(exc)}") from None
+
+
+class _StoredRow(NamedTuple):
+    """What a poll compares of a stored event (``_stored_rows``)."""
+
+    key: str
+    id: int
+    content_hash: str
+    sequence: int
+    gone: bool
+    account_key: str | None
+    kind: str
+    severity_rank: int | None
+    created: float
+    record_digest: str | None
+
+
+_STORED_ROW_SQL = (f"SELECT {', '.join(_StoredRow._fields)} FROM {events_table.name} WHERE source = "
+                   "{mark}")
+
+
+def _stored_rows(conn: Any, source_id: str) -> list[_StoredRow]:
+    """Every stored event of a source, read through the DB-API cursor of ``conn``'s
+    transaction: a poll reads all of them, and SQLAlchemy's row objects cost more than
+    the query (``gone`` is 0/1 on SQLite, a bool on PostgreSQL: both test as truth)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(_STORED_ROW_SQL.format(mark=mark), (source_id,))
+        return [_StoredRow._make(r) for r in cursor.fetchall()]
+    finally:
+        cursor.close()
 
 
 def _storable(ev: Event) -> Event:
