@@ -114,7 +114,7 @@ def _path_parts(path: str) -> tuple[tuple[str, int | None], ...]:
 def _lookup_parts(record: Any, parts: tuple[tuple[str, int | None], ...]) -> Any:
     value = record
     for part, index in parts:
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             if part in value:
                 value = value[part]
                 continue
@@ -197,7 +197,7 @@ def compile_value(spec: str | None) -> Getter:
     if "{" in spec or "://" in spec:
         return _compile_template(spec)
     if "." not in spec:
-        return lambda record: record.get(spec) if isinstance(record, Mapping) else render_value(record, spec)
+        return lambda record: record.get(spec) if type(record) is dict else render_value(record, spec)
     parts = _path_parts(spec)
 
     def path(record: Any) -> Any:
@@ -235,6 +235,9 @@ def _compile_template(spec: str) -> Getter:
                 value = _lookup_parts(record, parts)
                 if value is _MISSING or value is None:
                     return None
+                if type(value) is str:
+                    out.append(value)
+                    continue
                 if isinstance(value, (list, tuple, Mapping, bool)):
                     value = _text(value)
                 out.append(format(value, ""))
@@ -300,6 +303,8 @@ def to_all_day(value: datetime | date, tz: Any) -> date:
 def _text(value: Any) -> str:
     """A record's value as the text people read: a list as ``a, b``, an object as compact
     JSON (``{"nested":"object"}``), true/false as JSON writes them; never Python's repr."""
+    if type(value) is str:  # most values: no abc check
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -407,7 +412,7 @@ class MappedSource(Source):
         c = self._compiled_mapping
         if c is None:
             c = self._compiled_mapping = _Compiled(m)
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):
             raise RecordError(f"record is a {type(record).__name__}, not an object")
 
         def required(name: str, getter: Getter, spec: str) -> Any:

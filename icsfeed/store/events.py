@@ -165,6 +165,9 @@ class EventsMixin:
                         inserts.append(self._row_values(ev, digest, now, sequence=0, created=now, blob=blob,
                                                         fragment=fragment, record_digest=digest_of[key]))
                         changes.new += 1
+                        if len(inserts) >= INSERT_BATCH:  # written as they come: a first import holds no more
+                            _insert_rows(conn, inserts)
+                            inserts.clear()
                     elif old.content_hash != digest:
                         values = self._row_values(ev, digest, now, sequence=old.sequence + 1, blob=blob,
                                                   fragment=fragment, created_for_fragment=old.created,
@@ -189,7 +192,7 @@ class EventsMixin:
                                if key not in unique and key not in unmapped and not row.gone]
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, updates, fragment)
                 if inserts:
-                    conn.execute(t.insert(), inserts)
+                    _insert_rows(conn, inserts)
                 if updates:
                     self._bulk_update(conn, updates)
                 if affected is not None and changes.touched:
@@ -380,6 +383,25 @@ class _StoredRow(NamedTuple):
 
 _STORED_ROW_SQL = (f"SELECT {', '.join(_StoredRow._fields)} FROM {events_table.name} WHERE source = "
                    "{mark}")
+
+
+#: new rows a poll writes at a time (their JSON and fragments are not all held at once)
+INSERT_BATCH = 2000
+
+
+def _insert_rows(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert rows of ``_row_values`` (all of one shape) with one executemany on the DB-API
+    cursor of ``conn``'s transaction: SQLAlchemy's per-row parameter processing cost a first
+    import more than the database did. The values are plain str, float, int, bool, bytes
+    and None, which sqlite3 and psycopg store as the Core insert did."""
+    columns = list(rows[0])
+    marks = ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * len(columns))
+    sql = f"INSERT INTO {events_table.name} ({', '.join(columns)}) VALUES ({marks})"
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
+    finally:
+        cursor.close()
 
 
 def _stored_rows(conn: Any, source_id: str) -> list[_StoredRow]:
