@@ -200,11 +200,11 @@ def test_a_settings_change_or_a_new_year_maps_every_record(tmp_path: Path, monke
         def today(cls) -> NextYear:
             return cls(date.today().year + 1, 1, 1)
 
-    monkeypatch.setattr(poller, "date", NextYear)  # the year is part of every record's digest
-    assert world.poll(edited, 1100.0).updated == 1 and mapped[0] == 4
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:  # the year is part of every record's digest
+        patched.setattr(poller, "date", NextYear)
+        assert world.poll(edited, 1100.0).updated == 1 and mapped[0] == 4
     world.store.close()
-    mapped = count_mapping(monkeypatch)
+    mapped[0] = 0
     changed = World(tmp_path, config_text(title="{subject}!"), full=False)  # the same store, a new mapping
     report = changed.poll(edited, 1200.0)
     assert mapped[0] == 4 and report.updated == 4
@@ -226,10 +226,10 @@ def test_a_poll_the_store_refuses_half_way_then_a_good_one(worlds: Any, monkeypa
         original(self, conn, updates[:1])  # one row written inside the transaction, then the database fails
         raise OperationalError("UPDATE events", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(store_type, "_bulk_update", failing)
-    assert not fast.poll(second, 1100.0).ok
+    with monkeypatch.context() as patched:
+        patched.setattr(store_type, "_bulk_update", failing)
+        assert not fast.poll(second, 1100.0).ok
     assert fast.rows() == kept  # nothing of that poll is stored
-    monkeypatch.undo()
     mapped = count_mapping(monkeypatch)
     got, want = fast.poll(second, 1200.0), slow.poll(second, 1200.0)
     assert mapped[0] == 9 + 9  # after a failure every record is mapped again (both worlds)

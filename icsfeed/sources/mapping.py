@@ -390,21 +390,26 @@ class MappedSource(Source):
         return [ev for _, ev in mapped]
 
     def _map_indexed(self, records: Sequence[Any], indices: list[int]) -> list[tuple[int, Event]]:
-        """(index, event) of these records, in order: JSON Lines parsed first (a broken line is
-        skipped with its number, before any record is mapped, as parse_json_lines does)."""
-        parsed = []
+        """(index, event) of these records, in order, each parsed (a :class:`JsonLine`) and
+        mapped in one go, so no more than one parsed record is held at a time. The skipped
+        are reported as parse_json_lines and events_from report them: broken lines first."""
+        out = []
+        bad_lines: list[tuple[object, str]] = []
+        bad_records: list[tuple[object, str]] = []
         for i in indices:
             record = records[i]
             if isinstance(record, JsonLine):
-                record = record.parsed(self)
-                if record is _MISSING:
+                try:
+                    record = json.loads(record.text)
+                except (ValueError, RecursionError) as exc:
+                    bad_lines.append((f"line {record.number}", _bad_json(exc)))
                     continue
-            parsed.append((i, record))
-        out = []
-        for i, record in parsed:
-            event = self._mapped(record)
-            if event is not None:
-                out.append((i, event))
+            try:
+                out.append((i, self.to_event(record)))
+            except (RecordError, ValueError, TypeError, OverflowError) as exc:
+                bad_records.append((record, str(exc) or type(exc).__name__))
+        for what, reason in bad_lines + bad_records:
+            self.skip(what, reason)
         return out
 
     def to_event(self, record: Any) -> Event:
@@ -535,8 +540,12 @@ class JsonLine(NamedTuple):
         try:
             return json.loads(self.text)
         except (ValueError, RecursionError) as exc:
-            source.skip(f"line {self.number}", f"not valid JSON ({str(exc)[:80]})")
+            source.skip(f"line {self.number}", _bad_json(exc))
             return _MISSING
+
+
+def _bad_json(exc: Exception) -> str:
+    return f"not valid JSON ({str(exc)[:80]})"
 
 
 def json_lines(text: str) -> list[JsonLine]:
