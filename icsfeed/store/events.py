@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from icsfeed.feed_filters import is_open
 from icsfeed.model import Event, severity_rank
@@ -282,14 +282,10 @@ class EventsMixin:
         (what a poll need not map again when the origin sends the same record)."""
         try:
             with self.engine.connect() as conn:  # the DB-API cursor, as _stored_rows: 100,000s of rows
-                mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-                cursor = conn.connection.cursor()
-                try:
-                    cursor.execute(f"SELECT record_digest, key FROM {events_table.name} WHERE source = {mark} "
-                                   f"AND gone = {mark} AND record_digest IS NOT NULL", (source_id, False))
-                    return dict(cursor.fetchall())
-                finally:
-                    cursor.close()
+                mark = _mark(conn)
+                return dict(_fetch_all(conn, f"SELECT record_digest, key FROM {events_table.name} WHERE source = "
+                                             f"{mark} AND gone = {mark} AND record_digest IS NOT NULL",
+                                       (source_id, False)))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the stored records of {source_id}: {db_reason(exc)}") from None
 
@@ -401,11 +397,25 @@ def _insert_rows(conn: Any, rows: list[dict[str, Any]]) -> None:
     import more than the database did. The values are plain str, float, int, bool, bytes
     and None, which sqlite3 and psycopg store as the Core insert did."""
     columns = list(rows[0])
-    marks = ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * len(columns))
+    marks = ", ".join([_mark(conn)] * len(columns))
     sql = f"INSERT INTO {events_table.name} ({', '.join(columns)}) VALUES ({marks})"
+    conn.exec_driver_sql(sql, [tuple(row[c] for c in columns) for row in rows])  # errors as SQLAlchemy's
+
+
+def _mark(conn: Any) -> str:
+    """The DB-API parameter marker of ``conn``'s driver (sqlite3: ``?``, psycopg: ``%s``)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _fetch_all(conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The rows of a query as the DB-API cursor of ``conn``'s transaction gives them (plain
+    tuples: a poll reads 100,000s), its errors raised as SQLAlchemy's like any query's."""
     cursor = conn.connection.cursor()
     try:
-        cursor.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from None
     finally:
         cursor.close()
 
@@ -414,13 +424,7 @@ def _stored_rows(conn: Any, source_id: str) -> list[_StoredRow]:
     """Every stored event of a source, read through the DB-API cursor of ``conn``'s
     transaction: a poll reads all of them, and SQLAlchemy's row objects cost more than
     the query (``gone`` is 0/1 on SQLite, a bool on PostgreSQL: both test as truth)."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(_STORED_ROW_SQL.format(mark=mark), (source_id,))
-        return [_StoredRow._make(r) for r in cursor.fetchall()]
-    finally:
-        cursor.close()
+    return [_StoredRow._make(r) for r in _fetch_all(conn, _STORED_ROW_SQL.format(mark=_mark(conn)), (source_id,))]
 
 
 def _storable(ev: Event) -> Event:
