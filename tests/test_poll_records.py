@@ -24,11 +24,12 @@ from hypothesis import strategies as st
 from servers import write_config
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
+from test_scale import count_mapping
 
 import icsfeed.poller as poller
 from icsfeed.config import Config, load_config
 from icsfeed.poller import poll_source
-from icsfeed.sources.mapping import MappedSource, RecordError, compile_value, render_value
+from icsfeed.sources.mapping import RecordError, compile_value, render_value
 from icsfeed.store import Store
 from icsfeed.store.schema import events_table
 
@@ -68,18 +69,6 @@ def write_answer(config: Config, records: list[dict[str, Any]], path: str = "tic
         writer.writeheader()
         writer.writerows(records)
         target.write_text(out.getvalue(), encoding="utf-8")
-
-
-def count_mapping(monkeypatch: Any) -> list[int]:
-    mapped = [0]
-    original = MappedSource.to_event
-
-    def counting(self: MappedSource, record: Any) -> Any:
-        mapped[0] += 1
-        return original(self, record)
-
-    monkeypatch.setattr(MappedSource, "to_event", counting)
-    return mapped
 
 
 class World:
