@@ -269,8 +269,8 @@ NAMES = st.sampled_from(["a", "b", "id", "a.b", "0", "-1", "x y", "é", "", "sub
                          "tags", "created"])
 LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False),
                    st.text(max_size=8))
-VALUES = st.recursive(LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                      st.dictionaries(NAMES, inner, max_size=3)), max_leaves=8)
+VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(NAMES, inner, max_size=3),
+                      max_leaves=8)
 RECORDS = st.dictionaries(NAMES, VALUES, max_size=5)
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map(".".join)
 SPECS = st.one_of(
