@@ -27,6 +27,7 @@ from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
 from icsfeed.sources import AnswerUnchanged, Source, SourceError, load_source_class
 from icsfeed.store import Store, StoreError
+from icsfeed.store.database import storable_text
 
 if TYPE_CHECKING:
     from icsfeed.coordination import Coordinator
@@ -140,6 +141,9 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         since = datetime.fromtimestamp(state.last_success, timezone.utc) if state.last_success else None
         source.fingerprint = answer_fingerprint(config, source_id)
         source.known_digest = state.answer_digest if not (source.incremental and since is not None) else None
+        if source.known_digest is not None:  # same rule: after a failure or a push, map every record
+            source.stored_records = lambda: store.record_digests(source_id)
+        source.stored_key = storable_text
         try:
             events = _checked(config, source, source.fetch(since))
         except AnswerUnchanged:
@@ -158,7 +162,8 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
 
     elapsed = time.monotonic() - started
     complete = not (source.incremental and since is not None)
-    result = {"fetched": len(events), "skipped": len(source.skipped),
+    known = source.unchanged_keys if complete else {}  # records not mapped: present and unchanged
+    result = {"fetched": len(events) + len(known), "skipped": len(source.skipped),
               "skipped_examples": [redact(s, secrets)[:300] for s in source.skipped[:5]]}
     try:
         changes = store.apply_poll(
@@ -166,7 +171,8 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
             previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
             affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
             fragment=fragment_renderer(config),  # VEVENTs rendered as they are written
-            answer_digest=source.answer_digest if complete else None)
+            answer_digest=source.answer_digest if complete else None,
+            record_digests=source.record_digests, known=known)
     except StoreError as exc:  # the store refused the poll: a failure like any other (backoff, /status)
         return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
     for key, reason in changes.skipped:  # records the store cannot hold: skipped like the source's own

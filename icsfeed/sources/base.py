@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -126,6 +126,14 @@ class Source(ABC):
         self.known_digest: str | None = None
         #: the digest of the last raw answer ``answer_unchanged`` saw
         self.answer_digest: str | None = None
+        #: set by the poller for full dumps: reads the record digest -> stored key of the
+        #: stored events (None: map every record); and how a key is stored (the store's form)
+        self.stored_records: Callable[[], dict[str, str]] | None = None
+        self.stored_key: Callable[[str], str] = str
+        #: what the last fetch left unmapped (stored key -> record digest: present, unchanged)
+        #: and the record digest of each event it mapped (event key -> digest)
+        self.unchanged_keys: dict[str, str] = {}
+        self.record_digests: dict[str, str] = {}
 
     @classmethod
     def parse_settings(cls, raw: dict[str, Any]) -> SourceSettings:
@@ -143,6 +151,20 @@ class Source(ABC):
         configuration alone (not of the clock): a full dump re-read every poll."""
         self.answer_digest = hashlib.sha256(self.fingerprint + b"\0" + raw).hexdigest()
         return self.known_digest is not None and self.known_digest == self.answer_digest
+
+    def record_digest(self, text: str) -> str:
+        """Digest of one origin record's canonical text under this source's settings (the
+        answer fingerprint: a change of settings, version or year changes every digest)."""
+        hasher = self._record_hasher
+        if hasher is None or self._hashed_fingerprint != self.fingerprint:
+            hasher = self._record_hasher = hashlib.sha256(b"record\0" + self.fingerprint + b"\0")
+            self._hashed_fingerprint = self.fingerprint
+        one = hasher.copy()
+        one.update(text.encode("utf-8", "surrogatepass"))
+        return one.hexdigest()[:32]
+
+    _record_hasher: Any = None
+    _hashed_fingerprint: bytes = b""
 
     def skip(self, record: object, reason: str) -> None:
         """Log and count a record that cannot become an event; the poll goes on."""

@@ -14,7 +14,7 @@ from icsfeed.sources.base import AnswerUnchanged, SourceError
 from icsfeed.sources.mapping import (
     MappedSettings,
     MappedSource,
-    records_in,
+    answer_records,
 )
 from icsfeed.sources.process import OutputTooLarge, TimedOut, run_bounded
 
@@ -65,4 +65,4 @@ class CommandSource(MappedSource):
         if self.answer_unchanged(done.stdout):  # the same output as the stored events came from
             raise AnswerUnchanged(name)
         text = done.stdout.decode("utf-8-sig", "replace")  # a byte-order mark is no record
-        return list(self.events_from(records_in(self, text, s.format, s.items, name)))
+        return self.events_of_answer(*answer_records(self, text, s.format, s.items, name))

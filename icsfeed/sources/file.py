@@ -16,7 +16,8 @@ from icsfeed.sources.base import AnswerUnchanged, SourceError
 from icsfeed.sources.mapping import (
     MappedSettings,
     MappedSource,
-    records_in,
+    answer_records,
+    canonical_text,
 )
 
 
@@ -70,9 +71,10 @@ class FileSource(MappedSource):
                 records: list[object] = list(csv.DictReader(io.StringIO(text), delimiter=self.settings.delimiter))
             except csv.Error as exc:
                 raise SourceError(f"{path.name}: not valid CSV ({exc})") from None
+            texts = [canonical_text(r) for r in records]
         else:
-            records = records_in(self, text, fmt, self.settings.items, path.name)
-        return list(self.events_from(records))
+            records, texts = answer_records(self, text, fmt, self.settings.items, path.name)
+        return self.events_of_answer(records, texts)
 
 
 def _encoding(name: str) -> str:

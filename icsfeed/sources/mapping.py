@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,6 +42,9 @@ DEFAULT_STATUS_MAP: dict[str, str] = {
 }
 
 _MISSING = object()
+_INDEX = re.compile(r"-?\d+")
+_EPOCH = re.compile(r"\s*-?\d{9,}(\.\d+)?\s*")
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class RecordError(ValueError):
@@ -100,15 +103,23 @@ class MappedSettings(SourceSettings):
 
 def lookup(record: Any, path: str) -> Any:
     """Value at a dotted path (``a.b.0.c``) or the missing marker."""
+    return _lookup_parts(record, _path_parts(path))
+
+
+def _path_parts(path: str) -> tuple[tuple[str, int | None], ...]:
+    """A dotted path split once: each part, and its list index where it reads as one."""
+    return tuple((part, int(part) if _INDEX.fullmatch(part) else None) for part in path.split("."))
+
+
+def _lookup_parts(record: Any, parts: tuple[tuple[str, int | None], ...]) -> Any:
     value = record
-    for part in path.split("."):
-        if isinstance(value, Mapping):
+    for part, index in parts:
+        if type(value) is dict or isinstance(value, Mapping):
             if part in value:
                 value = value[part]
                 continue
             return _MISSING
-        if isinstance(value, list) and re.fullmatch(r"-?\d+", part):
-            index = int(part)
+        if isinstance(value, list) and index is not None:
             if -len(value) <= index < len(value):
                 value = value[index]
                 continue
@@ -169,6 +180,71 @@ def render_value(record: Any, spec: str) -> Any:
     return None if value is _MISSING else value
 
 
+Getter = Callable[[Any], Any]
+
+
+def compile_value(spec: str | None) -> Getter:
+    """``render_value(record, spec)`` as a function of the record, worked out once per source
+    instead of once per record and field: a literal, a bare field name (a dict look-up), a
+    dotted path split once, a template of plain ``{path}`` fields joined directly; anything
+    else (format specs, conversions, a template that does not parse) goes through
+    :func:`render_value` itself, so its results and errors are the same."""
+    if spec is None:
+        return _none
+    if spec.startswith("="):
+        literal = spec[1:]
+        return lambda record: literal
+    if "{" in spec or "://" in spec:
+        return _compile_template(spec)
+    if "." not in spec:
+        return lambda record: record.get(spec) if type(record) is dict else render_value(record, spec)
+    parts = _path_parts(spec)
+
+    def path(record: Any) -> Any:
+        value = _lookup_parts(record, parts)
+        return None if value is _MISSING else value
+    return path
+
+
+def _none(record: Any) -> None:
+    return None
+
+
+def _compile_template(spec: str) -> Getter:
+    def slow(record: Any) -> Any:
+        return render_value(record, spec)
+
+    try:
+        parsed = list(string.Formatter().parse(spec))
+    except ValueError:  # an unbalanced brace: render_value says so for each record
+        return slow
+    pieces: list[tuple[str, tuple[tuple[str, int | None], ...] | None]] = []
+    for literal, name, format_spec, conversion in parsed:
+        if name is None:
+            pieces.append((literal, None))
+        elif name == "" or format_spec or conversion is not None:
+            return slow
+        else:
+            pieces.append((literal, _path_parts(name)))
+
+    def template(record: Any) -> str | None:
+        out = []
+        for literal, parts in pieces:
+            out.append(literal)
+            if parts is not None:
+                value = _lookup_parts(record, parts)
+                if value is _MISSING or value is None:
+                    return None
+                if type(value) is str:
+                    out.append(value)
+                    continue
+                if isinstance(value, (list, tuple, Mapping, bool)):
+                    value = _text(value)
+                out.append(format(value, ""))
+        return "".join(out)
+    return template
+
+
 # --- dates --------------------------------------------------------------------------------
 
 def _zone(name: str) -> timezone | Any:
@@ -188,7 +264,7 @@ def parse_when(value: Any, tz: Any, date_format: str | None = None) -> datetime 
         parsed: datetime | date = value
     elif isinstance(value, date):
         return value
-    elif isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"\s*-?\d{9,}(\.\d+)?\s*", value)):
+    elif isinstance(value, (int, float)) or (isinstance(value, str) and _EPOCH.fullmatch(value)):
         number = float(value)
         if abs(number) >= 1e11:  # milliseconds: 1e11 s is the year 5138
             number /= 1000.0
@@ -201,7 +277,7 @@ def parse_when(value: Any, tz: Any, date_format: str | None = None) -> datetime 
         try:
             if date_format:
                 parsed = datetime.strptime(text, date_format)
-            elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            elif _ISO_DAY.fullmatch(text):
                 return date.fromisoformat(text)
             else:
                 parsed = datetime.fromisoformat(text.replace("z", "Z"))
@@ -227,6 +303,8 @@ def to_all_day(value: datetime | date, tz: Any) -> date:
 def _text(value: Any) -> str:
     """A record's value as the text people read: a list as ``a, b``, an object as compact
     JSON (``{"nested":"object"}``), true/false as JSON writes them; never Python's repr."""
+    if type(value) is str:  # most values: no abc check
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -238,43 +316,127 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+class _Compiled:
+    """A source's field mapping worked out once (see :func:`compile_value`)."""
+
+    def __init__(self, m: FieldMapping) -> None:
+        # kind is the one field where plain text is a literal, not a path
+        self.kind_spec = m.kind if ("{" in m.kind or m.kind.startswith("=")) else f"={m.kind}"
+        def field(spec: str | None) -> Getter:  # an empty spec is no field, as before
+            return compile_value(spec) if spec else _none
+
+        self.kind = field(self.kind_spec)
+        self.key, self.title, self.start = field(m.key), field(m.title), field(m.start)
+        self.end, self.detail, self.url = field(m.end), field(m.detail), field(m.url)
+        self.account, self.severity, self.status = field(m.account), field(m.severity), field(m.status)
+        self.attrs = [(name, compile_value(spec)) for name, spec in m.attrs.items()]
+
+
 class MappedSource(Source):
-    """Base of the generic types: records (dicts) in, events out via :class:`FieldMapping`."""
+    """Base of the generic types: records (dicts) in, events out via :class:`FieldMapping`.
+
+    A full-dump type (file, command) maps through :meth:`events_of_answer`: with the digests
+    of the records the stored events came from (``stored_records``, set by the poller), a
+    record whose digest is known is not mapped again; its stored key is noted as present
+    and unchanged (``unchanged_keys``) instead."""
 
     settings: MappedSettings
+    _compiled_mapping: _Compiled | None = None
+    _zones: dict[str | None, Any] | None = None
 
     def events_from(self, records: Iterable[Any]) -> Iterator[Event]:
         """Map each record; a broken one is skipped with its reason, the rest go on."""
         for record in records:
+            event = self._mapped(record)
+            if event is not None:
+                yield event
+
+    def _mapped(self, record: Any) -> Event | None:
+        try:
+            return self.to_event(record)
+        except (RecordError, ValueError, TypeError, OverflowError) as exc:
+            self.skip(record, str(exc) or type(exc).__name__)
+            return None
+
+    def events_of_answer(self, records: Sequence[Any], texts: Sequence[str | None]) -> list[Event]:
+        """The events of a full dump's records, mapping only those not known unchanged.
+
+        ``texts[i]``: the canonical text of ``records[i]`` (its JSON Lines line, its JSON),
+        which with the settings (``fingerprint``) is all its event depends on; None: always
+        mapped. A :class:`JsonLine` record is parsed only when it has to be mapped. When a
+        known record repeats, or a mapped event has the key of a known one (an origin key
+        sent twice: the last record wins), every record is mapped, as without digests.
+        """
+        digests = [self.record_digest(text) if text is not None else None for text in texts]
+        known = self.stored_records() if self.stored_records is not None else {}
+        matched: dict[int, str] = {}
+        repeated = False
+        if known:
+            seen: set[str] = set()
+            for i, digest in enumerate(digests):
+                key = known.get(digest) if digest is not None else None
+                if key is not None:
+                    repeated = repeated or digest in seen
+                    seen.add(digest)  # type: ignore[arg-type]
+                    matched[i] = key
+        mapped = self._map_indexed(records, [i for i in range(len(records)) if i not in matched])
+        if matched:
+            keys = set(matched.values())
+            if repeated or any(self.stored_key(str(ev.key)) in keys for _, ev in mapped):
+                mapped = sorted(mapped + self._map_indexed(records, sorted(matched)), key=lambda pair: pair[0])
+                matched = {}
+        self.unchanged_keys = {key: digests[i] for i, key in matched.items()}  # type: ignore[misc]
+        self.record_digests = {str(ev.key): digests[i] for i, ev in mapped if digests[i] is not None}  # type: ignore[misc]
+        return [ev for _, ev in mapped]
+
+    def _map_indexed(self, records: Sequence[Any], indices: list[int]) -> list[tuple[int, Event]]:
+        """(index, event) of these records, in order, each parsed (a :class:`JsonLine`) and
+        mapped in one go, so no more than one parsed record is held at a time. The skipped
+        are reported as parse_json_lines and events_from report them: broken lines first."""
+        out = []
+        bad_lines: list[tuple[object, str]] = []
+        bad_records: list[tuple[object, str]] = []
+        for i in indices:
+            record = records[i]
+            if isinstance(record, JsonLine):
+                try:
+                    record = json.loads(record.text)
+                except (ValueError, RecursionError) as exc:
+                    bad_lines.append((f"line {record.number}", _bad_json(exc)))
+                    continue
             try:
-                yield self.to_event(record)
+                out.append((i, self.to_event(record)))
             except (RecordError, ValueError, TypeError, OverflowError) as exc:
-                self.skip(record, str(exc) or type(exc).__name__)
+                bad_records.append((record, str(exc) or type(exc).__name__))
+        for what, reason in bad_lines + bad_records:
+            self.skip(what, reason)
+        return out
 
     def to_event(self, record: Any) -> Event:
         m = self.settings.mapping
-        if not isinstance(record, Mapping):
+        c = self._compiled_mapping
+        if c is None:
+            c = self._compiled_mapping = _Compiled(m)
+        if type(record) is not dict and not isinstance(record, Mapping):
             raise RecordError(f"record is a {type(record).__name__}, not an object")
 
-        def field(name: str, spec: str | None, required: bool = False) -> Any:
-            value = render_value(record, spec) if spec else None
-            if required and (value is None or _text(value).strip() == ""):
+        def required(name: str, getter: Getter, spec: str) -> Any:
+            value = getter(record)
+            if value is None or (_text(value).strip() == "" if not isinstance(value, str) else value.strip() == ""):
                 raise RecordError(f"missing {name} ({spec})")
             return value
 
-        # kind is the one field where plain text is a literal, not a path
-        kind_spec = m.kind if ("{" in m.kind or m.kind.startswith("=")) else f"={m.kind}"
-        kind = _text(field("kind", kind_spec, required=True)).strip().lower()
+        kind = _text(required("kind", c.kind, c.kind_spec)).strip().lower()
         kind_info = self.context.kinds.get(kind)
         if kind_info is None:
             raise RecordError(f"unknown kind {kind!r}")
-        key = _text(field("key", m.key, required=True)).strip()
-        account = field("account", m.account)
+        key = _text(required("key", c.key, m.key)).strip()
+        account = c.account(record)
         account = _text(account).strip() or None if account is not None else None
-        tz = self.context.timezone_for(account, m.timezone)
+        tz = self._zone_for(account, m.timezone)
 
-        start = parse_when(field("start", m.start, required=True), tz, m.date_format)
-        end_raw = field("end", m.end)
+        start = parse_when(required("start", c.start, m.start), tz, m.date_format)
+        end_raw = c.end(record)
         end = parse_when(end_raw, tz, m.date_format) if end_raw not in (None, "") else None
         if kind_info.all_day:
             start = to_all_day(start, tz)
@@ -287,25 +449,35 @@ class MappedSource(Source):
             if end is None and m.duration:
                 end = start + timedelta(seconds=m.duration)
 
-        status_word = _text(field("status", m.status)).strip().lower()
+        status_word = _text(c.status(record)).strip().lower()
         status = m.status_map.get(status_word) or DEFAULT_STATUS_MAP.get(status_word, "confirmed")
-        severity = _text(field("severity", m.severity)).strip() or None
-        detail = _text(field("detail", m.detail))
-        attrs = {name: v for name, spec in m.attrs.items() if (v := render_value(record, spec)) is not None}
+        severity = _text(c.severity(record)).strip() or None
+        detail = _text(c.detail(record))
+        attrs = {name: v for name, getter in c.attrs if (v := getter(record)) is not None}
         rrule = None
         if kind == "birthday":
             rrule = "FREQ=YEARLY"
             detail = _birthday_detail(detail, start)
 
-        url = field("url", m.url)
+        url = c.url(record)
         return Event(
             source=self.id, key=key, kind=kind,
-            title=_text(field("title", m.title, required=True)),
+            title=_text(required("title", c.title, m.title)),
             start=start, end=end, detail=detail,
             url=_text(url).strip() or None if url is not None else None,
             account=account, status=status,  # type: ignore[arg-type]
             severity=severity, attrs=attrs, rrule=rrule,
         )
+
+    def _zone_for(self, account: str | None, fallback: str | None) -> Any:
+        """``context.timezone_for``, looked up once per account per poll."""
+        zones = self._zones
+        if zones is None:
+            zones = self._zones = {}
+        zone = zones.get(account)
+        if zone is None:
+            zone = zones[account] = self.context.timezone_for(account, fallback)
+        return zone
 
 
 def _birthday_detail(detail: str, born: date | datetime) -> str:
@@ -354,12 +526,52 @@ def parse_json_lines(text: str, source: Source) -> list[Any]:
     Lines end at ``\n`` only (a ``\r`` before it is JSON whitespace): U+2028, U+2029,
     U+0085 and the other characters ``str.splitlines`` breaks at are text inside a record.
     """
-    records = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
+    return [record for line in json_lines(text) if (record := line.parsed(source)) is not _MISSING]
+
+
+class JsonLine(NamedTuple):
+    """One non-blank line of a JSON Lines text, parsed when needed."""
+
+    number: int
+    text: str
+
+    def parsed(self, source: Source) -> Any:
+        """The line's record, or the missing marker (skipped with its line number)."""
         try:
-            records.append(json.loads(line))
+            return json.loads(self.text)
         except (ValueError, RecursionError) as exc:
-            source.skip(f"line {number}", f"not valid JSON ({str(exc)[:80]})")
-    return records
+            source.skip(f"line {self.number}", _bad_json(exc))
+            return _MISSING
+
+
+def _bad_json(exc: Exception) -> str:
+    return f"not valid JSON ({str(exc)[:80]})"
+
+
+def json_lines(text: str) -> list[JsonLine]:
+    """The non-blank lines of JSON Lines text (see :func:`parse_json_lines`)."""
+    return [JsonLine(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def answer_records(source: Source, text: str | bytes, fmt: str, items: str | None,
+                   what: str) -> tuple[list[Any], list[str | None]]:
+    """:func:`records_in` for :meth:`MappedSource.events_of_answer`: the records and their
+    canonical texts (a JSON Lines line as sent, unparsed; a document's record as JSON)."""
+    if fmt == "jsonl":
+        if isinstance(text, bytes):
+            text = text.decode("utf-8-sig", "replace")
+        lines = json_lines(text.removeprefix("\ufeff"))
+        return lines, [line.text for line in lines]
+    records = records_in(source, text, fmt, items, what)
+    return records, [canonical_text(r) for r in records]
+
+
+def canonical_text(record: Any) -> str | None:
+    """A parsed record as text that tells it apart from every other (keys in their order, as
+    mapping reads them: an object's compact JSON keeps that order); None when it has none."""
+    try:
+        if isinstance(record, Mapping):  # CSV rows may hold a None key (fields past the header)
+            return json.dumps([[k, v] for k, v in record.items()])
+        return json.dumps(record)
+    except (TypeError, ValueError, RecursionError):
+        return None

@@ -6,15 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from datetime import time as dtime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from icsfeed.feed_filters import is_open
 from icsfeed.model import Event, severity_rank
@@ -108,7 +108,8 @@ class EventsMixin:
                    duration: float | None = None,
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
                    fragment: Fragmenter | None = None, record: bool = True,
-                   answer_digest: str | None = None) -> PollChanges:
+                   answer_digest: str | None = None, record_digests: Mapping[str, str] | None = None,
+                   known: Mapping[str, str] | None = None) -> PollChanges:
         """Upsert a poll's events and apply the absence policy, all in one transaction.
 
         ``complete`` is False for incremental polls: then a missing event means nothing.
@@ -123,10 +124,19 @@ class EventsMixin:
         longer come from that answer alone).
         ``answer_digest``: the digest of the raw answer these events came from, kept with the
         source's state in the same transaction (the next poll of the same answer skips it).
+        ``record_digests``: event key (as mapped) -> digest of the origin record it came from,
+        stored with the row (NULL for an event without one) so the next poll need not map
+        that record again. ``known``: stored key -> record digest of the events whose record
+        the source found unchanged and did not map (:meth:`record_digests`): present and
+        unchanged; if any of them changed since it was read, the poll is refused (StoreError)
+        and the next one maps in full.
         """
         changes = PollChanges()
         unique: dict[str, Event] = {}
+        digest_of: dict[str, str | None] = {}
+        mapped_digests = record_digests or {}
         for ev in events:
+            mapped_key = str(ev.key)
             ev = _storable(ev)
             if len(ev.key) > EVENT_KEY_LENGTH:  # skipped, never the whole poll
                 changes.skipped.append((ev.key, f"key longer than {EVENT_KEY_LENGTH} characters"))
@@ -135,45 +145,57 @@ class EventsMixin:
                 changes.duplicates += 1
                 log.warning("source %s returned key %r more than once; the last one wins", source_id, ev.key[:80])
             unique[str(ev.key)] = ev
+            digest_of[str(ev.key)] = mapped_digests.get(mapped_key)
+        unmapped = {k: d for k, d in (known or {}).items() if k not in unique}
         t = events_table
         try:
             with self.engine.begin() as conn:
-                existing = {
-                    row.key: row for row in conn.execute(
-                        select(t.c.id, t.c.key, t.c.content_hash, t.c.sequence, t.c.gone,
-                               t.c.account_key, t.c.kind, t.c.severity_rank, t.c.created)
-                        .where(t.c.source == source_id))
-                }
+                existing = {row.key: row for row in _stored_rows(conn, source_id)}
+                for key, record_digest in unmapped.items():
+                    row = existing.get(key)
+                    if row is None or row.gone or row.record_digest != record_digest:
+                        raise StoreError(f"the stored events of {source_id} changed during its poll")
+                changes.unchanged += len(unmapped)
                 inserts: list[dict[str, Any]] = []
                 updates: list[dict[str, Any]] = []
                 revived: list[int] = []
+                redigested: list[dict[str, Any]] = []
                 for key, ev in unique.items():
                     blob, digest = _encoded(ev)
                     old = existing.get(key)
                     if old is None:
                         inserts.append(self._row_values(ev, digest, now, sequence=0, created=now, blob=blob,
-                                                        fragment=fragment))
+                                                        fragment=fragment, record_digest=digest_of[key]))
                         changes.new += 1
+                        if len(inserts) >= INSERT_BATCH:  # written as they come: a first import holds no more
+                            _insert_rows(conn, inserts)
+                            inserts.clear()
                     elif old.content_hash != digest:
                         values = self._row_values(ev, digest, now, sequence=old.sequence + 1, blob=blob,
-                                                  fragment=fragment, created_for_fragment=old.created)
+                                                  fragment=fragment, created_for_fragment=old.created,
+                                                  record_digest=digest_of[key])
                         updates.append({"_id": old.id, **values})
                         changes.updated += 1
                         changes.touched.add(Touched(old.account_key, old.kind, old.severity_rank))
                     else:
                         if old.gone:
                             revived.append(old.id)
+                        if old.record_digest != digest_of[key]:  # the same event from another record text
+                            redigested.append({"_id": old.id, "record_digest": digest_of[key]})
                         changes.unchanged += 1
                         continue
                     changes.touched.add(Touched(_account_key(ev.account), ev.kind, severity_rank(ev.severity)))
                 for chunk in chunks(revived, 500):
                     conn.execute(update(t).where(t.c.id.in_(chunk)).values(gone=False))
+                if redigested:
+                    self._bulk_update(conn, redigested)
                 if complete:
-                    missing = [row for key, row in existing.items() if key not in unique and not row.gone]
+                    missing = [row for key, row in existing.items()
+                               if key not in unique and key not in unmapped and not row.gone]
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, updates, fragment)
                 self._encode_rows(conn, inserts + updates)
                 if inserts:
-                    conn.execute(t.insert(), inserts)
+                    _insert_rows(conn, inserts)
                 if updates:
                     self._bulk_update(conn, updates)
                 if affected is not None and changes.touched:
@@ -250,7 +272,8 @@ class EventsMixin:
 
     def _row_values(self, ev: Event, digest: str, now: float, *, sequence: int,
                     created: float | None = None, blob: str | None = None,
-                    fragment: Fragmenter | None = None, created_for_fragment: float | None = None) -> dict[str, Any]:
+                    fragment: Fragmenter | None = None, created_for_fragment: float | None = None,
+                    record_digest: str | None = None) -> dict[str, Any]:
         start_ts = to_ts(ev.start)
         uid = event_uid(ev.source, str(ev.key), self.uid_host)
         values: dict[str, Any] = {
@@ -263,6 +286,7 @@ class EventsMixin:
             "data": blob if blob is not None else _encoded(ev)[0],
             "content_hash": digest, "sequence": sequence, "last_modified": now,
             "gone": False, "vevent": None, "vevent_key": None, "is_open": is_open(ev),
+            "record_digest": record_digest,
         }
         if created is not None:
             values["created"] = created
@@ -273,6 +297,18 @@ class EventsMixin:
             if made is not None:
                 values["vevent"], values["vevent_key"] = made
         return values
+
+    def record_digests(self, source_id: str) -> dict[str, str]:
+        """Record digest -> key of a source's present events that were mapped from a record
+        (what a poll need not map again when the origin sends the same record)."""
+        try:
+            with self.engine.connect() as conn:  # the DB-API cursor, as _stored_rows: 100,000s of rows
+                mark = _mark(conn)
+                return dict(_fetch_all(conn, f"SELECT record_digest, key FROM {events_table.name} WHERE source = "
+                                             f"{mark} AND gone = {mark} AND record_digest IS NOT NULL",
+                                       (source_id, False)))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the stored records of {source_id}: {db_reason(exc)}") from None
 
     def event_counts(self) -> dict[str, int]:
         """Events stored per source."""
@@ -391,6 +427,65 @@ class EventsMixin:
                     conn.execute(stmt, batch)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store rendered events: {db_reason(exc)}") from None
+
+
+class _StoredRow(NamedTuple):
+    """What a poll compares of a stored event (``_stored_rows``)."""
+
+    key: str
+    id: int
+    content_hash: str
+    sequence: int
+    gone: bool
+    account_key: str | None
+    kind: str
+    severity_rank: int | None
+    created: float
+    record_digest: str | None
+
+
+_STORED_ROW_SQL = (f"SELECT {', '.join(_StoredRow._fields)} FROM {events_table.name} WHERE source = "
+                   "{mark}")
+
+
+#: new rows a poll writes at a time (their JSON and fragments are not all held at once)
+INSERT_BATCH = 2000
+
+
+def _insert_rows(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert rows of ``_row_values`` (all of one shape) with one executemany on the DB-API
+    cursor of ``conn``'s transaction: SQLAlchemy's per-row parameter processing cost a first
+    import more than the database did. The values are plain str, float, int, bool, bytes
+    and None, which sqlite3 and psycopg store as the Core insert did."""
+    columns = list(rows[0])
+    marks = ", ".join([_mark(conn)] * len(columns))
+    sql = f"INSERT INTO {events_table.name} ({', '.join(columns)}) VALUES ({marks})"
+    conn.exec_driver_sql(sql, [tuple(row[c] for c in columns) for row in rows])  # errors as SQLAlchemy's
+
+
+def _mark(conn: Any) -> str:
+    """The DB-API parameter marker of ``conn``'s driver (sqlite3: ``?``, psycopg: ``%s``)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _fetch_all(conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The rows of a query as the DB-API cursor of ``conn``'s transaction gives them (plain
+    tuples: a poll reads 100,000s), its errors raised as SQLAlchemy's like any query's."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from None
+    finally:
+        cursor.close()
+
+
+def _stored_rows(conn: Any, source_id: str) -> list[_StoredRow]:
+    """Every stored event of a source, read through the DB-API cursor of ``conn``'s
+    transaction: a poll reads all of them, and SQLAlchemy's row objects cost more than
+    the query (``gone`` is 0/1 on SQLite, a bool on PostgreSQL: both test as truth)."""
+    return [_StoredRow._make(r) for r in _fetch_all(conn, _STORED_ROW_SQL.format(mark=_mark(conn)), (source_id,))]
 
 
 def _storable(ev: Event) -> Event:

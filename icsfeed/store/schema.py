@@ -52,6 +52,9 @@ events_table = Table(
     Column("vevent_key", String(64)),  # render settings the fragment was made with
     #: still open (a firing alert, an open ticket; icsfeed.feed_filters.is_open); NULL: not known yet
     Column("is_open", Boolean),
+    #: digest of the origin record (and the source's settings) the event was mapped from
+    #: (icsfeed.sources.mapping); NULL for every write that did not map one (push, absence)
+    Column("record_digest", String(32)),
     UniqueConstraint("source", "key", name="uq_events_source_key"),
     Index("ix_events_account_start", "account_key", "start_ts"),
     Index("ix_events_start", "start_ts"),
