@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -39,6 +39,7 @@ from icalendar.parser import Contentline
 from icsfeed.config import BudgetConfig, Config
 from icsfeed.feed_filters import LEVEL_NAMES, is_open
 from icsfeed.render import (
+    PartColumns,
     _organizer,
     clean_text,
     clean_title,
@@ -148,31 +149,36 @@ class _Plan:
 
 def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, head: bytes,
              tail: bytes, fragments: Sequence[tuple[int, bytes]], *, secret: bytes | None = None,
-             save: bool = True) -> FittedFeed:
+             save: bool = True, columns: Mapping[int, PartColumns] | None = None) -> FittedFeed:
     """The feed's bytes from its events' fragments (row id, VEVENT, in feed order), within its
-    budget. ``save``: keep changed rollups and open flags (the render job; False: only read)."""
+    budget. ``save``: keep changed rollups and open flags (the render job; False: only read).
+    ``columns``: what the feed index read of each event (render's query_feed_index): a feed
+    within its budget then needs no query of its own, and its parts name each event and its
+    version (sequence, last modified), so that the next render can copy the unchanged ones."""
+    budget = feed_budget(config, spec)
+    size = len(head) + len(tail) + sum(len(f) for _, f in fragments)
+    report: dict[str, Any] = {"full_bytes": size, "full_events": len(fragments), "max_bytes": budget.max_bytes,
+                              "max_events": budget.max_events, "rollups": 0, "rolled_events": 0,
+                              "configured_back_days": spec.window_back_days, "window_back_days": spec.window_back_days,
+                              "shrunk": False, "left_out": 0}
+    if columns is not None and budget.fits(size, len(fragments)):
+        flags = _open_flags(store, [i for i, _ in fragments if columns[i][2] is None], save)
+        pieces = []
+        for i, fragment in fragments:
+            kind, rank, open_, _, _ = columns[i]
+            pieces.append((fragment, kind, rank, open_ if open_ is not None else flags.get(i, True), i))
+        return _assemble(head, tail, pieces, report, columns)
     attrs = store.query_part_attrs(query) if fragments else {}
-    unknown = [i for i, _ in fragments if i in attrs and attrs[i].is_open is None]
-    flags: dict[int, bool] = {}
-    if unknown:  # rows written before the flag existed: worked out once
-        flags = {i: is_open(row.event) for i, row in store.events_by_id(unknown).items()}
-        if save:
-            store.save_open_flags(flags.items())
+    flags = _open_flags(store, [i for i, _ in fragments if i in attrs and attrs[i].is_open is None], save)
     parts = []
     for i, fragment in fragments:
         a = attrs.get(i)
         if a is None:  # changed between the two reads: shown, never rolled up; the next render knows it
             a = PartAttrs(i, "", "", None, None, 0.0, float("inf"), True, 0, True)
         parts.append(_Part(i, fragment, a, a.is_open if a.is_open is not None else flags.get(i, True)))
-    budget = feed_budget(config, spec)
-    size = len(head) + len(tail) + sum(len(p.fragment) for p in parts)
-    report: dict[str, Any] = {"full_bytes": size, "full_events": len(parts), "max_bytes": budget.max_bytes,
-                              "max_events": budget.max_events, "rollups": 0, "rolled_events": 0,
-                              "configured_back_days": spec.window_back_days, "window_back_days": spec.window_back_days,
-                              "shrunk": False, "left_out": 0}
     if budget.fits(size, len(parts)):
-        pieces = [(p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open) for p in parts]
-        return _assemble(head, tail, pieces, report)
+        return _assemble(head, tail, [(p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open, p.id) for p in parts],
+                         report, columns)
     fitter = _Fitter(config, store, spec, now, budget, len(head) + len(tail) + NOTE_RESERVE, secret)
     plan, back = fitter.plan(parts)
     if save:
@@ -183,21 +189,35 @@ def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query:
     for p in plan.kept:
         key = member_of.get(p.id)
         if key is None:
-            pieces.append((p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open))
+            pieces.append((p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open, p.id))
         elif key not in emitted:
             emitted.add(key)
-            pieces.append((plan.rollups[key][0].vevent, key[1], key[3], key[4]))
+            pieces.append((plan.rollups[key][0].vevent, key[1], key[3], key[4], None))
     report.update(rollups=len(plan.rollups), rolled_events=sum(len(m) for _, m in plan.rollups.values()),
                   window_back_days=back, shrunk=back < spec.window_back_days, left_out=plan.dropped)
-    return _assemble(with_note(head, _note(report)), tail, pieces, report)
+    return _assemble(with_note(head, _note(report)), tail, pieces, report, columns)
 
 
-def _assemble(head: bytes, tail: bytes, pieces: list[tuple[bytes, str, int | None, bool]],
-              report: dict[str, Any]) -> FittedFeed:
+def _open_flags(store: Store, unknown: list[int], save: bool) -> dict[int, bool]:
+    """``is_open`` of rows written before the flag existed: worked out once (and kept, with ``save``)."""
+    if not unknown:
+        return {}
+    flags = {i: is_open(row.event) for i, row in store.events_by_id(unknown).items()}
+    if save:
+        store.save_open_flags(flags.items())
+    return flags
+
+
+#: one VEVENT of a fitted feed: bytes, kind, severity rank, open, and its event's row id (None: a rollup)
+_Piece = tuple[bytes, str, "int | None", bool, "int | None"]
+
+
+def _assemble(head: bytes, tail: bytes, pieces: list[_Piece], report: dict[str, Any],
+              columns: Mapping[int, PartColumns] | None = None) -> FittedFeed:
     kinds: list[str] = []
     index: dict[str, int] = {}
     listed = []
-    for fragment, kind, rank, open_ in pieces:
+    for fragment, kind, rank, open_, _ in pieces:
         if kind not in index:
             index[kind] = len(kinds)
             kinds.append(kind)
@@ -205,7 +225,12 @@ def _assemble(head: bytes, tail: bytes, pieces: list[tuple[bytes, str, int | Non
     body = b"".join([head, *(p[0] for p in pieces), tail])
     report = {**report, "bytes": len(body), "events": len(pieces),
               "over": report["full_bytes"] > report["max_bytes"] or report["full_events"] > report["max_events"]}
-    parts = {"v": PARTS_FORMAT, "head": len(head), "kinds": kinds, "parts": listed}
+    parts: dict[str, Any] = {"v": PARTS_FORMAT, "head": len(head), "kinds": kinds, "parts": listed}
+    if columns is not None:  # which event each VEVENT is, in which version (-1: a rollup)
+        known = [columns.get(p[4]) if p[4] is not None else None for p in pieces]  # type: ignore[arg-type]
+        parts["ids"] = [p[4] if c is not None else -1 for p, c in zip(pieces, known, strict=True)]
+        parts["seqs"] = [c[3] if c is not None else 0 for c in known]
+        parts["mods"] = [c[4] if c is not None else 0.0 for c in known]
     return FittedFeed(body=body, event_count=len(pieces), parts=parts, report=report)
 
 

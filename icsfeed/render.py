@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import icalendar
@@ -41,6 +41,10 @@ PRODID = f"-//icsfeed//icsfeed {__version__}//EN"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ufffe\uffff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+#: what clean_text changes in ASCII text (CR, and _CONTROL's ASCII part): text without it is clean
+_ASCII_UNCLEAN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: what TEXT escaping changes (icalendar's _escape_char): text without it is its own escaped form
+_TO_ESCAPE = re.compile(r"[\\;,\r\n]")
 #: an insight's attribute meaning "link the month view of the feed that shows me"
 VIEW_LINK_ATTR = "view_link"
 #: bumped when a VEVENT's bytes change for the same event and settings: stored fragments are stale
@@ -82,6 +86,8 @@ def feed_render_key(config: Config, spec: FeedSpec, *, base: str | None = None, 
 
 def clean_text(value: str, limit: int) -> str:
     """Text a calendar client can take: no control characters or lone surrogates, bounded."""
+    if value.isascii() and _ASCII_UNCLEAN.search(value) is None:  # the usual case: only the bound applies
+        return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     value = _CONTROL.sub(lambda m: "\n" if m.group() in "\x0b\x0c\x85" else "", value)
     if not value.isascii():  # ASCII has no surrogates and is already NFC
@@ -94,6 +100,13 @@ def clean_text(value: str, limit: int) -> str:
 
 def clean_title(value: str, limit: int) -> str:
     """One line (SUMMARY is shown in a cell), bidi overrides isolated so they cannot spill."""
+    if value.isascii() and value.isprintable():  # the usual case: what clean_text would do to it, no more
+        if len(value) > limit * 2:
+            value = value[: limit * 2 - 1].rstrip() + "…"
+        one_line = " ".join(value.split())
+        if len(one_line) > limit:
+            one_line = one_line[: limit - 1].rstrip() + "…"
+        return one_line or "(untitled)"
     one_line = " ".join(clean_text(value, limit * 2).split())
     one_line = _BIDI_CONTROL.sub("", one_line)
     return clean_text(one_line, limit) or "(untitled)"
@@ -117,6 +130,8 @@ def links_month_view(ev: Event) -> bool:
 # --- one event ---------------------------------------------------------------------------
 
 def _utc(value: datetime) -> datetime:
+    if value.tzinfo is timezone.utc:
+        return value
     try:
         return value.astimezone(timezone.utc)
     except OverflowError:  # 0001-01-01T00:00+05:00 is before the first UTC moment a datetime holds
@@ -124,6 +139,10 @@ def _utc(value: datetime) -> datetime:
 
 
 _LAST_MOMENT = datetime.max.replace(microsecond=0, tzinfo=timezone.utc)
+
+
+def _whole_second(value: datetime) -> datetime:
+    return value.replace(microsecond=0) if value.microsecond else value
 
 
 def _bounds(row: EventRow, kind: KindConfig) -> tuple[datetime | date, datetime | date]:
@@ -137,12 +156,12 @@ def _bounds(row: EventRow, kind: KindConfig) -> tuple[datetime | date, datetime 
         if start >= date.max:
             raise ValueError(f"all-day event on {start.isoformat()} leaves no day for its end")
         return start, start + timedelta(days=1)
-    start = _utc(ev.start).replace(microsecond=0)  # type: ignore[arg-type]
-    end = _utc(ev.end).replace(microsecond=0) if isinstance(ev.end, datetime) else None
+    start = _whole_second(_utc(ev.start))  # type: ignore[arg-type]
+    end = _whole_second(_utc(ev.end)) if isinstance(ev.end, datetime) else None
     if end is None or end <= start:  # open, or shorter than the second DTEND can say
         end = start + kind.duration if start <= _LAST_MOMENT - kind.duration else _LAST_MOMENT
     if ev.ongoing:  # still firing: up to its last sighting, rounded up (see model.seen_until)
-        end = max(end, _utc(ev.seen).replace(microsecond=0))  # type: ignore[arg-type]
+        end = max(end, _whole_second(_utc(ev.seen)))  # type: ignore[arg-type]
     if end <= start:
         raise ValueError(f"event at {start.isoformat()} has no room for an end")
     return start, end
@@ -161,9 +180,8 @@ def ongoing_marker(ev: Event) -> str:
     return FIRING_MARKER if ev.kind == "alert" else ONGOING_MARKER
 
 
-@dataclass(frozen=True)
-class _Texts:
-    """What a VEVENT shows, cleaned once for both renderers."""
+class _Texts(NamedTuple):
+    """What a VEVENT shows, cleaned once for both renderers (a tuple: made once per event)."""
 
     start: datetime | date
     end: datetime | date
@@ -171,8 +189,6 @@ class _Texts:
     detail: str
     url: str | None
     categories: tuple[str, ...]
-    modified: datetime
-    created: datetime
 
 
 def _texts(config: Config, row: EventRow, kind: KindConfig, view: str | None) -> _Texts:
@@ -185,12 +201,14 @@ def _texts(config: Config, row: EventRow, kind: KindConfig, view: str | None) ->
         detail = f"{detail}\n(ongoing: no end reported yet)".strip()
     if url:  # Google and Outlook hide URL; the link must be in the text people see
         detail = f"{detail}\n\n{url}" if detail else url
-    categories = [kind.label or ev.kind.title()]
-    if ev.severity:
-        categories.append(clean_title(ev.severity, 40))
-    return _Texts(start=start, end=end, summary=f"{kind.icon} {ongoing_marker(ev)}{clean_title(ev.title, feeds.max_title)}",
-                  detail=detail, url=url, categories=tuple(categories),
-                  modified=_stamp(row.last_modified), created=_stamp(row.created))
+    return _Texts(start, end, f"{kind.icon} {ongoing_marker(ev)}{clean_title(ev.title, feeds.max_title)}",
+                  detail, url, _categories(kind.label or ev.kind.title(), ev.severity))
+
+
+@lru_cache(maxsize=4096)
+def _categories(label: str, severity: str | None) -> tuple[str, ...]:
+    """The kind's label and the cleaned severity (a few values, repeated across events)."""
+    return (label, clean_title(severity, 40)) if severity else (label,)
 
 
 @lru_cache(maxsize=4096)
@@ -206,9 +224,10 @@ def vevent_component(config: Config, row: EventRow, view: str | None = None) -> 
     kind = config.kinds.get(ev.kind) or config.kinds["alert"]
     feeds = config.feeds
     t = _texts(config, row, kind, view)
+    modified = _stamp(row.last_modified)
     vevent = icalendar.Event()
     vevent.add("uid", row.uid)
-    vevent.add("dtstamp", t.modified)
+    vevent.add("dtstamp", modified)
     vevent.add("dtstart", t.start)
     vevent.add("dtend", t.end)
     vevent.add("summary", t.summary)
@@ -219,8 +238,8 @@ def vevent_component(config: Config, row: EventRow, view: str | None = None) -> 
     vevent.add("categories", list(t.categories))
     vevent.add("status", ev.status.upper())
     vevent.add("sequence", row.sequence)
-    vevent.add("created", t.created)
-    vevent.add("last-modified", t.modified)
+    vevent.add("created", _stamp(row.created))
+    vevent.add("last-modified", modified)
     vevent.add("color", kind.color)
     vevent.add("transp", "TRANSPARENT")
     vevent.add("class", "PUBLIC")
@@ -256,31 +275,36 @@ _FOLD_AT = 75
 
 
 def _line(name: str, value: str) -> bytes:
-    """``NAME:value`` with CRLF, folded by icalendar when long."""
-    line = f"{name}:{value}"
-    data = line.encode("utf-8")
+    """``NAME:value`` with CRLF, folded as icalendar folds it when long."""
+    data = f"{name}:{value}".encode()
     if len(data) < _FOLD_AT:
         return data + b"\r\n"
-    if len(data) == len(line):  # ASCII: icalendar's fold, by slices instead of a character at a time
-        return fold_ascii(line).encode("ascii") + b"\r\n"
-    return Contentline(line).to_ical() + b"\r\n"
+    return fold_utf8(data) + b"\r\n"
 
 
 def fold_ascii(line: str) -> str:
-    """icalendar's folding (``Contentline.to_ical``) of an ASCII line, byte for byte: pieces
-    of 74 octets, except that a piece never ends in an escape's first character (``\\``
-    or ``^``), which then starts the next piece. Long descriptions (an insight's) are folded
-    in microseconds instead of a millisecond."""
+    """icalendar's folding of an ASCII line (see :func:`fold_utf8`)."""
+    return fold_utf8(line.encode("ascii")).decode("ascii")
+
+
+def fold_utf8(data: bytes) -> bytes:
+    """icalendar's folding (``Contentline.to_ical``) of a UTF-8 line, byte for byte: pieces
+    of at most 74 octets that never split a character, and never end in an escape's first
+    character (``\\`` or ``^``), which then starts the next piece. By slices of the bytes
+    instead of a character at a time: microseconds instead of most of a millisecond for a
+    long line (every SUMMARY with a kind's emoji is one that is not ASCII)."""
     pieces = []
     start, width = 0, _FOLD_AT - 1
-    while len(line) - start > width:
+    while len(data) - start > width:
         end = start + width
-        if line[end - 1] in "\\^":
+        while data[end] & 0xC0 == 0x80:  # a continuation byte: the character starts before
             end -= 1
-        pieces.append(line[start:end])
+        if data[end - 1] in b"\\^":
+            end -= 1
+        pieces.append(data[start:end])
         start = end
-    pieces.append(line[start:])
-    return "\r\n ".join(pieces)
+    pieces.append(data[start:])
+    return b"\r\n ".join(pieces)
 
 
 def _lib_line(name: str, value: object) -> bytes:
@@ -313,6 +337,8 @@ class _Text(icalendar.vText):
 
 
 def _escaped(value: str) -> str:
+    if _TO_ESCAPE.search(value) is None:  # nothing icalendar's escaping would change
+        return value
     return _Text(value).to_ical().decode("utf-8")
 
 
@@ -333,6 +359,17 @@ def _stamp_text(ts: float) -> str:
 @lru_cache(maxsize=64)
 def _organizer_line(email: str, name: str) -> bytes:
     return _lib_line("ORGANIZER", _organizer(email, name))
+
+
+@lru_cache(maxsize=1024)
+def _rrule_line(rrule: str) -> bytes:
+    """An RRULE line (recurring events of one source mostly share a rule)."""
+    return _lib_line("RRULE", icalendar.vRecur.from_ical(rrule))
+
+
+@lru_cache(maxsize=256)
+def _trigger_line(before: timedelta) -> bytes:
+    return _lib_line("TRIGGER", icalendar.vDDDTypes(-before))
 
 
 def render_vevent(config: Config, row: EventRow, view: str | None = None) -> bytes:
@@ -356,7 +393,7 @@ def render_vevent(config: Config, row: EventRow, view: str | None = None) -> byt
            _line("UID", _escaped(row.uid)),
            _line("SEQUENCE", str(int(row.sequence)))]
     if ev.rrule:
-        out.append(_lib_line("RRULE", icalendar.vRecur.from_ical(ev.rrule)))
+        out.append(_rrule_line(ev.rrule))
     out += [_categories_line(t.categories),
             _text_line("CLASS", "PUBLIC"),
             _text_line("COLOR", kind.color),
@@ -372,7 +409,7 @@ def render_vevent(config: Config, row: EventRow, view: str | None = None) -> byt
     if ev.alarm_before:
         out += [b"BEGIN:VALARM\r\n", _text_line("ACTION", "DISPLAY"),
                 _line("DESCRIPTION", _escaped(t.summary)),
-                _lib_line("TRIGGER", icalendar.vDDDTypes(-ev.alarm_before)), b"END:VALARM\r\n"]
+                _trigger_line(ev.alarm_before), b"END:VALARM\r\n"]
     out.append(b"END:VEVENT\r\n")
     return b"".join(out)
 
@@ -460,9 +497,52 @@ def feed_secret(config: Config, store: Store) -> bytes | None:
         return None
 
 
+@dataclass(frozen=True)
+class PreviousBody:
+    """A feed's stored body and the parts render saved with it (icsfeed.budget's ``parts``):
+    where a re-render starts from (see :func:`build_feed`)."""
+
+    body: bytes
+    parts: dict[str, Any]
+
+
+#: what the budget and the parts need of one listed event: (kind, severity rank, open or None
+#: when not known yet, sequence, last modified), read from the event's columns
+PartColumns = tuple[str, "int | None", "bool | None", int, float]
+
+
+def reusable_parts(previous: PreviousBody) -> dict[int, tuple[int, float, int, int]]:
+    """Row id -> (sequence, last modified, start, end in the body) of each event's VEVENT in a
+    stored body whose parts name their events (rollups name none); {} when they do not, or
+    when the parts cannot be those of the body."""
+    parts = previous.parts
+    listed, ids, seqs, mods = parts.get("parts"), parts.get("ids"), parts.get("seqs"), parts.get("mods")
+    if not isinstance(listed, list) or not (isinstance(ids, list) and isinstance(seqs, list) and isinstance(mods, list)):
+        return {}
+    if not len(listed) == len(ids) == len(seqs) == len(mods):
+        return {}
+    body = previous.body
+    offset = parts.get("head")
+    if not isinstance(offset, int) or not body.startswith(b"BEGIN:VCALENDAR\r\n"):
+        return {}
+    out = {}
+    starts = body.startswith
+    for part, i, sequence, modified in zip(listed, ids, seqs, mods, strict=True):
+        if not starts(b"BEGIN:VEVENT\r\n", offset):
+            return {}
+        end = offset + part[0]
+        if i >= 0:
+            out[i] = (sequence, modified, offset, end)
+        offset = end
+    if body[offset:] != b"END:VCALENDAR\r\n":
+        return {}
+    return out
+
+
 def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
                kinds: Iterable[str] | None = None, *, key: str | None = None,
-               save_fragments: bool = True, secret: bytes | None = None) -> RenderedFeed:
+               save_fragments: bool = True, secret: bytes | None = None,
+               previous: PreviousBody | None = None) -> RenderedFeed:
     """A feed's bytes and ETag (optionally only some kinds).
 
     Stored fragments are joined as they are; only events without a current fragment are
@@ -473,6 +553,12 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     given). They are a few flags per account, so this costs no query of its own. The feed is
     then fitted to its size budget (icsfeed.budget: rollups, a shorter window), which also
     lists its parts for filtered variants.
+
+    ``previous``: the feed's stored body, rendered under the same feed render key (the caller
+    checks). Each of its VEVENTs whose event row has the same sequence and last-modified time
+    is copied from it; only the others' fragments are read (or rendered). So a re-render after
+    1% of the events changed reads the feed's events by their columns, 1% of the fragments,
+    and copies the rest: the cost of what changed plus a byte copy.
     """
     query = spec.query(now)
     if kinds is not None:
@@ -483,22 +569,45 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     # which): with the view known up front, this feed joins the ones made for it last time
     view: str | None = view_url(config, secret, spec) if secret is not None else None
     view_key = view_fragment_key(key, view) if view is not None else None
-    by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
-    if view_key is None or by_keys is None:
-        listed = store.query_fragments(query, key)
+    keys = (key,) if view_key is None else (key, view_key)
+    columns: dict[int, PartColumns] | None = None
+    index = getattr(store, "query_feed_index", None)  # None: a store from before the feed index
+    old = reusable_parts(previous) if previous is not None and index is not None else {}
+    if index is None:
+        by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
+        listed = store.query_fragments(query, key) if view_key is None or by_keys is None else by_keys(query, keys)
+    elif old:
+        assert previous is not None
+        body = previous.body
+        rows = index(query, None)
+        columns = {r[0]: (r[3], r[4], None if r[5] is None else bool(r[5]), r[1], r[2]) for r in rows}
+        listed = []
+        changed = []
+        for r in rows:
+            hit = old.get(r[0])
+            if hit is not None and hit[0] == r[1] and hit[1] == r[2]:
+                listed.append((r[0], body[hit[2]:hit[3]]))
+            else:
+                listed.append((r[0], None))
+                changed.append(r[0])
+        if changed:
+            found = store.fragments_by_id(changed, keys)
+            listed = [(i, f if f is not None else found.get(i)) for i, f in listed]
     else:
-        listed = by_keys(query, (key, view_key))
+        rows = index(query, keys)
+        columns = {r[0]: (r[3], r[4], None if r[5] is None else bool(r[5]), r[1], r[2]) for r in rows}
+        listed = [(r[0], r[6]) for r in rows]
     missing = [i for i, fragment in listed if fragment is None]
     rendered: dict[int, bytes | None] = {}
     if missing:
-        rows = store.events_by_id(missing)
-        if view is None and any(links_month_view(row.event) for row in rows.values()):
+        events = store.events_by_id(missing)
+        if view is None and any(links_month_view(row.event) for row in events.values()):
             secret = secret if secret is not None else feed_secret(config, store)
             view = view_url(config, secret, spec) if secret is not None else None
             view_key = view_fragment_key(key, view) if view is not None else None
         fresh = []
         for i in missing:
-            row = rows.get(i)
+            row = events.get(i)
             if row is None:
                 continue
             linked = links_month_view(row.event)
@@ -519,9 +628,21 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     from icsfeed.budget import fit_feed  # the size budget (rollups, window), which uses this module
 
     fitted = fit_feed(config, store, spec, now, query, head, tail, [(i, f) for i, f in fragments if f is not None],
-                      secret=secret, save=save_fragments)
+                      secret=secret, save=save_fragments, columns=columns)
     return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
                         event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+
+
+def previous_body(store: Store, feed_id: str) -> PreviousBody | None:
+    """The feed's stored body and its parts, when both are there and belong together."""
+    parts_of = getattr(store, "feed_parts", None)  # None: a store from before feed parts
+    if parts_of is None:
+        return None
+    stored = store.get_feed(feed_id)
+    if stored is None or not stored.body:
+        return None
+    parts = parts_of(feed_id, stored.etag)
+    return None if parts is None else PreviousBody(stored.body, parts.parts)
 
 
 #: one render at a time per process: two renders of one feed racing could store the older bytes last
@@ -538,6 +659,8 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
     Last-Modified, so clients get 304s. A feed marked dirty while it renders stays dirty.
     ``claim`` (pollers side by side, ``Coordinator.feed_claims``) gives each feed to one of
     them: None while another renders it, else its render state read again under the claim.
+    A feed last rendered under the same feed render key is re-rendered from its stored body
+    (:func:`build_feed`'s ``previous``); ``force`` renders every feed from its events alone.
     """
     now = now or datetime.now(timezone.utc)
     today = now.astimezone(timezone.utc).date().isoformat()
@@ -563,7 +686,9 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
                 if not (force or dirty or old_key != key or day != today):
                     continue  # another poller rendered it meanwhile
                 started = time.perf_counter()
-                feed = build_feed(config, store, spec, now, key=base_key, secret=secret)
+                # the same feed render key: the stored body is where this render starts from
+                previous = previous_body(store, spec.feed_id) if not force and old_key == key else None
+                feed = build_feed(config, store, spec, now, key=base_key, secret=secret, previous=previous)
                 # no gzip here: the web layer compresses on the first request for an ETag
                 store.save_feed(spec.feed_id, feed.body, b"", feed.etag, event_count=feed.event_count,
                                 now=now.timestamp(), render_seconds=time.perf_counter() - started,

@@ -307,6 +307,36 @@ class EventsMixin:
         with self.engine.connect() as conn:
             return list(conn.execute(stmt).all())  # one fetchall: half the time of a fetch a row
 
+    def query_feed_index(self, query: FeedQuery, keys: Sequence[str] | None = None) -> list[Any]:
+        """A feed's events in feed order, by their columns: (id, sequence, last_modified, kind,
+        severity_rank, is_open, fragment). ``fragment``: the one stored under any of ``keys``,
+        else None; without ``keys`` no fragment is read (a render that starts from the feed's
+        previous body reads only the changed events' ones, :meth:`fragments_by_id`)."""
+        t = events_table
+        conditions = self._feed_conditions(query)
+        if conditions is None:
+            return []
+        columns: list[Any] = [t.c.id, t.c.sequence, t.c.last_modified, t.c.kind, t.c.severity_rank, t.c.is_open]
+        if keys is not None:
+            current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
+            columns.append(case((current, t.c.vevent), else_=null()))
+        else:
+            columns.append(null())
+        stmt = select(*columns).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).all())
+
+    def fragments_by_id(self, ids: Sequence[int], keys: Sequence[str]) -> dict[int, bytes]:
+        """The stored fragments of these rows made under any of ``keys`` (rows without one are left out)."""
+        t = events_table
+        out: dict[int, bytes] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(list(ids), 500):
+                stmt = select(t.c.id, t.c.vevent).where(t.c.id.in_(chunk), t.c.vevent_key.in_(list(keys)),
+                                                        t.c.vevent.is_not(None))
+                out.update((r[0], r[1]) for r in conn.execute(stmt).all())
+        return out
+
     def events_by_id(self, ids: Sequence[int]) -> dict[int, EventRow]:
         """Stored events by row id (the ones a render has no fragment for)."""
         t = events_table
