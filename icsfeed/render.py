@@ -17,9 +17,10 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -30,7 +31,7 @@ from icsfeed import __version__
 from icsfeed.config import CSS_COLORS, Config, KindConfig
 from icsfeed.model import Event
 from icsfeed.routing import FeedSpec, all_feeds, view_url
-from icsfeed.store import EventRow, Store, StoreError
+from icsfeed.store import EventRow, FeedQuery, Store, StoreError
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -506,37 +507,77 @@ class PreviousBody:
     parts: dict[str, Any]
 
 
-#: what the budget and the parts need of one listed event: (kind, severity rank, open or None
-#: when not known yet, sequence, last modified), read from the event's columns
-PartColumns = tuple[str, "int | None", "bool | None", int, float]
+@dataclass
+class Listed:
+    """A feed's events in feed order, one entry per event in each list: the VEVENT's bytes
+    (a slice of the previous body, or a fragment), and what the budget and the parts need."""
+
+    ids: list[int] = field(default_factory=list)
+    fragments: list[bytes] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    ranks: list[int | None] = field(default_factory=list)
+    #: true or false as the backend gives it (0/1 on SQLite); None: not known yet (rows written before the flag)
+    opens: list[bool | int | None] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    #: last modified in whole microseconds (an int: cheap to store and to compare; -1: matches none)
+    mods: list[int] = field(default_factory=list)
 
 
-def reusable_parts(previous: PreviousBody) -> dict[int, tuple[int, float, int, int]]:
-    """Row id -> (sequence, last modified, start, end in the body) of each event's VEVENT in a
-    stored body whose parts name their events (rollups name none); {} when they do not, or
-    when the parts cannot be those of the body."""
-    parts = previous.parts
-    listed, ids, seqs, mods = parts.get("parts"), parts.get("ids"), parts.get("seqs"), parts.get("mods")
-    if not isinstance(listed, list) or not (isinstance(ids, list) and isinstance(seqs, list) and isinstance(mods, list)):
-        return {}
-    if not len(listed) == len(ids) == len(seqs) == len(mods):
-        return {}
-    body = previous.body
-    offset = parts.get("head")
-    if not isinstance(offset, int) or not body.startswith(b"BEGIN:VCALENDAR\r\n"):
-        return {}
-    out = {}
-    starts = body.startswith
-    for part, i, sequence, modified in zip(listed, ids, seqs, mods, strict=True):
-        if not starts(b"BEGIN:VEVENT\r\n", offset):
-            return {}
-        end = offset + part[0]
-        if i >= 0:
-            out[i] = (sequence, modified, offset, end)
-        offset = end
-    if body[offset:] != b"END:VCALENDAR\r\n":
-        return {}
-    return out
+class _Reusable:
+    """The VEVENTs of a previous body by row id, with the version each was rendered from."""
+
+    def __init__(self, previous: PreviousBody) -> None:
+        self.body = previous.body
+        self.positions: dict[int, int] = {}
+        parts = previous.parts
+        try:
+            if parts.get("v") != 2:
+                return
+            lens, ids, seqs, mods = parts["lens"], parts["ids"], parts["seqs"], parts["mods"]
+            kind, rank, open_, kind_names = parts["kind"], parts["rank"], parts["open"], parts["kinds"]
+            head = parts["head"]
+            if not (isinstance(head, int) and len(lens) == len(ids) == len(seqs) == len(mods) == len(kind)
+                    == len(rank) == len(open_)):
+                return
+            ends = list(accumulate(lens, initial=head))
+        except (KeyError, TypeError):
+            return
+        if ends[-1] + len(_TAIL) != len(self.body) or not self.body.endswith(_TAIL):
+            return
+        self.seqs, self.mods, self.starts, self.ends = seqs, mods, ends[:-1], ends[1:]
+        self.kind, self.rank, self.open, self.kind_names = kind, rank, open_, kind_names
+        self.positions = {i: n for n, i in enumerate(ids) if i >= 0}
+
+    def take(self, listed: Listed) -> list[int]:
+        """Fill in each listed event's VEVENT (and kind, severity, open flag) out of the previous
+        body where it was rendered from the same version of its row; returns the positions of
+        the others. A VEVENT the parts misplace is never taken."""
+        positions, old_seqs, old_mods, starts, ends, body = \
+            self.positions, self.seqs, self.mods, self.starts, self.ends, self.body
+        old_kinds, old_kind, old_rank, old_open = self.kind_names, self.kind, self.rank, self.open
+        startswith, endswith = body.startswith, body.endswith
+        fragments, kinds, ranks, opens = listed.fragments, listed.kinds, listed.ranks, listed.opens
+        others = []
+        for at, (row_id, sequence, mod) in enumerate(zip(listed.ids, listed.seqs, listed.mods, strict=True)):
+            n = positions.get(row_id)
+            if n is not None and old_seqs[n] == sequence and old_mods[n] == mod and mod >= 0:
+                start, end = starts[n], ends[n]
+                if startswith(b"BEGIN:VEVENT\r\n", start) and endswith(b"END:VEVENT\r\n", start, end):
+                    fragments.append(body[start:end])
+                    kinds.append(old_kinds[old_kind[n]])
+                    rank = old_rank[n]
+                    ranks.append(None if rank < 0 else rank)
+                    opens.append(old_open[n])
+                    continue
+            others.append(at)
+            fragments.append(None)  # type: ignore[arg-type]
+            kinds.append("")
+            ranks.append(None)
+            opens.append(None)
+        return others
+
+
+_TAIL = b"END:VCALENDAR\r\n"
 
 
 def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
@@ -570,65 +611,97 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     view: str | None = view_url(config, secret, spec) if secret is not None else None
     view_key = view_fragment_key(key, view) if view is not None else None
     keys = (key,) if view_key is None else (key, view_key)
-    columns: dict[int, PartColumns] | None = None
     index = getattr(store, "query_feed_index", None)  # None: a store from before the feed index
-    old = reusable_parts(previous) if previous is not None and index is not None else {}
     if index is None:
-        by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
-        listed = store.query_fragments(query, key) if view_key is None or by_keys is None else by_keys(query, keys)
-    elif old:
-        assert previous is not None
-        body = previous.body
-        rows = index(query, None)
-        columns = {r[0]: (r[3], r[4], None if r[5] is None else bool(r[5]), r[1], r[2]) for r in rows}
-        listed = []
-        changed = []
-        for r in rows:
-            hit = old.get(r[0])
-            if hit is not None and hit[0] == r[1] and hit[1] == r[2]:
-                listed.append((r[0], body[hit[2]:hit[3]]))
-            else:
-                listed.append((r[0], None))
-                changed.append(r[0])
-        if changed:
-            found = store.fragments_by_id(changed, keys)
-            listed = [(i, f if f is not None else found.get(i)) for i, f in listed]
+        return _joined_feed(config, store, spec, now, query, key, keys, view, view_key, save_fragments, secret)
+    reuse = _Reusable(previous) if previous is not None else None
+    if reuse is not None and not reuse.positions:
+        reuse = None
+    rows = index(query, None if reuse else keys)
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(7)]
+    ids, seqs = list(columns[0]), list(columns[1])
+    mods = [int(m * 1_000_000) if -1e12 < m < 1e12 else -1 for m in columns[2]]
+    if reuse is None:
+        listed = Listed(ids=ids, fragments=list(columns[6]), kinds=list(columns[3]), ranks=list(columns[4]),
+                        opens=list(columns[5]), seqs=seqs, mods=mods)
+        missing = [n for n, fragment in enumerate(listed.fragments) if fragment is None]  # positions in the lists
     else:
-        rows = index(query, keys)
-        columns = {r[0]: (r[3], r[4], None if r[5] is None else bool(r[5]), r[1], r[2]) for r in rows}
-        listed = [(r[0], r[6]) for r in rows]
-    missing = [i for i, fragment in listed if fragment is None]
-    rendered: dict[int, bytes | None] = {}
+        listed = Listed(ids=ids, seqs=seqs, mods=mods)
+        changed = reuse.take(listed)
+        found = store.changed_parts_by_id([ids[n] for n in changed], keys) if changed else {}
+        missing = []
+        for n in changed:  # their columns, and the fragments the poll stored with them
+            got = found.get(ids[n])
+            if got is None:  # deleted since the index was read: left out
+                continue
+            listed.kinds[n], listed.ranks[n], listed.opens[n], listed.fragments[n] = got
+            if got[3] is None:
+                missing.append(n)
+    fragments = listed.fragments
     if missing:
-        events = store.events_by_id(missing)
-        if view is None and any(links_month_view(row.event) for row in events.values()):
-            secret = secret if secret is not None else feed_secret(config, store)
-            view = view_url(config, secret, spec) if secret is not None else None
-            view_key = view_fragment_key(key, view) if view is not None else None
-        fresh = []
-        for i in missing:
-            row = events.get(i)
-            if row is None:
-                continue
-            linked = links_month_view(row.event)
-            fragment = _render_or_skip(config, row, view if linked else None)
-            rendered[i] = fragment
-            if fragment is None:
-                continue
-            if not linked:
-                fresh.append((i, fragment, key))
-            elif view_key is not None and spec.type == "account":
-                # kept under the account feed's view key (a team feed's key never matches it, and
-                # team feeds, which would take turns with it over the one slot, render their own)
-                fresh.append((i, fragment, view_key))
-        if save_fragments:
-            store.save_fragments(fresh)
+        rendered = _render_missing(config, store, spec, [ids[n] for n in missing], key, view, view_key,
+                                   save_fragments, secret)
+        for n in missing:
+            fragments[n] = rendered.get(ids[n])  # type: ignore[call-overload]
+    if None in fragments:  # unrenderable (logged), or gone: left out
+        kept = [n for n, f in enumerate(fragments) if f is not None]
+        for name in ("ids", "fragments", "kinds", "ranks", "opens", "seqs", "mods"):
+            values = getattr(listed, name)
+            setattr(listed, name, [values[n] for n in kept])
+    head, tail = calendar_header(config, spec)
+    from icsfeed.budget import fit_listed  # the size budget (rollups, window), which uses this module
+
+    fitted = fit_listed(config, store, spec, now, query, head, tail, listed, secret=secret, save=save_fragments)
+    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
+                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+
+
+def _render_missing(config: Config, store: Store, spec: FeedSpec, ids: list[int], key: str, view: str | None,
+                    view_key: str | None, save_fragments: bool, secret: bytes | None) -> dict[int, bytes | None]:
+    """The VEVENTs of events without a stored fragment, rendered now (and stored, with
+    ``save_fragments``); None for one that cannot be rendered (logged)."""
+    rows = store.events_by_id(ids)
+    if view is None and any(links_month_view(row.event) for row in rows.values()):
+        secret = secret if secret is not None else feed_secret(config, store)
+        view = view_url(config, secret, spec) if secret is not None else None
+        view_key = view_fragment_key(key, view) if view is not None else None
+    rendered: dict[int, bytes | None] = {}
+    fresh = []
+    for i in ids:
+        row = rows.get(i)
+        if row is None:
+            continue
+        linked = links_month_view(row.event)
+        fragment = _render_or_skip(config, row, view if linked else None)
+        rendered[i] = fragment
+        if fragment is None:
+            continue
+        if not linked:
+            fresh.append((i, fragment, key))
+        elif view_key is not None and spec.type == "account":
+            # kept under the account feed's view key (a team feed's key never matches it, and
+            # team feeds, which would take turns with it over the one slot, render their own)
+            fresh.append((i, fragment, view_key))
+    if save_fragments:
+        store.save_fragments(fresh)
+    return rendered
+
+
+def _joined_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, key: str,
+                 keys: tuple[str, ...], view: str | None, view_key: str | None, save_fragments: bool,
+                 secret: bytes | None) -> RenderedFeed:
+    """build_feed over a store from before the feed index: every stored fragment joined."""
+    by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
+    listed = store.query_fragments(query, key) if view_key is None or by_keys is None else by_keys(query, keys)
+    missing = [i for i, fragment in listed if fragment is None]
+    rendered = _render_missing(config, store, spec, missing, key, view, view_key, save_fragments, secret) \
+        if missing else {}
     head, tail = calendar_header(config, spec)
     fragments = [(i, fragment if fragment is not None else rendered.get(i)) for i, fragment in listed]
-    from icsfeed.budget import fit_feed  # the size budget (rollups, window), which uses this module
+    from icsfeed.budget import fit_feed
 
     fitted = fit_feed(config, store, spec, now, query, head, tail, [(i, f) for i, f in fragments if f is not None],
-                      secret=secret, save=save_fragments, columns=columns)
+                      secret=secret, save=save_fragments)
     return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
                         event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
 

@@ -127,7 +127,7 @@ def test_spliced_feeds_equal_a_render_from_scratch_after_random_changes(
     poll(now)
     render_feeds(config, store, now=now)
     assert stored_bodies(config, store) == from_scratch(config, store, now)
-    read = counting(monkeypatch, "fragments_by_id")
+    read = counting(monkeypatch, "changed_parts_by_id")
     spliced = 0
     rolled = over = False
     for round_no in range(1, 9):
@@ -181,7 +181,7 @@ def test_one_changed_event_reads_one_fragment_and_copies_the_rest(
     later = NOW + timedelta(minutes=5)
     store.apply_poll("src", events, absence="keep", complete=True, now=later.timestamp(), previous_success=None,
                      affected=lambda touched: ["account/acme"], fragment=fragment)
-    by_id = counting(monkeypatch, "fragments_by_id")
+    by_id = counting(monkeypatch, "changed_parts_by_id")
     decoded = counting(monkeypatch, "events_by_id")
     joined: list[Any] = []
     monkeypatch.setattr(Store, "query_feed_fragments", lambda *a, **k: joined.append(a) or [])
@@ -216,8 +216,8 @@ def test_a_body_its_parts_do_not_describe_is_not_spliced(
     assert stored is not None
     parts = store.feed_parts("account/acme", stored.etag)
     assert parts is not None
-    listed = parts.parts["parts"]
-    listed[0][0], listed[1][0] = listed[1][0] + 1, listed[0][0] - 1  # same total, boundaries wrong
+    lens = parts.parts["lens"]
+    lens[0], lens[1] = lens[1] + 1, lens[0] - 1  # same total, boundaries wrong
     store.save_feed_parts("account/acme", stored.etag, parts.parts, parts.report)
     events[5] = replace(events[5], title="changed")
     store.apply_poll("src", events, absence="keep", complete=True, now=NOW.timestamp() + 60, previous_success=None,
