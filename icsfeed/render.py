@@ -628,6 +628,9 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     else:
         listed = Listed(ids=ids, seqs=seqs, mods=mods)
         changed = reuse.take(listed)
+        if len(changed) > max(500, len(ids) // 4):  # mostly new to this body (rolled up, or a big change):
+            return build_feed(config, store, spec, now, kinds, key=key,  # one scan beats reads by id
+                              save_fragments=save_fragments, secret=secret)
         found = store.changed_parts_by_id([ids[n] for n in changed], keys) if changed else {}
         missing = []
         for n in changed:  # their columns, and the fragments the poll stored with them

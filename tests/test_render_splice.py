@@ -256,3 +256,24 @@ def test_new_settings_or_force_render_from_the_events(
     assert seen == [False, True, False]
     stored = store.get_feed("account/acme")
     assert stored is not None and stored.render_key != "older"
+
+
+def test_a_big_change_renders_by_one_scan_not_by_ids(
+        make_env: Callable[[dict[str, str]], tuple[Config, Store]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """When most of a feed is new to its previous body (every event changed, or rolled up before),
+    reading the changed ones by id would cost more than one scan: the render does the scan."""
+    config, store = make_env({"icsfeed.yaml": CONFIG})
+    rnd = random.Random(5)
+    events = [ticket(i % 200, rnd) for i in range(600)]
+    events = [replace(ev, key=f"big{i}") for i, ev in enumerate(events)]
+    store.apply_poll("src", events, absence="keep", complete=True, now=NOW.timestamp(), previous_success=None)
+    render_feeds(config, store, now=NOW)
+    events = [replace(ev, title=f"{ev.title} again") for ev in events]
+    store.apply_poll("src", events, absence="keep", complete=True, now=NOW.timestamp() + 60, previous_success=None,
+                     affected=lambda touched: ["account/acme"], fragment=fragment_renderer(config))
+    by_id = counting(monkeypatch, "changed_parts_by_id")
+    render_feeds(config, store, now=NOW, only=["account/acme"])
+    assert by_id == []
+    stored = store.get_feed("account/acme")
+    assert stored is not None and stored.event_count == 600
+    assert stored.body == from_scratch(config, store, NOW)["account/acme"]
