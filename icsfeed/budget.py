@@ -19,7 +19,10 @@ A rollup's UID comes from (feed, account, kind, day, severity, open); its conten
 SEQUENCE and bytes are stored (``rollups`` table), so a re-render without changes decodes no
 event and keeps the bytes, and a change bumps SEQUENCE. Because every VEVENT of a fitted feed
 is of one kind, one severity and one open-ness, its filtered variants (icsfeed.feed_filters)
-are exact subsets of its bytes: render saves the list of its parts next to it.
+are exact subsets of its bytes: render saves the list of its parts next to it. The parts
+(format 2, flat arrays) also name each VEVENT's event row and the version it was rendered
+from (sequence, last modified), so that the next render copies the unchanged ones out of the
+body instead of reading every fragment again (icsfeed.render.build_feed's ``previous``).
 """
 
 from __future__ import annotations

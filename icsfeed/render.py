@@ -2,8 +2,9 @@
 
 Each event's VEVENT is built with ``icalendar`` (escaping, folding, CRLF) once per change
 and kept in the store as a fragment; a feed is the calendar header plus the fragments of its
-events. So a re-render after a poll costs the changed events plus a join, and a feed request
-costs a lookup. The rules every client needs are in DESIGN.md's Render section.
+events. A re-render starts from the feed's previous body: the VEVENTs of events whose row is
+in the same version are copied out of it, so it costs the changed events plus a byte copy,
+and a feed request costs a lookup. The rules every client needs are in DESIGN.md's Render section.
 """
 
 from __future__ import annotations
