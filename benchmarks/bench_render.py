@@ -16,23 +16,44 @@ Measured, all in this run:
 * re-render after 1% of the events changed (100 of 10,000): ``render_feeds`` renders the
   100 new fragments and joins the rest;
 * an unchanged poll re-renders no feed (render_feeds returns [] and rendered_at stays).
+
+The feed's size budget is set out of the way (``max_events`` 100,000): the figures are those
+of rendering all 10,000 events, as the naive renderer does (a budgeted feed is
+benchmarks/bench_budget.py's).
+
+``ICSFEED_BENCH_CODE=<tree>`` also runs the same benchmark on another checkout's icsfeed (e.g.
+``/work/main``), in a child process right after this one, and prints both side by side.
+
+    python benchmarks/bench_render.py          (or: python benchmarks/run.py --only render)
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
-import icalendar
-from common import best_of, line, make_env, synthetic_event, timer
-from sqlalchemy import text
+#: the icsfeed tree a child run measures (set by run() for ``ICSFEED_BENCH_CODE``): first on sys.path
+_CHILD_CODE = os.environ.get("ICSFEED_BENCH_RENDER_CHILD")
+if _CHILD_CODE:
+    _here = Path(__file__).resolve().parent
+    sys.path[:0] = [_CHILD_CODE, str(_here.parent), str(_here.parent / "tests")]
 
-from icsfeed.render import build_feed, calendar_header, fragment_renderer, render_feeds, vevent_component
-from icsfeed.routing import find_feed
+import icalendar  # noqa: E402
+from common import REPO, Env, best_of, line, make_env, synthetic_event, timer  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from icsfeed.config import load_config  # noqa: E402
+from icsfeed.render import build_feed, calendar_header, fragment_renderer, render_feeds, vevent_component  # noqa: E402
+from icsfeed.routing import find_feed  # noqa: E402
 
 N = 10_000
 ROUNDS = 5
@@ -48,8 +69,54 @@ def naive_feed(env, spec, now: datetime) -> bytes:
     return cal.to_ical()
 
 
-def run() -> dict[str, float]:
+#: a budget no 10,000-event feed reaches: every event is rendered, as by the naive renderer
+BUDGET = "  budget: {max_events: 100000, max_bytes: 500MB}\n"
+
+
+def bench_env() -> Env:
     env = make_env(["acme"])
+    path = env.base / "config" / "icsfeed.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("feeds:\n", "feeds:\n" + BUDGET, 1), encoding="utf-8")
+    config = load_config(env.base / "config", env.base / "data")
+    assert config.feeds.budget.max_events == 100_000
+    return Env(base=env.base, config=config, store=env.store)
+
+
+def run() -> dict[str, float]:
+    """This tree's figures; with ``ICSFEED_BENCH_CODE``, then another tree's, side by side."""
+    other = os.environ.get("ICSFEED_BENCH_CODE")
+    figures = measure()
+    if not other or Path(other).resolve() == REPO:
+        return figures
+    print(f"\nThe same on {other} (child process, same data, right after):")
+    env = {**os.environ, "ICSFEED_BENCH_RENDER_CHILD": str(Path(other).resolve())}
+    env.pop("ICSFEED_BENCH_CODE")
+    done = subprocess.run([sys.executable, __file__, "--json"], env=env, check=True, capture_output=True, text=True)
+    print(done.stdout.rsplit("\n@@", 1)[0])
+    theirs = json.loads(done.stdout.rsplit("\n@@", 1)[1])
+    print(f"\nSide by side (this tree | {other}; ratios are each run's own, against its naive renderer):")
+    rows = [("naive request-time render", "naive", "s"), ("(b) cold full render", "cold", "s"),
+            ("    cold: times faster than naive (median of pairs)", "cold_ratio_median", "x"),
+            ("(a) dirty feed, fragments cached", "warm", "ms"), ("re-render after 1% changed", "one_percent", "ms"),
+            ("    as a share of the cold full render", "one_percent_share", "%"),
+            ("1% as the poller does it: poll write incl. fragments", "one_percent_poll_with_fragments", "ms"),
+            ("    ... then render_feeds", "one_percent_render_after_poll", "ms"),
+            ("    as a share of the cold full render", "one_percent_after_poll_share", "%")]
+    for name, key, unit in rows:
+        values = [f.get(key, float("nan")) for f in (figures, theirs)]
+        shown = [f"{v:.2f} s" if unit == "s" else f"{v:.1f}x" if unit == "x" else f"{v:.1%}" if unit == "%"
+                 else f"{v * 1000:.0f} ms" for v in values]
+        print(line(name, shown[0], f"| {shown[1]}"))
+    figures.update({f"other_{k}": v for k, v in theirs.items()})
+    return figures
+
+
+def measure() -> dict[str, float]:
+    import icsfeed
+
+    print(f"Render benchmark of {Path(icsfeed.__file__).resolve().parent.parent} — load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    env = bench_env()
     config, store = env.config, env.store
     now = datetime.now(timezone.utc)
     rnd = random.Random(5)
@@ -134,6 +201,7 @@ def run() -> dict[str, float]:
         "warm": warm, "warm_build": warm_build, "one_percent": one_pct,
         "one_percent_poll_with_fragments": poll_frag, "one_percent_render_after_poll": one_pct_after_poll,
         "body_bytes": float(len(stored.body)),
+        "one_percent_share": one_pct / cold, "one_percent_after_poll_share": one_pct_after_poll / cold,
     }
     print(f"Render: one feed of {N:,} events ({len(stored.body) / 1e6:.1f} MB)")
     print(line("naive request-time render (Calendar of components)", f"{naive:.2f} s"))
@@ -152,8 +220,12 @@ def run() -> dict[str, float]:
     print(line("    ... then render_feeds (join only)", f"{one_pct_after_poll * 1000:.0f} ms",
                f"{one_pct_after_poll / cold:.1%} of cold full render"))
     print(line("unchanged poll: feeds re-rendered", f"{len(rendered)}", "rendered_at unchanged: yes"))
+    print(f"  load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return figures
 
 
 if __name__ == "__main__":
-    run()
+    if "--json" in sys.argv:  # a child run: figures after a marker line
+        print("\n@@" + json.dumps(measure()))
+    else:
+        run()

@@ -19,7 +19,10 @@ A rollup's UID comes from (feed, account, kind, day, severity, open); its conten
 SEQUENCE and bytes are stored (``rollups`` table), so a re-render without changes decodes no
 event and keeps the bytes, and a change bumps SEQUENCE. Because every VEVENT of a fitted feed
 is of one kind, one severity and one open-ness, its filtered variants (icsfeed.feed_filters)
-are exact subsets of its bytes: render saves the list of its parts next to it.
+are exact subsets of its bytes: render saves the list of its parts next to it. The parts
+(format 2, flat arrays) also name each VEVENT's event row and the version it was rendered
+from (sequence, last modified), so that the next render copies the unchanged ones out of the
+body instead of reading every fragment again (icsfeed.render.build_feed's ``previous``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -39,6 +42,7 @@ from icalendar.parser import Contentline
 from icsfeed.config import BudgetConfig, Config
 from icsfeed.feed_filters import LEVEL_NAMES, is_open
 from icsfeed.render import (
+    Listed,
     _organizer,
     clean_text,
     clean_title,
@@ -63,7 +67,8 @@ ROLLUP_TITLE_MAX = 100
 NOTE_RESERVE = 600
 #: bumped when a rollup's bytes change for the same events: stored rollups are stale
 ROLLUP_FORMAT = 1
-PARTS_FORMAT = 1
+#: 2: flat arrays per VEVENT (length, kind, rank, open; and the event's row id and version)
+PARTS_FORMAT = 2
 #: a rollup's bytes besides its listed events (properties, the heading line), for estimates
 ROLLUP_BASE_BYTES = 700
 _SUMMARY = re.compile(rb"\r\nSUMMARY:((?:[^\r]|\r\n )*)")
@@ -146,18 +151,52 @@ class _Plan:
     dropped: int = 0
 
 
+def _report(budget: Budget, spec: FeedSpec, size: int, events: int) -> dict[str, Any]:
+    return {"full_bytes": size, "full_events": events, "max_bytes": budget.max_bytes,
+            "max_events": budget.max_events, "rollups": 0, "rolled_events": 0,
+            "configured_back_days": spec.window_back_days, "window_back_days": spec.window_back_days,
+            "shrunk": False, "left_out": 0}
+
+
+def fit_listed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, head: bytes,
+               tail: bytes, listed: Listed, *, secret: bytes | None = None, save: bool = True) -> FittedFeed:
+    """:func:`fit_feed` for a feed listed by render's feed index (each event's fragment, kind,
+    severity, open flag and version read together): a feed within its budget needs no query of
+    its own, and its parts name each event and its version, so that the next render can copy
+    the unchanged ones out of this body."""
+    budget = feed_budget(config, spec)
+    fragments = listed.fragments
+    size = len(head) + len(tail) + sum(map(len, fragments))
+    if not budget.fits(size, len(fragments)):
+        versions = dict(zip(listed.ids, zip(listed.seqs, listed.mods, strict=True), strict=True))
+        return fit_feed(config, store, spec, now, query, head, tail,
+                        [(i, bytes(f)) for i, f in zip(listed.ids, fragments, strict=True)], secret=secret, save=save,
+                        versions=versions)
+    opens = listed.opens
+    if None in opens:
+        flags = _open_flags(store, [i for i, o in zip(listed.ids, opens, strict=True) if o is None], save)
+        opens = [flags.get(i, True) if o is None else o for i, o in zip(listed.ids, opens, strict=True)]
+    kinds: dict[str, int] = {}
+    for kind in listed.kinds:
+        if kind not in kinds:
+            kinds[kind] = len(kinds)
+    body = b"".join([head, *fragments, tail])
+    report = _report(budget, spec, size, len(fragments))
+    report.update(bytes=len(body), events=len(fragments), over=False)
+    parts = {"v": PARTS_FORMAT, "head": len(head), "kinds": list(kinds), "lens": list(map(len, fragments)),
+             "kind": [kinds[k] for k in listed.kinds], "rank": [-1 if r is None else r for r in listed.ranks],
+             "open": [1 if o else 0 for o in opens], "ids": listed.ids, "seqs": listed.seqs, "mods": listed.mods}
+    return FittedFeed(body=body, event_count=len(fragments), parts=parts, report=report)
+
+
 def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, head: bytes,
              tail: bytes, fragments: Sequence[tuple[int, bytes]], *, secret: bytes | None = None,
-             save: bool = True) -> FittedFeed:
+             save: bool = True, versions: Mapping[int, tuple[int, int]] | None = None) -> FittedFeed:
     """The feed's bytes from its events' fragments (row id, VEVENT, in feed order), within its
-    budget. ``save``: keep changed rollups and open flags (the render job; False: only read)."""
+    budget. ``save``: keep changed rollups and open flags (the render job; False: only read).
+    ``versions``: each event's version (render's feed index), named in the parts."""
     attrs = store.query_part_attrs(query) if fragments else {}
-    unknown = [i for i, _ in fragments if i in attrs and attrs[i].is_open is None]
-    flags: dict[int, bool] = {}
-    if unknown:  # rows written before the flag existed: worked out once
-        flags = {i: is_open(row.event) for i, row in store.events_by_id(unknown).items()}
-        if save:
-            store.save_open_flags(flags.items())
+    flags = _open_flags(store, [i for i, _ in fragments if i in attrs and attrs[i].is_open is None], save)
     parts = []
     for i, fragment in fragments:
         a = attrs.get(i)
@@ -166,13 +205,10 @@ def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query:
         parts.append(_Part(i, fragment, a, a.is_open if a.is_open is not None else flags.get(i, True)))
     budget = feed_budget(config, spec)
     size = len(head) + len(tail) + sum(len(p.fragment) for p in parts)
-    report: dict[str, Any] = {"full_bytes": size, "full_events": len(parts), "max_bytes": budget.max_bytes,
-                              "max_events": budget.max_events, "rollups": 0, "rolled_events": 0,
-                              "configured_back_days": spec.window_back_days, "window_back_days": spec.window_back_days,
-                              "shrunk": False, "left_out": 0}
+    report = _report(budget, spec, size, len(parts))
     if budget.fits(size, len(parts)):
-        pieces = [(p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open) for p in parts]
-        return _assemble(head, tail, pieces, report)
+        return _assemble(head, tail, [(p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open, p.id) for p in parts],
+                         report, versions)
     fitter = _Fitter(config, store, spec, now, budget, len(head) + len(tail) + NOTE_RESERVE, secret)
     plan, back = fitter.plan(parts)
     if save:
@@ -183,29 +219,46 @@ def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query:
     for p in plan.kept:
         key = member_of.get(p.id)
         if key is None:
-            pieces.append((p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open))
+            pieces.append((p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open, p.id))
         elif key not in emitted:
             emitted.add(key)
-            pieces.append((plan.rollups[key][0].vevent, key[1], key[3], key[4]))
+            pieces.append((plan.rollups[key][0].vevent, key[1], key[3], key[4], None))
     report.update(rollups=len(plan.rollups), rolled_events=sum(len(m) for _, m in plan.rollups.values()),
                   window_back_days=back, shrunk=back < spec.window_back_days, left_out=plan.dropped)
-    return _assemble(with_note(head, _note(report)), tail, pieces, report)
+    return _assemble(with_note(head, _note(report)), tail, pieces, report, versions)
 
 
-def _assemble(head: bytes, tail: bytes, pieces: list[tuple[bytes, str, int | None, bool]],
-              report: dict[str, Any]) -> FittedFeed:
-    kinds: list[str] = []
-    index: dict[str, int] = {}
-    listed = []
-    for fragment, kind, rank, open_ in pieces:
-        if kind not in index:
-            index[kind] = len(kinds)
-            kinds.append(kind)
-        listed.append([len(fragment), index[kind], -1 if rank is None else rank, int(open_)])
+def _open_flags(store: Store, unknown: list[int], save: bool) -> dict[int, bool]:
+    """``is_open`` of rows written before the flag existed: worked out once (and kept, with ``save``)."""
+    if not unknown:
+        return {}
+    flags = {i: is_open(row.event) for i, row in store.events_by_id(unknown).items()}
+    if save:
+        store.save_open_flags(flags.items())
+    return flags
+
+
+#: one VEVENT of a fitted feed: bytes, kind, severity rank, open, and its event's row id (None: a rollup)
+_Piece = tuple[bytes, str, "int | None", bool, "int | None"]
+
+
+def _assemble(head: bytes, tail: bytes, pieces: list[_Piece], report: dict[str, Any],
+              versions: Mapping[int, tuple[int, int]] | None = None) -> FittedFeed:
+    kinds: dict[str, int] = {}
+    for _, kind, _, _, _ in pieces:
+        if kind not in kinds:
+            kinds[kind] = len(kinds)
     body = b"".join([head, *(p[0] for p in pieces), tail])
     report = {**report, "bytes": len(body), "events": len(pieces),
               "over": report["full_bytes"] > report["max_bytes"] or report["full_events"] > report["max_events"]}
-    parts = {"v": PARTS_FORMAT, "head": len(head), "kinds": kinds, "parts": listed}
+    parts: dict[str, Any] = {"v": PARTS_FORMAT, "head": len(head), "kinds": list(kinds),
+                             "lens": [len(p[0]) for p in pieces], "kind": [kinds[p[1]] for p in pieces],
+                             "rank": [-1 if p[2] is None else p[2] for p in pieces], "open": [int(p[3]) for p in pieces]}
+    if versions is not None:  # which event each VEVENT is, in which version (-1: a rollup, or not known)
+        known = [versions.get(p[4]) if p[4] is not None else None for p in pieces]
+        parts["ids"] = [p[4] if v is not None else -1 for p, v in zip(pieces, known, strict=True)]
+        parts["seqs"] = [v[0] if v is not None else -1 for v in known]
+        parts["mods"] = [v[1] if v is not None else -1 for v in known]
     return FittedFeed(body=body, event_count=len(pieces), parts=parts, report=report)
 
 

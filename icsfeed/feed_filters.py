@@ -108,12 +108,16 @@ def select_parts(body: bytes, parts: Mapping[str, object], chosen: FeedFilter) -
     Raises ValueError when the parts cannot be those of ``body``."""
     head = int(parts["head"])  # type: ignore[call-overload]
     kinds: list[str] = parts["kinds"]  # type: ignore[assignment]
-    if head + sum(p[0] for p in parts["parts"]) > len(body):  # type: ignore[attr-defined]
+    if "lens" in parts:  # format 2: one flat array per field
+        listed = list(zip(parts["lens"], parts["kind"], parts["rank"], parts["open"], strict=True))  # type: ignore[call-overload]
+    else:  # format 1: [length, kind, rank, open] per VEVENT
+        listed = parts["parts"]  # type: ignore[assignment]
+    if head + sum(p[0] for p in listed) > len(body):
         raise ValueError("the parts do not describe this body")
     out = [body[:head]]
     offset = head
     count = 0
-    for length, kind_index, rank, open_ in parts["parts"]:  # type: ignore[attr-defined]
+    for length, kind_index, rank, open_ in listed:
         if chosen.passes(kinds[kind_index], None if rank < 0 else rank, bool(open_)):
             out.append(body[offset:offset + length])
             count += 1

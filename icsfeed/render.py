@@ -2,12 +2,14 @@
 
 Each event's VEVENT is built with ``icalendar`` (escaping, folding, CRLF) once per change
 and kept in the store as a fragment; a feed is the calendar header plus the fragments of its
-events. So a re-render after a poll costs the changed events plus a join, and a feed request
-costs a lookup. The rules every client needs are in DESIGN.md's Render section.
+events. A re-render starts from the feed's previous body: the VEVENTs of events whose row is
+in the same version are copied out of it, so it costs the changed events plus a byte copy,
+and a feed request costs a lookup. The rules every client needs are in DESIGN.md's Render section.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -15,12 +17,13 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any
+from itertools import accumulate
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import icalendar
@@ -30,7 +33,7 @@ from icsfeed import __version__
 from icsfeed.config import CSS_COLORS, Config, KindConfig
 from icsfeed.model import Event
 from icsfeed.routing import FeedSpec, all_feeds, view_url
-from icsfeed.store import EventRow, Store, StoreError
+from icsfeed.store import EventRow, FeedQuery, Store, StoreError
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -41,6 +44,10 @@ PRODID = f"-//icsfeed//icsfeed {__version__}//EN"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ufffe\uffff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+#: what clean_text changes in ASCII text (CR, and _CONTROL's ASCII part): text without it is clean
+_ASCII_UNCLEAN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: what TEXT escaping changes (icalendar's _escape_char): text without it is its own escaped form
+_TO_ESCAPE = re.compile(r"[\\;,\r\n]")
 #: an insight's attribute meaning "link the month view of the feed that shows me"
 VIEW_LINK_ATTR = "view_link"
 #: bumped when a VEVENT's bytes change for the same event and settings: stored fragments are stale
@@ -82,6 +89,8 @@ def feed_render_key(config: Config, spec: FeedSpec, *, base: str | None = None, 
 
 def clean_text(value: str, limit: int) -> str:
     """Text a calendar client can take: no control characters or lone surrogates, bounded."""
+    if value.isascii() and _ASCII_UNCLEAN.search(value) is None:  # the usual case: only the bound applies
+        return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     value = _CONTROL.sub(lambda m: "\n" if m.group() in "\x0b\x0c\x85" else "", value)
     if not value.isascii():  # ASCII has no surrogates and is already NFC
@@ -94,6 +103,13 @@ def clean_text(value: str, limit: int) -> str:
 
 def clean_title(value: str, limit: int) -> str:
     """One line (SUMMARY is shown in a cell), bidi overrides isolated so they cannot spill."""
+    if value.isascii() and value.isprintable():  # the usual case: what clean_text would do to it, no more
+        if len(value) > limit * 2:
+            value = value[: limit * 2 - 1].rstrip() + "…"
+        one_line = " ".join(value.split())
+        if len(one_line) > limit:
+            one_line = one_line[: limit - 1].rstrip() + "…"
+        return one_line or "(untitled)"
     one_line = " ".join(clean_text(value, limit * 2).split())
     one_line = _BIDI_CONTROL.sub("", one_line)
     return clean_text(one_line, limit) or "(untitled)"
@@ -117,6 +133,8 @@ def links_month_view(ev: Event) -> bool:
 # --- one event ---------------------------------------------------------------------------
 
 def _utc(value: datetime) -> datetime:
+    if value.tzinfo is timezone.utc:
+        return value
     try:
         return value.astimezone(timezone.utc)
     except OverflowError:  # 0001-01-01T00:00+05:00 is before the first UTC moment a datetime holds
@@ -124,6 +142,10 @@ def _utc(value: datetime) -> datetime:
 
 
 _LAST_MOMENT = datetime.max.replace(microsecond=0, tzinfo=timezone.utc)
+
+
+def _whole_second(value: datetime) -> datetime:
+    return value.replace(microsecond=0) if value.microsecond else value
 
 
 def _bounds(row: EventRow, kind: KindConfig) -> tuple[datetime | date, datetime | date]:
@@ -137,12 +159,12 @@ def _bounds(row: EventRow, kind: KindConfig) -> tuple[datetime | date, datetime 
         if start >= date.max:
             raise ValueError(f"all-day event on {start.isoformat()} leaves no day for its end")
         return start, start + timedelta(days=1)
-    start = _utc(ev.start).replace(microsecond=0)  # type: ignore[arg-type]
-    end = _utc(ev.end).replace(microsecond=0) if isinstance(ev.end, datetime) else None
+    start = _whole_second(_utc(ev.start))  # type: ignore[arg-type]
+    end = _whole_second(_utc(ev.end)) if isinstance(ev.end, datetime) else None
     if end is None or end <= start:  # open, or shorter than the second DTEND can say
         end = start + kind.duration if start <= _LAST_MOMENT - kind.duration else _LAST_MOMENT
     if ev.ongoing:  # still firing: up to its last sighting, rounded up (see model.seen_until)
-        end = max(end, _utc(ev.seen).replace(microsecond=0))  # type: ignore[arg-type]
+        end = max(end, _whole_second(_utc(ev.seen)))  # type: ignore[arg-type]
     if end <= start:
         raise ValueError(f"event at {start.isoformat()} has no room for an end")
     return start, end
@@ -161,9 +183,8 @@ def ongoing_marker(ev: Event) -> str:
     return FIRING_MARKER if ev.kind == "alert" else ONGOING_MARKER
 
 
-@dataclass(frozen=True)
-class _Texts:
-    """What a VEVENT shows, cleaned once for both renderers."""
+class _Texts(NamedTuple):
+    """What a VEVENT shows, cleaned once for both renderers (a tuple: made once per event)."""
 
     start: datetime | date
     end: datetime | date
@@ -171,8 +192,6 @@ class _Texts:
     detail: str
     url: str | None
     categories: tuple[str, ...]
-    modified: datetime
-    created: datetime
 
 
 def _texts(config: Config, row: EventRow, kind: KindConfig, view: str | None) -> _Texts:
@@ -185,12 +204,14 @@ def _texts(config: Config, row: EventRow, kind: KindConfig, view: str | None) ->
         detail = f"{detail}\n(ongoing: no end reported yet)".strip()
     if url:  # Google and Outlook hide URL; the link must be in the text people see
         detail = f"{detail}\n\n{url}" if detail else url
-    categories = [kind.label or ev.kind.title()]
-    if ev.severity:
-        categories.append(clean_title(ev.severity, 40))
-    return _Texts(start=start, end=end, summary=f"{kind.icon} {ongoing_marker(ev)}{clean_title(ev.title, feeds.max_title)}",
-                  detail=detail, url=url, categories=tuple(categories),
-                  modified=_stamp(row.last_modified), created=_stamp(row.created))
+    return _Texts(start, end, f"{kind.icon} {ongoing_marker(ev)}{clean_title(ev.title, feeds.max_title)}",
+                  detail, url, _categories(kind.label or ev.kind.title(), ev.severity))
+
+
+@lru_cache(maxsize=4096)
+def _categories(label: str, severity: str | None) -> tuple[str, ...]:
+    """The kind's label and the cleaned severity (a few values, repeated across events)."""
+    return (label, clean_title(severity, 40)) if severity else (label,)
 
 
 @lru_cache(maxsize=4096)
@@ -206,9 +227,10 @@ def vevent_component(config: Config, row: EventRow, view: str | None = None) -> 
     kind = config.kinds.get(ev.kind) or config.kinds["alert"]
     feeds = config.feeds
     t = _texts(config, row, kind, view)
+    modified = _stamp(row.last_modified)
     vevent = icalendar.Event()
     vevent.add("uid", row.uid)
-    vevent.add("dtstamp", t.modified)
+    vevent.add("dtstamp", modified)
     vevent.add("dtstart", t.start)
     vevent.add("dtend", t.end)
     vevent.add("summary", t.summary)
@@ -219,8 +241,8 @@ def vevent_component(config: Config, row: EventRow, view: str | None = None) -> 
     vevent.add("categories", list(t.categories))
     vevent.add("status", ev.status.upper())
     vevent.add("sequence", row.sequence)
-    vevent.add("created", t.created)
-    vevent.add("last-modified", t.modified)
+    vevent.add("created", _stamp(row.created))
+    vevent.add("last-modified", modified)
     vevent.add("color", kind.color)
     vevent.add("transp", "TRANSPARENT")
     vevent.add("class", "PUBLIC")
@@ -256,31 +278,36 @@ _FOLD_AT = 75
 
 
 def _line(name: str, value: str) -> bytes:
-    """``NAME:value`` with CRLF, folded by icalendar when long."""
-    line = f"{name}:{value}"
-    data = line.encode("utf-8")
+    """``NAME:value`` with CRLF, folded as icalendar folds it when long."""
+    data = f"{name}:{value}".encode()
     if len(data) < _FOLD_AT:
         return data + b"\r\n"
-    if len(data) == len(line):  # ASCII: icalendar's fold, by slices instead of a character at a time
-        return fold_ascii(line).encode("ascii") + b"\r\n"
-    return Contentline(line).to_ical() + b"\r\n"
+    return fold_utf8(data) + b"\r\n"
 
 
 def fold_ascii(line: str) -> str:
-    """icalendar's folding (``Contentline.to_ical``) of an ASCII line, byte for byte: pieces
-    of 74 octets, except that a piece never ends in an escape's first character (``\\``
-    or ``^``), which then starts the next piece. Long descriptions (an insight's) are folded
-    in microseconds instead of a millisecond."""
+    """icalendar's folding of an ASCII line (see :func:`fold_utf8`)."""
+    return fold_utf8(line.encode("ascii")).decode("ascii")
+
+
+def fold_utf8(data: bytes) -> bytes:
+    """icalendar's folding (``Contentline.to_ical``) of a UTF-8 line, byte for byte: pieces
+    of at most 74 octets that never split a character, and never end in an escape's first
+    character (``\\`` or ``^``), which then starts the next piece. By slices of the bytes
+    instead of a character at a time: microseconds instead of most of a millisecond for a
+    long line (every SUMMARY with a kind's emoji is one that is not ASCII)."""
     pieces = []
     start, width = 0, _FOLD_AT - 1
-    while len(line) - start > width:
+    while len(data) - start > width:
         end = start + width
-        if line[end - 1] in "\\^":
+        while data[end] & 0xC0 == 0x80:  # a continuation byte: the character starts before
             end -= 1
-        pieces.append(line[start:end])
+        if data[end - 1] in b"\\^":
+            end -= 1
+        pieces.append(data[start:end])
         start = end
-    pieces.append(line[start:])
-    return "\r\n ".join(pieces)
+    pieces.append(data[start:])
+    return b"\r\n ".join(pieces)
 
 
 def _lib_line(name: str, value: object) -> bytes:
@@ -313,6 +340,8 @@ class _Text(icalendar.vText):
 
 
 def _escaped(value: str) -> str:
+    if _TO_ESCAPE.search(value) is None:  # nothing icalendar's escaping would change
+        return value
     return _Text(value).to_ical().decode("utf-8")
 
 
@@ -333,6 +362,17 @@ def _stamp_text(ts: float) -> str:
 @lru_cache(maxsize=64)
 def _organizer_line(email: str, name: str) -> bytes:
     return _lib_line("ORGANIZER", _organizer(email, name))
+
+
+@lru_cache(maxsize=1024)
+def _rrule_line(rrule: str) -> bytes:
+    """An RRULE line (recurring events of one source mostly share a rule)."""
+    return _lib_line("RRULE", icalendar.vRecur.from_ical(rrule))
+
+
+@lru_cache(maxsize=256)
+def _trigger_line(before: timedelta) -> bytes:
+    return _lib_line("TRIGGER", icalendar.vDDDTypes(-before))
 
 
 def render_vevent(config: Config, row: EventRow, view: str | None = None) -> bytes:
@@ -356,7 +396,7 @@ def render_vevent(config: Config, row: EventRow, view: str | None = None) -> byt
            _line("UID", _escaped(row.uid)),
            _line("SEQUENCE", str(int(row.sequence)))]
     if ev.rrule:
-        out.append(_lib_line("RRULE", icalendar.vRecur.from_ical(ev.rrule)))
+        out.append(_rrule_line(ev.rrule))
     out += [_categories_line(t.categories),
             _text_line("CLASS", "PUBLIC"),
             _text_line("COLOR", kind.color),
@@ -372,7 +412,7 @@ def render_vevent(config: Config, row: EventRow, view: str | None = None) -> byt
     if ev.alarm_before:
         out += [b"BEGIN:VALARM\r\n", _text_line("ACTION", "DISPLAY"),
                 _line("DESCRIPTION", _escaped(t.summary)),
-                _lib_line("TRIGGER", icalendar.vDDDTypes(-ev.alarm_before)), b"END:VALARM\r\n"]
+                _trigger_line(ev.alarm_before), b"END:VALARM\r\n"]
     out.append(b"END:VEVENT\r\n")
     return b"".join(out)
 
@@ -460,9 +500,108 @@ def feed_secret(config: Config, store: Store) -> bytes | None:
         return None
 
 
+@dataclass(frozen=True)
+class PreviousBody:
+    """A feed's stored body and the parts render saved with it (icsfeed.budget's ``parts``):
+    where a re-render starts from (see :func:`build_feed`)."""
+
+    body: bytes
+    parts: dict[str, Any]
+
+
+@dataclass
+class Listed:
+    """A feed's events in feed order, one entry per event in each list: the VEVENT's bytes
+    (a slice of the previous body, or a fragment), and what the budget and the parts need."""
+
+    ids: list[int] = field(default_factory=list)
+    fragments: list[bytes] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    ranks: list[int | None] = field(default_factory=list)
+    #: true or false as the backend gives it (0/1 on SQLite); None: not known yet (rows written before the flag)
+    opens: list[bool | int | None] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    #: last modified in whole microseconds (an int: cheap to store and to compare; -1: matches none)
+    mods: list[int] = field(default_factory=list)
+
+
+class _Reusable:
+    """The VEVENTs of a previous body by row id, with the version each was rendered from."""
+
+    def __init__(self, previous: PreviousBody) -> None:
+        self.body = previous.body
+        self.positions: dict[int, int] = {}
+        parts = previous.parts
+        try:
+            if parts.get("v") != 2:
+                return
+            lens, ids, seqs, mods = parts["lens"], parts["ids"], parts["seqs"], parts["mods"]
+            kind, rank, open_, kind_names = parts["kind"], parts["rank"], parts["open"], parts["kinds"]
+            head = parts["head"]
+            if not (isinstance(head, int) and len(lens) == len(ids) == len(seqs) == len(mods) == len(kind)
+                    == len(rank) == len(open_)):
+                return
+            ends = list(accumulate(lens, initial=head))
+        except (KeyError, TypeError):
+            return
+        if ends[-1] + len(_TAIL) != len(self.body) or not self.body.endswith(_TAIL):
+            return
+        self.seqs, self.mods, self.starts, self.ends = seqs, mods, ends[:-1], ends[1:]
+        self.kind, self.rank, self.open, self.kind_names = kind, rank, open_, kind_names
+        self.positions = {i: n for n, i in enumerate(ids) if i >= 0}
+
+    def take(self, listed: Listed) -> list[int]:
+        """Fill in each listed event's VEVENT (and kind, severity, open flag) out of the previous
+        body where it was rendered from the same version of its row; returns the positions of
+        the others. A VEVENT the parts misplace is never taken."""
+        positions, old_seqs, old_mods, starts, ends, body = \
+            self.positions, self.seqs, self.mods, self.starts, self.ends, self.body
+        old_kinds, old_kind, old_rank, old_open = self.kind_names, self.kind, self.rank, self.open
+        startswith, endswith = body.startswith, body.endswith
+        fragments, kinds, ranks, opens = listed.fragments, listed.kinds, listed.ranks, listed.opens
+        others = []
+        for at, (row_id, sequence, mod) in enumerate(zip(listed.ids, listed.seqs, listed.mods, strict=True)):
+            n = positions.get(row_id)
+            if n is not None and old_seqs[n] == sequence and old_mods[n] == mod and mod >= 0:
+                start, end = starts[n], ends[n]
+                if startswith(b"BEGIN:VEVENT\r\n", start) and endswith(b"END:VEVENT\r\n", start, end):
+                    fragments.append(body[start:end])
+                    kinds.append(old_kinds[old_kind[n]])
+                    rank = old_rank[n]
+                    ranks.append(None if rank < 0 else rank)
+                    opens.append(old_open[n])
+                    continue
+            others.append(at)
+            fragments.append(None)  # type: ignore[arg-type]
+            kinds.append("")
+            ranks.append(None)
+            opens.append(None)
+        return others
+
+
+_TAIL = b"END:VCALENDAR\r\n"
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a feed is built: a build allocates a few
+    objects per event (rows, decoded events, fragments), none of them in a reference cycle,
+    and the collector's passes over them cost 15-20% of a render's CPU. Renders are serial
+    (one per process at a time); the collector runs again when the feed is built."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
                kinds: Iterable[str] | None = None, *, key: str | None = None,
-               save_fragments: bool = True, secret: bytes | None = None) -> RenderedFeed:
+               save_fragments: bool = True, secret: bytes | None = None,
+               previous: PreviousBody | None = None) -> RenderedFeed:
     """A feed's bytes and ETag (optionally only some kinds).
 
     Stored fragments are joined as they are; only events without a current fragment are
@@ -473,7 +612,21 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     given). They are a few flags per account, so this costs no query of its own. The feed is
     then fitted to its size budget (icsfeed.budget: rollups, a shorter window), which also
     lists its parts for filtered variants.
+
+    ``previous``: the feed's stored body, rendered under the same feed render key (the caller
+    checks). Each of its VEVENTs whose event row has the same sequence and last-modified time
+    is copied from it; only the others' fragments are read (or rendered). So a re-render after
+    1% of the events changed reads the feed's events by their columns, 1% of the fragments,
+    and copies the rest: the cost of what changed plus a byte copy.
     """
+    with _gc_paused():
+        return _build_feed(config, store, spec, now, kinds, key=key, save_fragments=save_fragments, secret=secret,
+                           previous=previous)
+
+
+def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kinds: Iterable[str] | None, *,
+                key: str | None, save_fragments: bool, secret: bytes | None,
+                previous: PreviousBody | None) -> RenderedFeed:
     query = spec.query(now)
     if kinds is not None:
         wanted = frozenset(kinds)
@@ -483,45 +636,115 @@ def build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime,
     # which): with the view known up front, this feed joins the ones made for it last time
     view: str | None = view_url(config, secret, spec) if secret is not None else None
     view_key = view_fragment_key(key, view) if view is not None else None
-    by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
-    if view_key is None or by_keys is None:
-        listed = store.query_fragments(query, key)
+    keys = (key,) if view_key is None else (key, view_key)
+    index = getattr(store, "query_feed_index", None)  # None: a store from before the feed index
+    if index is None:
+        return _joined_feed(config, store, spec, now, query, key, keys, view, view_key, save_fragments, secret)
+    reuse = _Reusable(previous) if previous is not None else None
+    if reuse is not None and not reuse.positions:
+        reuse = None
+    rows = index(query, None if reuse else keys)
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(7)]
+    ids, seqs = list(columns[0]), list(columns[1])
+    mods = [int(m * 1_000_000) if -1e12 < m < 1e12 else -1 for m in columns[2]]
+    if reuse is None:
+        listed = Listed(ids=ids, fragments=list(columns[6]), kinds=list(columns[3]), ranks=list(columns[4]),
+                        opens=list(columns[5]), seqs=seqs, mods=mods)
+        missing = [n for n, fragment in enumerate(listed.fragments) if fragment is None]  # positions in the lists
     else:
-        listed = by_keys(query, (key, view_key))
-    missing = [i for i, fragment in listed if fragment is None]
-    rendered: dict[int, bytes | None] = {}
+        listed = Listed(ids=ids, seqs=seqs, mods=mods)
+        changed = reuse.take(listed)
+        if len(changed) > max(500, len(ids) // 4):  # mostly new to this body (rolled up, or a big change):
+            return build_feed(config, store, spec, now, kinds, key=key,  # one scan beats reads by id
+                              save_fragments=save_fragments, secret=secret)
+        found = store.changed_parts_by_id([ids[n] for n in changed], keys) if changed else {}
+        missing = []
+        for n in changed:  # their columns, and the fragments the poll stored with them
+            got = found.get(ids[n])
+            if got is None:  # deleted since the index was read: left out
+                continue
+            listed.kinds[n], listed.ranks[n], listed.opens[n], listed.fragments[n] = got
+            if got[3] is None:
+                missing.append(n)
+    fragments = listed.fragments
     if missing:
-        rows = store.events_by_id(missing)
-        if view is None and any(links_month_view(row.event) for row in rows.values()):
-            secret = secret if secret is not None else feed_secret(config, store)
-            view = view_url(config, secret, spec) if secret is not None else None
-            view_key = view_fragment_key(key, view) if view is not None else None
-        fresh = []
-        for i in missing:
-            row = rows.get(i)
-            if row is None:
-                continue
-            linked = links_month_view(row.event)
-            fragment = _render_or_skip(config, row, view if linked else None)
-            rendered[i] = fragment
-            if fragment is None:
-                continue
-            if not linked:
-                fresh.append((i, fragment, key))
-            elif view_key is not None and spec.type == "account":
-                # kept under the account feed's view key (a team feed's key never matches it, and
-                # team feeds, which would take turns with it over the one slot, render their own)
-                fresh.append((i, fragment, view_key))
-        if save_fragments:
-            store.save_fragments(fresh)
+        rendered = _render_missing(config, store, spec, [ids[n] for n in missing], key, view, view_key,
+                                   save_fragments, secret)
+        for n in missing:
+            fragments[n] = rendered.get(ids[n])  # type: ignore[call-overload]
+    if None in fragments:  # unrenderable (logged), or gone: left out
+        kept = [n for n, f in enumerate(fragments) if f is not None]
+        for name in ("ids", "fragments", "kinds", "ranks", "opens", "seqs", "mods"):
+            values = getattr(listed, name)
+            setattr(listed, name, [values[n] for n in kept])
+    head, tail = calendar_header(config, spec)
+    from icsfeed.budget import fit_listed  # the size budget (rollups, window), which uses this module
+
+    fitted = fit_listed(config, store, spec, now, query, head, tail, listed, secret=secret, save=save_fragments)
+    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
+                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+
+
+def _render_missing(config: Config, store: Store, spec: FeedSpec, ids: list[int], key: str, view: str | None,
+                    view_key: str | None, save_fragments: bool, secret: bytes | None) -> dict[int, bytes | None]:
+    """The VEVENTs of events without a stored fragment, rendered now (and stored, with
+    ``save_fragments``); None for one that cannot be rendered (logged)."""
+    rows = store.events_by_id(ids)
+    if view is None and any(links_month_view(row.event) for row in rows.values()):
+        secret = secret if secret is not None else feed_secret(config, store)
+        view = view_url(config, secret, spec) if secret is not None else None
+        view_key = view_fragment_key(key, view) if view is not None else None
+    rendered: dict[int, bytes | None] = {}
+    fresh = []
+    for i in ids:
+        row = rows.get(i)
+        if row is None:
+            continue
+        linked = links_month_view(row.event)
+        fragment = _render_or_skip(config, row, view if linked else None)
+        rendered[i] = fragment
+        if fragment is None:
+            continue
+        if not linked:
+            fresh.append((i, fragment, key))
+        elif view_key is not None and spec.type == "account":
+            # kept under the account feed's view key (a team feed's key never matches it, and
+            # team feeds, which would take turns with it over the one slot, render their own)
+            fresh.append((i, fragment, view_key))
+    if save_fragments:
+        store.save_fragments(fresh)
+    return rendered
+
+
+def _joined_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, key: str,
+                 keys: tuple[str, ...], view: str | None, view_key: str | None, save_fragments: bool,
+                 secret: bytes | None) -> RenderedFeed:
+    """build_feed over a store from before the feed index: every stored fragment joined."""
+    by_keys = getattr(store, "query_feed_fragments", None)  # None: a store from before view keys
+    listed = store.query_fragments(query, key) if view_key is None or by_keys is None else by_keys(query, keys)
+    missing = [i for i, fragment in listed if fragment is None]
+    rendered = _render_missing(config, store, spec, missing, key, view, view_key, save_fragments, secret) \
+        if missing else {}
     head, tail = calendar_header(config, spec)
     fragments = [(i, fragment if fragment is not None else rendered.get(i)) for i, fragment in listed]
-    from icsfeed.budget import fit_feed  # the size budget (rollups, window), which uses this module
+    from icsfeed.budget import fit_feed
 
     fitted = fit_feed(config, store, spec, now, query, head, tail, [(i, f) for i, f in fragments if f is not None],
                       secret=secret, save=save_fragments)
     return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
                         event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+
+
+def previous_body(store: Store, feed_id: str) -> PreviousBody | None:
+    """The feed's stored body and its parts, when both are there and belong together."""
+    parts_of = getattr(store, "feed_parts", None)  # None: a store from before feed parts
+    if parts_of is None:
+        return None
+    stored = store.get_feed(feed_id)
+    if stored is None or not stored.body:
+        return None
+    parts = parts_of(feed_id, stored.etag)
+    return None if parts is None else PreviousBody(stored.body, parts.parts)
 
 
 #: one render at a time per process: two renders of one feed racing could store the older bytes last
@@ -538,6 +761,8 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
     Last-Modified, so clients get 304s. A feed marked dirty while it renders stays dirty.
     ``claim`` (pollers side by side, ``Coordinator.feed_claims``) gives each feed to one of
     them: None while another renders it, else its render state read again under the claim.
+    A feed last rendered under the same feed render key is re-rendered from its stored body
+    (:func:`build_feed`'s ``previous``); ``force`` renders every feed from its events alone.
     """
     now = now or datetime.now(timezone.utc)
     today = now.astimezone(timezone.utc).date().isoformat()
@@ -563,7 +788,9 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
                 if not (force or dirty or old_key != key or day != today):
                     continue  # another poller rendered it meanwhile
                 started = time.perf_counter()
-                feed = build_feed(config, store, spec, now, key=base_key, secret=secret)
+                # the same feed render key: the stored body is where this render starts from
+                previous = previous_body(store, spec.feed_id) if not force and old_key == key else None
+                feed = build_feed(config, store, spec, now, key=base_key, secret=secret, previous=previous)
                 # no gzip here: the web layer compresses on the first request for an ETag
                 store.save_feed(spec.feed_id, feed.body, b"", feed.etag, event_count=feed.event_count,
                                 now=now.timestamp(), render_seconds=time.perf_counter() - started,

@@ -376,6 +376,36 @@ class EventsMixin:
             out.append((row_id, blob))
         return out
 
+    def query_feed_index(self, query: FeedQuery, keys: Sequence[str] | None = None) -> list[Any]:
+        """A feed's events in feed order, by their columns: (id, sequence, last_modified, kind,
+        severity_rank, is_open, fragment), ``fragment`` the one stored under any of ``keys``,
+        else None. Without ``keys``: only (id, sequence, last_modified), what a render that
+        starts from the feed's previous body needs of every event (it reads the rest of the
+        changed ones only, :meth:`changed_parts_by_id`)."""
+        t = events_table
+        conditions = self._feed_conditions(query)
+        if conditions is None:
+            return []
+        columns: list[Any] = [t.c.id, t.c.sequence, t.c.last_modified]
+        if keys is not None:
+            current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
+            columns += [t.c.kind, t.c.severity_rank, t.c.is_open, case((current, t.c.vevent), else_=null())]
+        stmt = select(*columns).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).all())
+
+    def changed_parts_by_id(self, ids: Sequence[int], keys: Sequence[str]) -> dict[int, tuple[Any, ...]]:
+        """id -> (kind, severity_rank, is_open, fragment stored under any of ``keys`` or None)."""
+        t = events_table
+        current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
+        fragment = case((current, t.c.vevent), else_=null())
+        out: dict[int, tuple[Any, ...]] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(list(ids), 500):
+                stmt = select(t.c.id, t.c.kind, t.c.severity_rank, t.c.is_open, fragment).where(t.c.id.in_(chunk))
+                out.update((r[0], tuple(r[1:])) for r in conn.execute(stmt).all())
+        return out
+
     def events_by_id(self, ids: Sequence[int]) -> dict[int, EventRow]:
         """Stored events by row id (the ones a render has no fragment for)."""
         t = events_table
