@@ -20,7 +20,6 @@ from datetime import date, datetime, time, timedelta, timezone
 from icsfeed.config import AccountConfig, Config
 from icsfeed.insights import backups, bursts, summary, tickets
 from icsfeed.insights.base import (
-    INSIGHT_KIND,
     SOURCE_PREFIX,
     AccountContext,
     Detector,
@@ -32,7 +31,8 @@ from icsfeed.insights.base import (
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.routing import affected_feeds
-from icsfeed.store import FeedQuery, Store, StoreError, Touched
+from icsfeed.store import Store, StoreError, Touched
+from icsfeed.store.history import record_run, same_events
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,16 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
     span = max(d.span_days(config, account, settings) for d in (bursts, backups, summary))
     tz = account_zone(config, account)
     first = when.astimezone(tz).date() - timedelta(days=span)
-    history = History(store, account, datetime.combine(first, time(0), tz), when + timedelta(days=1))
-    stored = _stored_insights(store, account)
+    lookback = datetime.combine(when.astimezone(tz).date() - timedelta(days=settings.stale_tickets.lookback_days),
+                                time(0), tz)  # the range tickets.open_tickets asks for: read with the rest
+    history = History(store, account, datetime.combine(first, time(0), tz), when + timedelta(days=1),
+                      wide=(lookback, when + timedelta(seconds=1)), wide_kinds=frozenset(settings.stale_tickets.kinds))
+    stored = history.stored()
     touched: set[Touched] = set()
     for detector in DETECTORS:
         sid = source_id(detector.name, account.id)
-        mine = stored.get(sid, [])
+        rows = stored.get(sid, [])
+        mine = [r.row.event for r in rows]
         events: list[Event] = []
         if settings.enabled and detector.enabled(settings):
             ctx = AccountContext(config, settings, account, when, history, stored=mine)
@@ -119,21 +123,15 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
             events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
         elif not any(ev.status != "cancelled" for ev in mine):
             continue  # switched off and nothing to cancel: leave no trace
+        if same_events(events, rows):  # the flags as stored: a write would only record the run
+            record_run(store, sid, now)
+            continue
         changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
         if changes.changed:
             touched |= changes.touched
-            history.forget()
+            history.forget(sid)
             log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
     return touched
-
-
-def _stored_insights(store: Store, account: AccountConfig) -> dict[str, list[Event]]:
-    """Every insight event stored for the account, by source id."""
-    query = FeedQuery(0.0, 1e11, account_keys=frozenset({account.id.strip().lower()}), kinds=frozenset({INSIGHT_KIND}))
-    out: dict[str, list[Event]] = {}
-    for row in store.query_events(query):
-        out.setdefault(row.event.source, []).append(row.event)
-    return out
 
 
 def _day(ev: Event) -> date:
