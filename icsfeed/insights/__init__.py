@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import suppress
 from datetime import date, datetime, time, timedelta, timezone
 
 from icsfeed.config import AccountConfig, Config
@@ -32,7 +33,7 @@ from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.routing import affected_feeds
 from icsfeed.store import Store, StoreError, Touched
-from icsfeed.store.history import record_run, same_events
+from icsfeed.store.history import record_runs, same_events
 
 log = logging.getLogger(__name__)
 
@@ -102,35 +103,44 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                       wide=(lookback, when + timedelta(seconds=1)), wide_kinds=frozenset(settings.stale_tickets.kinds))
     stored = history.stored()
     touched: set[Touched] = set()
-    for detector in DETECTORS:
-        sid = source_id(detector.name, account.id)
-        rows = stored.get(sid, [])
-        mine = [r.row.event for r in rows]
-        events: list[Event] = []
-        if settings.enabled and detector.enabled(settings):
-            ctx = AccountContext(config, settings, account, when, history, stored=mine)
-            try:
-                events = detector.detect(ctx)
-            except StoreError:
-                raise
-            except Exception:  # one broken detector must not take the others' flags down
-                log.exception("insight detector %s failed for account %s; its flags are left as they were",
-                              detector.name, account.id)
+    unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
+    try:
+        for detector in DETECTORS:
+            sid = source_id(detector.name, account.id)
+            rows = stored.get(sid, [])
+            mine = [r.row.event for r in rows]
+            events: list[Event] = []
+            if settings.enabled and detector.enabled(settings):
+                ctx = AccountContext(config, settings, account, when, history, stored=mine)
+                try:
+                    events = detector.detect(ctx)
+                except StoreError:
+                    raise
+                except Exception:  # one broken detector must not take the others' flags down
+                    log.exception("insight detector %s failed for account %s; its flags are left as they were",
+                                  detector.name, account.id)
+                    continue
+                events = settle(events, mine, ctx.today)  # passed days keep their text while the verdict holds
+                keep_before = detector.horizon(ctx)
+                fresh = {ev.key for ev in events}
+                events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
+            elif not any(ev.status != "cancelled" for ev in mine):
+                continue  # switched off and nothing to cancel: leave no trace
+            if same_events(events, rows):  # the flags as stored: a write would only record the run
+                unchanged.append(sid)
                 continue
-            events = settle(events, mine, ctx.today)  # passed days keep their text while the verdict holds
-            keep_before = detector.horizon(ctx)
-            fresh = {ev.key for ev in events}
-            events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
-        elif not any(ev.status != "cancelled" for ev in mine):
-            continue  # switched off and nothing to cancel: leave no trace
-        if same_events(events, rows):  # the flags as stored: a write would only record the run
-            record_run(store, sid, now)
-            continue
-        changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
-        if changes.changed:
-            touched |= changes.touched
-            history.forget(sid)
-            log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
+            record_runs(store, unchanged, now)  # (in the order the writes would have been made)
+            unchanged = []
+            changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
+            if changes.changed:
+                touched |= changes.touched
+                history.forget(sid)
+                log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
+    except StoreError:  # what was left unwritten before the store failed is still recorded, if it can be
+        with suppress(StoreError):
+            record_runs(store, unchanged, now)
+        raise
+    record_runs(store, unchanged, now)
     return touched
 
 

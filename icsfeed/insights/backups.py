@@ -384,7 +384,7 @@ def detect(ctx: AccountContext) -> list[Event]:
         irregular = check.irregular
         if not series.full:
             misses = [(day, rhythm) for day, rhythm in misses
-                      if not any(abs(_usual_time(ctx, series, day) - due) <= SAME_NIGHT for due in full_due[series.host])]
+                      if not _same_night(_usual_time(ctx, series, day), full_due[series.host])]
             irregular = [(day, rhythm) for day, rhythm in irregular if day not in full_regular[series.host]]
         for group in _consecutive(misses):
             if group[0][0] >= report_start:
@@ -392,6 +392,11 @@ def detect(ctx: AccountContext) -> list[Event]:
         if s.irregular:
             out.extend(_irregular_flag(ctx, series, day, rhythm, s) for day, rhythm in irregular)
     return out
+
+
+def _same_night(usual: datetime, due: list[datetime]) -> bool:
+    """A full backup was due within SAME_NIGHT of ``usual``."""
+    return any(abs(usual - d) <= SAME_NIGHT for d in due)
 
 
 @dataclass
@@ -426,9 +431,9 @@ def _check_series(ctx: AccountContext, series: Series, s: BackupSettings,
     if skip and len(series.by_day) < learner.regular_runs:  # never regular: only reported Mondays matter
         days = [day for day in days if day.weekday() == 0 and day >= report_start]
     for day in days:
-        if skip and frozen is None and known is None and not (day.weekday() == 0 and day >= report_start) \
-                and not learner.may_be_regular(day):
-            continue  # not regular, so nothing to check; and not a Monday whose verdict is reported
+        if skip and frozen is None and known is None and not learner.may_be_regular(day) \
+                and not (day.weekday() == 0 and day >= report_start and not _dormant(series, day, s)):
+            continue  # not regular, so nothing to check; and no Monday that would be flagged irregular
         rhythm = frozen or _keep(known, learner.learn(day), s)
         known = rhythm if rhythm.status == "regular" else None
         if day.weekday() == 0 and day >= report_start:

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from statistics import median
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -101,21 +101,33 @@ class History:
                 out.setdefault(r.row.event.source, []).append(r)
         return out
 
+    def in_span(self, start: datetime, end: datetime) -> bool:
+        """Whether [start, end) is answered from the events read first (see :meth:`indexed`)."""
+        return start.timestamp() >= self.span[0] and end.timestamp() <= self.span[1]
+
+    def indexed(self, start: datetime, end: datetime,
+                kinds: frozenset[str] | None = None) -> list[tuple[float, float, EventRow]]:
+        """:meth:`rows` of a range inside the span, each with the (start, end) it was cut by:
+        a detector asking for several ranges in it cuts them from one answer."""
+        lo, hi = start.timestamp(), end.timestamp()
+        assert lo >= self.span[0] and hi <= self.span[1], "indexed() answers the span only"
+        self._load()
+        assert self._base is not None
+        if self._insights is None:
+            slo, shi = self.span
+            self._insights = _indexed([r.row for r in self._load_flags()
+                                       if r.account_key in self.keys and in_window(r, slo, shi)])
+        rows = self._base
+        if kinds is None or INSIGHT_KIND in kinds:  # both lists are by start: keep it so
+            rows = sorted(rows + self._insights, key=lambda r: r[0])
+        # the store's window test: starts before the end, ends at or after the start
+        return [(s, e, r) for s, e, r in rows if s < hi and e >= lo and (kinds is None or r.event.kind in kinds)]
+
     def rows(self, start: datetime, end: datetime, kinds: frozenset[str] | None = None) -> list[EventRow]:
         """Events overlapping [start, end) of the kinds (None: all), by start; cancelled ones too."""
         lo, hi = start.timestamp(), end.timestamp()
-        if lo >= self.span[0] and hi <= self.span[1]:
-            self._load()
-            assert self._base is not None
-            if self._insights is None:
-                slo, shi = self.span
-                self._insights = _indexed([r.row for r in self._load_flags()
-                                           if r.account_key in self.keys and in_window(r, slo, shi)])
-            rows = self._base
-            if kinds is None or INSIGHT_KIND in kinds:  # both lists are by start: keep it so
-                rows = sorted(rows + self._insights, key=lambda r: r[0])
-            # the store's window test: starts before the end, ends at or after the start
-            return [r for s, e, r in rows if s < hi and e >= lo and (kinds is None or r.event.kind in kinds)]
+        if self.in_span(start, end):
+            return [r for _, _, r in self.indexed(start, end, kinds)]
         if self.wide is not None and kinds is not None and kinds <= self.wide_kinds \
                 and lo >= self.wide[0] and hi <= self.wide[1]:  # what the store's query would return
             self._load()
@@ -290,8 +302,10 @@ def robust_level(values: list[float]) -> tuple[float, float]:
     return m, 1.4826 * median(abs(v - m) for v in values)
 
 
+@lru_cache(maxsize=4096)
 def fmt_day(day: date) -> str:
-    """'Sun 9 Nov 2026': unambiguous in every locale a reader may have."""
+    """'Sun 9 Nov 2026': unambiguous in every locale a reader may have (the same few days
+    are in hundreds of flags of an account)."""
     return f"{WEEKDAYS[day.weekday()][:3]} {day.day} {day:%b %Y}"
 
 
