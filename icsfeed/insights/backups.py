@@ -79,6 +79,8 @@ class Series:
     #: run day -> local wall-clock starts of those runs
     local: dict[date, list[datetime]] = field(default_factory=dict)
     first_day: date = date.max
+    #: run day -> usual start as an instant (:func:`_usual_time`), once ``minute`` is known
+    due: dict[date, datetime] = field(default_factory=dict, repr=False, compare=False)
 
     def usual(self, day: date) -> datetime:
         """The usual start on a run day, local wall clock (naive)."""
@@ -486,8 +488,11 @@ def _keep(known: Rhythm | None, learned: Rhythm, s: BackupSettings) -> Rhythm:
 
 def _usual_time(ctx: AccountContext, series: Series, day: date) -> datetime:
     """When the run of ``day`` is usually due, as an instant (local wall time, DST-aware)."""
-    wall = datetime.combine(day, time(0)) + timedelta(minutes=series.minute)
-    return wall.replace(tzinfo=ctx.tz).astimezone(timezone.utc)
+    due = series.due.get(day)
+    if due is None:  # (asked for the same days again and again: checks, neighbours, flag texts)
+        wall = datetime.combine(day, time(0)) + timedelta(minutes=series.minute)
+        due = series.due[day] = wall.replace(tzinfo=ctx.tz).astimezone(timezone.utc)
+    return due
 
 
 def _runs_for(ctx: AccountContext, series: Series, day: date, rhythm: Rhythm, s: BackupSettings) -> list[Event]:
@@ -554,7 +559,8 @@ def _missed_flag(ctx: AccountContext, series: Series, group: list[tuple[date, Rh
     kind = "full backup" if series.full else "backup"
     due_first = _usual_time(ctx, series, first).astimezone(ctx.tz)
     when = f"on {fmt_day(first)}" if len(group) == 1 else f"from {fmt_day(first)} to {fmt_day(last)}"
-    before = [ev for ev in series.runs if start_dt(ev) < _usual_time(ctx, series, first) - s.early]
+    cutoff = _usual_time(ctx, series, first) - s.early
+    before = [ev for ev in series.runs if start_dt(ev) < cutoff]
     lines = [f"No {kind} for {who} {when}, where one is expected {_every(rhythm.weekdays)} around "
              f"{due_first:%H:%M} ({tzname}); " + ("the last one before is linked below." if before else
                                                   "the month view is the link.")]
