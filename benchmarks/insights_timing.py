@@ -9,13 +9,15 @@ Two accounts of about 1,000 stored events each, in a real Store on a temporary S
   backup hosts with a rhythm, tickets), the kind of history the detectors are written for.
 
 For each, ``refresh_account`` (what the poller runs per due account) is timed on its first
-run (every flag new) and then ``--repeat`` times with nothing changed (the steady state:
-every detector recomputes, nothing is written): the median wall-clock time and the
-median CPU time of the process, in milliseconds. On a shared machine the CPU time is the
-figure to compare (the refresh runs in one thread, SQLite in-process): the wall clock
-also counts the time other processes had the cores.
-``ICSFEED_CODE=/path`` imports icsfeed from another checkout (to compare two versions in
-the same conditions).
+run (every flag new), then ``--repeat`` times with nothing changed (the steady state:
+every detector recomputes, nothing is written), then ``--repeat`` times after 1% of the
+account's events changed their title (what bench_scale.py's 1%-changed row refreshes):
+the median wall-clock time and the median CPU time of the process, in milliseconds. On a
+shared machine the CPU time is the figure to compare (the refresh runs in one thread,
+SQLite in-process): the wall clock also counts the time other processes had the cores.
+``ICSFEED_CODE=/path`` imports icsfeed from another checkout; ``--compare /path`` runs this
+script once with that checkout's code and once with this one's, alternately, and prints
+both, side by side with their ratio (two versions in the same conditions).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,8 +74,14 @@ def history_account(target: int = 1000) -> tuple[list[Event], str]:
     return best.events, best.tz
 
 
-def time_one(name: str, events: list[Event], tz: str, repeat: int) -> tuple[float, float, float]:
-    """(first refresh, median steady wall time, median steady CPU time), in ms."""
+def _changed(events: list[Event], round_no: int) -> list[Event]:
+    """1% of the events (others each round) with a changed title."""
+    picked = random.Random(round_no).sample(range(len(events)), max(1, len(events) // 100))
+    return [replace(events[i], title=f"{events[i].title} (updated {round_no})") for i in picked]
+
+
+def time_one(name: str, events: list[Event], tz: str, repeat: int) -> tuple[float, float, float, float, float]:
+    """(first refresh, median steady wall and CPU time, median 1%-changed wall and CPU time), in ms."""
     with tempfile.TemporaryDirectory(prefix="insights-timing-") as tmp:
         root = Path(tmp)
         (root / "config").mkdir()
@@ -98,20 +107,72 @@ def time_one(name: str, events: list[Event], tz: str, repeat: int) -> tuple[floa
             refresh_account(config, store, settings, acc, now)
             wall.append(time.perf_counter() - started)
             cpu.append(time.process_time() - cpu_started)
+        wall_c, cpu_c = [], []
+        for round_no in range(repeat):
+            for ev in _changed(events, round_no):  # one poll of each changed event's source
+                store.apply_poll(ev.source, [ev], absence="keep", complete=False, now=now, previous_success=None)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            refresh_account(config, store, settings, acc, now)
+            wall_c.append(time.perf_counter() - started)
+            cpu_c.append(time.process_time() - cpu_started)
         store.close()
-    return first * 1000, statistics.median(wall) * 1000, statistics.median(cpu) * 1000
+    return (first * 1000, statistics.median(wall) * 1000, statistics.median(cpu) * 1000,
+            statistics.median(wall_c) * 1000, statistics.median(cpu_c) * 1000)
+
+
+def compare(other: str, repeat: int, rounds: int) -> int:
+    """This script with ``other``'s icsfeed and with this tree's, alternately, ``rounds`` times;
+    the lowest CPU figure of each (the least disturbed by other processes), side by side."""
+    import json
+    import subprocess
+
+    runs: dict[str, list[dict[str, list[float]]]] = {"before": [], "after": []}
+    trees = {"before": other, "after": str(HERE.parent)}
+    for _ in range(rounds):
+        for label, tree in trees.items():
+            env = {**os.environ, "ICSFEED_CODE": tree}
+            out = subprocess.run([sys.executable, __file__, "--repeat", str(repeat), "--json"], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+            runs[label].append(json.loads(out.splitlines()[-1]))
+    print(f"before: icsfeed from {other}; after: from {HERE.parent}; now {NOW.isoformat()}; "
+          f"lowest of {rounds} runs each, median of {repeat} refreshes per run; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'case':<9}{'refresh':<12}{'before CPU':>11}{'after CPU':>11}{'ratio':>8}{'before wall':>13}{'after wall':>12}")
+    for name in runs["before"][0]:
+        for i, what in enumerate(("first", "steady", "1% changed")):
+            col = {"first": (0, 0), "steady": (2, 1), "1% changed": (4, 3)}[what]
+            b = min(r[name][col[0]] for r in runs["before"])
+            a = min(r[name][col[0]] for r in runs["after"])
+            bw = min(r[name][col[1]] for r in runs["before"])
+            aw = min(r[name][col[1]] for r in runs["after"])
+            label = "(wall)" if i == 0 else ""
+            print(f"{name if i == 0 else '':<9}{what + label:<12}{b:>9.1f}ms{a:>9.1f}ms{b / a:>7.1f}x"
+                  f"{bw:>11.1f}ms{aw:>10.1f}ms")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--compare", metavar="TREE", help="another checkout to run side by side with this one")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each tree with --compare")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare(args.compare, args.repeat, args.rounds)
     cases = [("scale", scale_account(), "UTC"), ("history", *history_account())]
-    print(f"icsfeed from {sys.path[0]}; now {NOW.isoformat()}")
+    if not args.json:
+        print(f"icsfeed from {sys.path[0]}; now {NOW.isoformat()}")
+    results = {}
     for name, events, tz in cases:
-        first, wall, cpu = time_one(name, events, tz, args.repeat)
-        print(f"{name:<8} {len(events):>5} events ({tz}): first refresh {first:5.0f} ms; steady refresh, "
-              f"median of {args.repeat}: {wall:5.0f} ms wall, {cpu:5.0f} ms CPU")
+        results[name] = first, wall, cpu, wall_c, cpu_c = time_one(name, events, tz, args.repeat)
+        if not args.json:
+            print(f"{name:<8} {len(events):>5} events ({tz}): first refresh {first:5.0f} ms; median of {args.repeat}: "
+                  f"steady {wall:5.0f} ms wall, {cpu:5.0f} ms CPU; 1% changed {wall_c:5.0f} ms wall, {cpu_c:5.0f} ms CPU")
+    if args.json:
+        import json
+
+        print(json.dumps(results))
     return 0
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import suppress
 from datetime import date, datetime, time, timedelta, timezone
 
 from icsfeed.config import AccountConfig, Config
 from icsfeed.insights import backups, bursts, summary, tickets
 from icsfeed.insights.base import (
-    INSIGHT_KIND,
     SOURCE_PREFIX,
     AccountContext,
     Detector,
@@ -32,7 +32,8 @@ from icsfeed.insights.base import (
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.routing import affected_feeds
-from icsfeed.store import FeedQuery, Store, StoreError, Touched
+from icsfeed.store import Store, StoreError, Touched
+from icsfeed.store.history import record_runs, same_events
 
 log = logging.getLogger(__name__)
 
@@ -96,44 +97,51 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
     span = max(d.span_days(config, account, settings) for d in (bursts, backups, summary))
     tz = account_zone(config, account)
     first = when.astimezone(tz).date() - timedelta(days=span)
-    history = History(store, account, datetime.combine(first, time(0), tz), when + timedelta(days=1))
-    stored = _stored_insights(store, account)
+    lookback = datetime.combine(when.astimezone(tz).date() - timedelta(days=settings.stale_tickets.lookback_days),
+                                time(0), tz)  # the range tickets.open_tickets asks for: read with the rest
+    history = History(store, account, datetime.combine(first, time(0), tz), when + timedelta(days=1),
+                      wide=(lookback, when + timedelta(seconds=1)), wide_kinds=frozenset(settings.stale_tickets.kinds))
+    stored = history.stored()
     touched: set[Touched] = set()
-    for detector in DETECTORS:
-        sid = source_id(detector.name, account.id)
-        mine = stored.get(sid, [])
-        events: list[Event] = []
-        if settings.enabled and detector.enabled(settings):
-            ctx = AccountContext(config, settings, account, when, history, stored=mine)
-            try:
-                events = detector.detect(ctx)
-            except StoreError:
-                raise
-            except Exception:  # one broken detector must not take the others' flags down
-                log.exception("insight detector %s failed for account %s; its flags are left as they were",
-                              detector.name, account.id)
+    unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
+    try:
+        for detector in DETECTORS:
+            sid = source_id(detector.name, account.id)
+            rows = stored.get(sid, [])
+            mine = [r.row.event for r in rows]
+            events: list[Event] = []
+            if settings.enabled and detector.enabled(settings):
+                ctx = AccountContext(config, settings, account, when, history, stored=mine)
+                try:
+                    events = detector.detect(ctx)
+                except StoreError:
+                    raise
+                except Exception:  # one broken detector must not take the others' flags down
+                    log.exception("insight detector %s failed for account %s; its flags are left as they were",
+                                  detector.name, account.id)
+                    continue
+                events = settle(events, mine, ctx.today)  # passed days keep their text while the verdict holds
+                keep_before = detector.horizon(ctx)
+                fresh = {ev.key for ev in events}
+                events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
+            elif not any(ev.status != "cancelled" for ev in mine):
+                continue  # switched off and nothing to cancel: leave no trace
+            if same_events(events, rows):  # the flags as stored: a write would only record the run
+                unchanged.append(sid)
                 continue
-            events = settle(events, mine, ctx.today)  # passed days keep their text while the verdict holds
-            keep_before = detector.horizon(ctx)
-            fresh = {ev.key for ev in events}
-            events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
-        elif not any(ev.status != "cancelled" for ev in mine):
-            continue  # switched off and nothing to cancel: leave no trace
-        changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
-        if changes.changed:
-            touched |= changes.touched
-            history.forget()
-            log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
+            record_runs(store, unchanged, now)  # (in the order the writes would have been made)
+            unchanged = []
+            changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
+            if changes.changed:
+                touched |= changes.touched
+                history.forget(sid)
+                log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
+    except StoreError:  # what was left unwritten before the store failed is still recorded, if it can be
+        with suppress(StoreError):
+            record_runs(store, unchanged, now)
+        raise
+    record_runs(store, unchanged, now)
     return touched
-
-
-def _stored_insights(store: Store, account: AccountConfig) -> dict[str, list[Event]]:
-    """Every insight event stored for the account, by source id."""
-    query = FeedQuery(0.0, 1e11, account_keys=frozenset({account.id.strip().lower()}), kinds=frozenset({INSIGHT_KIND}))
-    out: dict[str, list[Event]] = {}
-    for row in store.query_events(query):
-        out.setdefault(row.event.source, []).append(row.event)
-    return out
 
 
 def _day(ev: Event) -> date:

@@ -79,6 +79,8 @@ class Series:
     #: run day -> local wall-clock starts of those runs
     local: dict[date, list[datetime]] = field(default_factory=dict)
     first_day: date = date.max
+    #: run day -> usual start as an instant (:func:`_usual_time`), once ``minute`` is known
+    due: dict[date, datetime] = field(default_factory=dict, repr=False, compare=False)
 
     def usual(self, day: date) -> datetime:
         """The usual start on a run day, local wall clock (naive)."""
@@ -209,6 +211,13 @@ class Learner:
         self.last_full = min(self.n - 2, self.index(max(series.by_day)))
         self._chains: dict[tuple[frozenset[int], frozenset[int]], list[int]] = {}
         self._raw_chain = self._chain(self.raw)
+        #: run days before each index (for :meth:`may_be_regular`)
+        self._before = [0]
+        for r in self.raw:
+            self._before.append(self._before[-1] + r)
+        #: a regular rhythm rests on at least this many run days: ``min_backups``, and either
+        #: ``min_weeks`` on each weekday of a pattern of fewer than seven or a run on every weekday
+        self.regular_runs = max(s.min_backups, min(s.min_weeks, 7))
 
     def index(self, day: date) -> int:
         return (day - self.origin).days
@@ -266,15 +275,29 @@ class Learner:
                 hits[w] += chain[last] - (chain[first - 7] if first >= 7 else 0)
         return seen, hits
 
-    def learn(self, day: date) -> Rhythm:
-        """The rhythm of the ``history_weeks`` before ``day`` (after it too while the series is young)."""
-        s = self.s
-        i = self.index(day)
-        want = 7 * s.history_weeks
+    def _spans(self, i: int) -> list[tuple[int, int]]:
+        """The index ranges [a, b) the rhythm of day ``i`` is learned from."""
+        want = 7 * self.s.history_weeks
         spans = [(max(0, i - want), i)]
         have = spans[0][1] - spans[0][0]
         if have < want and i + 1 <= self.last_full:
             spans.append((i + 1, min(i + 1 + want - have, self.last_full + 1)))
+        return spans
+
+    def may_be_regular(self, day: date) -> bool:
+        """False when :meth:`learn` cannot find a regular rhythm on ``day``: its spans (widened
+        by the two days a late or early run moves, :meth:`_moved`) hold fewer run days than
+        any regular rhythm needs. Counted in constant time, so days whose rhythm matters only
+        if it is regular are skipped without learning it."""
+        spans = self._spans(self.index(day))
+        lo = max(0, min(a for a, _ in spans) - 2)
+        hi = min(self.n, max(b for _, b in spans) + 2)
+        return hi > lo and self._before[hi] - self._before[lo] >= self.regular_runs
+
+    def learn(self, day: date) -> Rhythm:
+        """The rhythm of the ``history_weeks`` before ``day`` (after it too while the series is young)."""
+        s = self.s
+        spans = self._spans(self.index(day))
         days = sum(b - a for a, b in spans)
         if days < s.min_history_days:
             return Rhythm("unknown", days=max(days, 0))
@@ -363,7 +386,7 @@ def detect(ctx: AccountContext) -> list[Event]:
         irregular = check.irregular
         if not series.full:
             misses = [(day, rhythm) for day, rhythm in misses
-                      if not any(abs(_usual_time(ctx, series, day) - due) <= SAME_NIGHT for due in full_due[series.host])]
+                      if not _same_night(_usual_time(ctx, series, day), full_due[series.host])]
             irregular = [(day, rhythm) for day, rhythm in irregular if day not in full_regular[series.host]]
         for group in _consecutive(misses):
             if group[0][0] >= report_start:
@@ -371,6 +394,11 @@ def detect(ctx: AccountContext) -> list[Event]:
         if s.irregular:
             out.extend(_irregular_flag(ctx, series, day, rhythm, s) for day, rhythm in irregular)
     return out
+
+
+def _same_night(usual: datetime, due: list[datetime]) -> bool:
+    """A full backup was due within SAME_NIGHT of ``usual``."""
+    return any(abs(usual - d) <= SAME_NIGHT for d in due)
 
 
 @dataclass
@@ -386,8 +414,13 @@ class Checked:
 
 
 def _check_series(ctx: AccountContext, series: Series, s: BackupSettings,
-                  report_start: date) -> tuple[list[tuple[date, Rhythm]], Checked]:
-    """The days a run was expected and did not come, and the Mondays the series had no rhythm."""
+                  report_start: date, *, skip: bool = True) -> tuple[list[tuple[date, Rhythm]], Checked]:
+    """The days a run was expected and did not come, and the Mondays the series had no rhythm.
+
+    Days whose rhythm cannot be regular (:meth:`Learner.may_be_regular`) and that are no
+    reported Monday are not learned (``skip``; False learns every day, the reference the
+    tests compare with): most hosts of a big account have too few runs for a rhythm.
+    """
     learner = Learner(series, ctx.today, s)
     misses: list[tuple[date, Rhythm]] = []
     check = Checked()
@@ -396,7 +429,13 @@ def _check_series(ctx: AccountContext, series: Series, s: BackupSettings,
     streak_flags = 0
     warm_up = report_start - timedelta(days=s.give_up_after_days + 7 * GIVE_UP_AFTER_RUNS)
     known: Rhythm | None = None  # the last regular rhythm, kept while the weeks still bear it out
-    for day in days_between(max(warm_up, series.first_day), ctx.today):
+    days = days_between(max(warm_up, series.first_day), ctx.today)
+    if skip and len(series.by_day) < learner.regular_runs:  # never regular: only reported Mondays matter
+        days = [day for day in days if day.weekday() == 0 and day >= report_start]
+    for day in days:
+        if skip and frozen is None and known is None and not learner.may_be_regular(day) \
+                and not (day.weekday() == 0 and day >= report_start and not _dormant(series, day, s)):
+            continue  # not regular, so nothing to check; and no Monday that would be flagged irregular
         rhythm = frozen or _keep(known, learner.learn(day), s)
         known = rhythm if rhythm.status == "regular" else None
         if day.weekday() == 0 and day >= report_start:
@@ -449,8 +488,11 @@ def _keep(known: Rhythm | None, learned: Rhythm, s: BackupSettings) -> Rhythm:
 
 def _usual_time(ctx: AccountContext, series: Series, day: date) -> datetime:
     """When the run of ``day`` is usually due, as an instant (local wall time, DST-aware)."""
-    wall = datetime.combine(day, time(0)) + timedelta(minutes=series.minute)
-    return wall.replace(tzinfo=ctx.tz).astimezone(timezone.utc)
+    due = series.due.get(day)
+    if due is None:  # (asked for the same days again and again: checks, neighbours, flag texts)
+        wall = datetime.combine(day, time(0)) + timedelta(minutes=series.minute)
+        due = series.due[day] = wall.replace(tzinfo=ctx.tz).astimezone(timezone.utc)
+    return due
 
 
 def _runs_for(ctx: AccountContext, series: Series, day: date, rhythm: Rhythm, s: BackupSettings) -> list[Event]:
@@ -517,7 +559,8 @@ def _missed_flag(ctx: AccountContext, series: Series, group: list[tuple[date, Rh
     kind = "full backup" if series.full else "backup"
     due_first = _usual_time(ctx, series, first).astimezone(ctx.tz)
     when = f"on {fmt_day(first)}" if len(group) == 1 else f"from {fmt_day(first)} to {fmt_day(last)}"
-    before = [ev for ev in series.runs if start_dt(ev) < _usual_time(ctx, series, first) - s.early]
+    cutoff = _usual_time(ctx, series, first) - s.early
+    before = [ev for ev in series.runs if start_dt(ev) < cutoff]
     lines = [f"No {kind} for {who} {when}, where one is expected {_every(rhythm.weekdays)} around "
              f"{due_first:%H:%M} ({tzname}); " + ("the last one before is linked below." if before else
                                                   "the month view is the link.")]

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from statistics import median
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,6 +28,7 @@ from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.render import VIEW_LINK_ATTR
 from icsfeed.store import EventRow, FeedQuery, Store, to_ts
+from icsfeed.store.history import HistoryRow, account_events, in_window, kind_events, source_events
 from icsfeed.urls import safe_url
 
 INSIGHT_KIND = "insight"
@@ -47,17 +48,27 @@ def source_id(detector: str, account_id: str) -> str:
 class History:
     """Stored events of one account, read once per refresh and shared by the detectors.
 
-    Everything in ``[start, end)`` is loaded on first use; a request inside that range is
-    answered from memory, anything else (a ticket lookback of a year) is its own query.
-    :meth:`forget` re-reads only the insight events (the ones a detector just wrote).
+    Everything in ``[start, end)`` is read on first use (and, of the ``wide_kinds``, in
+    ``wide`` too: the year of tickets the stale-ticket detector looks at), every flag of the
+    account with it (:meth:`stored`); a request inside those ranges is answered from memory,
+    anything else is its own query. :meth:`forget` re-reads the flags of one source (the
+    ones a detector just wrote). Each row is decoded once (icsfeed/store/history.py).
     """
 
-    def __init__(self, store: Store, account: AccountConfig, start: datetime, end: datetime) -> None:
+    def __init__(self, store: Store, account: AccountConfig, start: datetime, end: datetime, *,
+                 wide: tuple[datetime, datetime] | None = None, wide_kinds: frozenset[str] = frozenset()) -> None:
         self.store = store
         self.keys = frozenset(account.match_keys)
+        #: the account key its flags are stored under
+        self.own_key = account.id.strip().lower()
         self.start = start
         self.end = end
+        self.span = (start.timestamp(), end.timestamp())
+        self.wide = (wide[0].timestamp(), wide[1].timestamp()) if wide is not None else None
+        self.wide_kinds = wide_kinds
         self._base: list[tuple[float, float, EventRow]] | None = None
+        self._wide: list[HistoryRow] = []
+        self._flags: list[HistoryRow] | None = None  # every insight row of the keys, by (start_ts, id)
         self._insights: list[tuple[float, float, EventRow]] | None = None
         self._other: dict[tuple[float, float, frozenset[str] | None], list[EventRow]] = {}
         #: local day of each start seen, shared by the detectors (five summaries, bursts and
@@ -67,30 +78,73 @@ class History:
     def _query(self, lo: float, hi: float, kinds: frozenset[str] | None) -> list[EventRow]:
         return self.store.query_events(FeedQuery(lo, hi, account_keys=self.keys, kinds=kinds))
 
+    def _load(self) -> None:
+        if self._base is not None:
+            return
+        rows = account_events(self.store, self.keys, self.span, exclude_kind=INSIGHT_KIND,
+                              wide=self.wide, wide_kinds=self.wide_kinds)
+        lo, hi = self.span
+        self._base = _indexed([r.row for r in rows if in_window(r, lo, hi)])
+        if self.wide is not None:
+            self._wide = [r for r in rows if r.kind in self.wide_kinds and in_window(r, *self.wide)]
+
+    def _load_flags(self) -> list[HistoryRow]:
+        if self._flags is None:
+            self._flags = kind_events(self.store, self.keys | {self.own_key}, INSIGHT_KIND)
+        return self._flags
+
+    def stored(self) -> dict[str, list[HistoryRow]]:
+        """The account's flags as stored (its own account key), by the source in their event."""
+        out: dict[str, list[HistoryRow]] = {}
+        for r in self._load_flags():
+            if r.account_key == self.own_key and in_window(r, 0.0, 1e11):  # as a query of all time cuts
+                out.setdefault(r.row.event.source, []).append(r)
+        return out
+
+    def in_span(self, start: datetime, end: datetime) -> bool:
+        """Whether [start, end) is answered from the events read first (see :meth:`indexed`)."""
+        return start.timestamp() >= self.span[0] and end.timestamp() <= self.span[1]
+
+    def indexed(self, start: datetime, end: datetime,
+                kinds: frozenset[str] | None = None) -> list[tuple[float, float, EventRow]]:
+        """:meth:`rows` of a range inside the span, each with the (start, end) it was cut by:
+        a detector asking for several ranges in it cuts them from one answer."""
+        lo, hi = start.timestamp(), end.timestamp()
+        assert lo >= self.span[0] and hi <= self.span[1], "indexed() answers the span only"
+        self._load()
+        assert self._base is not None
+        if self._insights is None:
+            slo, shi = self.span
+            self._insights = _indexed([r.row for r in self._load_flags()
+                                       if r.account_key in self.keys and in_window(r, slo, shi)])
+        rows = self._base
+        if kinds is None or INSIGHT_KIND in kinds:  # both lists are by start: keep it so
+            rows = sorted(rows + self._insights, key=lambda r: r[0])
+        # the store's window test: starts before the end, ends at or after the start
+        return [(s, e, r) for s, e, r in rows if s < hi and e >= lo and (kinds is None or r.event.kind in kinds)]
+
     def rows(self, start: datetime, end: datetime, kinds: frozenset[str] | None = None) -> list[EventRow]:
         """Events overlapping [start, end) of the kinds (None: all), by start; cancelled ones too."""
         lo, hi = start.timestamp(), end.timestamp()
-        if lo >= self.start.timestamp() and hi <= self.end.timestamp():
-            span = (self.start.timestamp(), self.end.timestamp())
-            if self._base is None:
-                everything = _indexed(self._query(*span, None))
-                self._base = [r for r in everything if r[2].event.kind != INSIGHT_KIND]
-                self._insights = [r for r in everything if r[2].event.kind == INSIGHT_KIND]
-            if self._insights is None:
-                self._insights = _indexed(self._query(*span, frozenset({INSIGHT_KIND})))
-            rows = self._base
-            if kinds is None or INSIGHT_KIND in kinds:  # both lists are by start: keep it so
-                rows = sorted(rows + self._insights, key=lambda r: r[0])
-            # the store's window test: starts before the end, ends at or after the start
-            return [r for s, e, r in rows if s < hi and e >= lo and (kinds is None or r.event.kind in kinds)]
+        if self.in_span(start, end):
+            return [r for _, _, r in self.indexed(start, end, kinds)]
+        if self.wide is not None and kinds is not None and kinds <= self.wide_kinds \
+                and lo >= self.wide[0] and hi <= self.wide[1]:  # what the store's query would return
+            self._load()
+            return [r.row for r in self._wide if r.kind in kinds and in_window(r, lo, hi)]
         key = (lo, hi, kinds)
         if key not in self._other:
             self._other[key] = self._query(lo, hi, kinds)
         return self._other[key]
 
-    def forget(self) -> None:
-        """Re-read insight events on next use: a detector just stored flags the next one counts.
-        What holds no insight (a year of tickets) is kept: only flags were written."""
+    def forget(self, source: str) -> None:
+        """Re-read the flags of ``source`` on next use: a detector just stored flags the next
+        one counts. What holds no insight (a year of tickets) is kept: only flags were written."""
+        if self._flags is not None:
+            keys = self.keys | {self.own_key}
+            fresh = [r for r in source_events(self.store, source) if r.kind == INSIGHT_KIND and r.account_key in keys]
+            kept = [r for r in self._flags if r.source != source]
+            self._flags = sorted(kept + fresh, key=lambda r: (r.start_ts, r.row.id))
         self._insights = None
         self._other = {key: rows for key, rows in self._other.items()
                        if key[2] is not None and INSIGHT_KIND not in key[2]}
@@ -248,8 +302,10 @@ def robust_level(values: list[float]) -> tuple[float, float]:
     return m, 1.4826 * median(abs(v - m) for v in values)
 
 
+@lru_cache(maxsize=4096)
 def fmt_day(day: date) -> str:
-    """'Sun 9 Nov 2026': unambiguous in every locale a reader may have."""
+    """'Sun 9 Nov 2026': unambiguous in every locale a reader may have (the same few days
+    are in hundreds of flags of an account)."""
     return f"{WEEKDAYS[day.weekday()][:3]} {day.day} {day:%b %Y}"
 
 

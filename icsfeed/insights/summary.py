@@ -11,6 +11,7 @@ without the open-ticket line, which would not be true of then.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from datetime import date, timedelta
 
@@ -54,29 +55,55 @@ def detect(ctx: AccountContext) -> list[Event]:
     s = ctx.settings.summary
     monday = this_monday(ctx)
     stored = {ev.key: ev for ev in ctx.stored}
-    out = [_summary(ctx, monday, current=True)]
+    pool = _pool(ctx, monday - timedelta(days=7 * (s.backfill_weeks + s.baseline_weeks + 1)), monday)
+    out = [_summary(ctx, monday, current=True, pool=pool)]
     for k in range(1, s.backfill_weeks + 1):
         past = monday - timedelta(days=7 * k)
         before = stored.get(_key(ctx, past))
         if before is not None and "open_tickets" in before.attrs:
             out.append(before)  # final: made during its own week, with the tickets open then
         else:
-            out.append(_summary(ctx, past, current=False))
+            out.append(_summary(ctx, past, current=False, pool=pool))
     return [ev for ev in out if ev is not None]
+
+
+#: (start, end as the history cut it, local day, event) of the events a summary counts
+Pool = list[tuple[float, float, date, Event]]
+
+
+def _start(item: tuple[float, float, date, Event]) -> float:
+    return item[0]
+
+
+def _pool(ctx: AccountContext, first: date, monday: date) -> Pool | None:
+    """The events of every summary from ``first`` to ``monday`` read once (each summary cuts
+    its weeks from them as its own read of the history would), or None when the history
+    does not hold that range in memory."""
+    start, end = ctx.midnight(first), ctx.midnight(monday)
+    if not ctx.history.in_span(start, end):
+        return None
+    return [(s, e, ctx.local_day(r.event.start), r.event) for s, e, r in ctx.history.indexed(start, end)
+            if r.event.status != "cancelled" and not r.event.rrule]
 
 
 def _key(ctx: AccountContext, monday: date) -> str:
     return f"{ctx.account.id}:{iso_week(monday)}"
 
 
-def _summary(ctx: AccountContext, monday: date, *, current: bool) -> Event | None:
+def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | None = None) -> Event | None:
     s = ctx.settings.summary
     week_start = monday - timedelta(days=7)
     first = monday - timedelta(days=7 * (s.baseline_weeks + 1))
-    rows = [r for r in ctx.history.rows(ctx.midnight(first), ctx.midnight(monday))
-            if r.event.status != "cancelled" and not r.event.rrule]
-    days = [(ctx.local_day(r.event.start), r.event) for r in rows]
-    days = [(day, ev) for day, ev in days if first <= day < monday]
+    if pool is not None:  # the history's window test of this summary's range, then its days
+        lo, hi = ctx.midnight(first).timestamp(), ctx.midnight(monday).timestamp()
+        # by start: what starts three days before ``first`` is on no day from it (no UTC offset is a day)
+        a, b = bisect_left(pool, lo - 3 * 86400.0, key=_start), bisect_left(pool, hi, key=_start)
+        days = [(day, ev) for st, en, day, ev in pool[a:b] if st < hi and en >= lo and first <= day < monday]
+    else:
+        rows = [r for r in ctx.history.rows(ctx.midnight(first), ctx.midnight(monday))
+                if r.event.status != "cancelled" and not r.event.rrule]
+        days = [(ctx.local_day(r.event.start), r.event) for r in rows]
+        days = [(day, ev) for day, ev in days if first <= day < monday]
     if not days:
         return None  # nothing in the week or the weeks before: no history to sum up
     coverage = min((day for day, _ in days), default=week_start)

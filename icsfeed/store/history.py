@@ -1,0 +1,141 @@
+"""One account's stored history as the insight refresh reads it: each row once, no fragments.
+
+:meth:`Store.query_events <icsfeed.store.events.EventsMixin.query_events>` answers a feed:
+one window, every column render needs. The refresh of an account's insights used to run it
+four times (the account's window, its stored flags, a year of tickets, the flags again after
+each detector wrote some) and so decoded most rows three times. Here one query reads the
+account's events (a window, and optionally a wider one for some kinds; without the stored
+VEVENT fragments), one reads every flag
+the account has, and after a detector writes only that detector's rows are read again. Rows
+are decoded by :func:`icsfeed.store.events._event_row`, the decoder of every other read, and
+carry the columns the reader filters on, so a window or kind is cut in memory exactly as the
+store's query would cut it (:func:`in_window`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, null, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from icsfeed.store.database import StoreError, db_reason
+from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow, _event_row
+from icsfeed.store.schema import events_table
+
+_t = events_table
+#: read besides the decoded row: what the refresh filters and writes by
+_EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone)
+_N = len(_EVENT_ROW_COLUMNS)
+#: the decoder's columns without the stored VEVENT fragments (half the bytes of a row; no
+#: detector reads them): NULL in their place
+_COLUMNS = tuple(null().label(c.name) if c.name in ("vevent", "vevent_key") else c for c in _EVENT_ROW_COLUMNS)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """A stored event with the columns the store's own window and kind tests read."""
+
+    row: EventRow
+    source: str
+    key: str
+    kind: str
+    account_key: str | None
+    start_ts: float
+    end_ts: float
+    recurring: bool
+    gone: bool
+
+
+def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
+    """The store's window test (``_feed_conditions``), on the columns read."""
+    return (r.start_ts < hi and r.end_ts >= lo) or (r.recurring and r.start_ts < hi)
+
+
+def _window(lo: float, hi: float) -> Any:
+    return or_(and_(_t.c.start_ts < hi, _t.c.end_ts >= lo), and_(_t.c.recurring.is_(True), _t.c.start_ts < hi))
+
+
+def _read(store: Any, where: Any) -> list[HistoryRow]:
+    stmt = select(*_COLUMNS, *_EXTRA).where(where).order_by(_t.c.start_ts, _t.c.id)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
+    return [HistoryRow(_event_row(r[:_N]), *r[_N:_N + 7], bool(r[_N + 7])) for r in rows]
+
+
+def account_events(store: Any, account_keys: Collection[str], span: tuple[float, float], *,
+                   exclude_kind: str, wide: tuple[float, float] | None = None,
+                   wide_kinds: Collection[str] = ()) -> list[HistoryRow]:
+    """The accounts' events of every kind but ``exclude_kind`` in the ``span`` window, and
+    those of ``wide_kinds`` in the ``wide`` window too; by start (then id), as the store orders."""
+    if not account_keys:
+        return []
+    windows = _window(*span)
+    if wide is not None and wide_kinds:
+        windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), _window(*wide)))
+    return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind != exclude_kind, windows))
+
+
+def kind_events(store: Any, account_keys: Collection[str], kind: str) -> list[HistoryRow]:
+    """Every event of one kind (the account's flags) the accounts have, at any time."""
+    if not account_keys:
+        return []
+    return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind == kind))
+
+
+def source_events(store: Any, source: str) -> list[HistoryRow]:
+    """Every event of one source (a detector's flags for one account, just written)."""
+    return _read(store, _t.c.source == source)
+
+
+def record_runs(store: Any, sources: Sequence[str], now: float) -> None:
+    """What :meth:`apply_poll` records of polls that changed no event (their last success and
+    counters), without reading their rows again, in one transaction: for the detectors of an
+    account whose flags are the stored ones."""
+    if not sources:
+        return
+    try:
+        with store.engine.begin() as conn:
+            for source in sources:
+                store._record_success(conn, source, now, None, None, None)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot write poll of {', '.join(sources)}: {db_reason(exc)}") from None
+
+
+def same_events(fresh: Sequence[Any], stored: Sequence[HistoryRow]) -> bool:
+    """Whether writing ``fresh`` as a complete poll over ``stored`` (one source's rows) would
+    change nothing: every event is a stored, live row's event with the same stored form (so
+    the same content hash), under the same key, once, and no live row is left out. Strict:
+    anything it cannot tell (a value JSON would write differently, such as 1 and 1.0) is a
+    change, and then the poll is written in full."""
+    by_key = {r.key: r for r in stored}
+    seen: set[str] = set()
+    for ev in fresh:
+        key = str(ev.key)
+        old = by_key.get(key)
+        if old is None or old.gone or key in seen:
+            return False
+        seen.add(key)
+        if old.row.event is not ev and not same_value(ev.to_dict(), old.row.event.to_dict()):
+            return False
+    return all(r.gone or r.key in seen for r in stored)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are written as the same JSON (types and all; a float by its repr)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(isinstance(k, str) and same_value(v, b[k]) for k, v in a.items())
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    if a is None or isinstance(a, (str, int)):  # bool is an int: the type check above keeps True from 1
+        return bool(a == b)
+    return False
