@@ -197,7 +197,7 @@ def test_a_settings_change_or_a_new_year_maps_every_record(tmp_path: Path, monke
     changed = World(tmp_path, config_text(title="{subject}!"), full=False)  # the same store, a new mapping
     report = changed.poll(edited, 1200.0)
     assert mapped[0] == 4 and report.updated == 4
-    assert {json.loads(r["data"])["title"] for r in changed.rows().values()} == \
+    assert {json.loads(changed.store.codec.text(r["data"]))["title"] for r in changed.rows().values()} == \
         {"ticket 0 (x)!", "ticket 1!", "ticket 2!", "ticket 3!"}
     changed.store.close()
 

@@ -168,6 +168,7 @@ class EventsMixin:
                                                         fragment=fragment, record_digest=digest_of[key]))
                         changes.new += 1
                         if len(inserts) >= INSERT_BATCH:  # written as they come: a first import holds no more
+                            self._encode_rows(conn, inserts)
                             _insert_rows(conn, inserts)
                             inserts.clear()
                     elif old.content_hash != digest:
@@ -364,17 +365,7 @@ class EventsMixin:
         stmt = select(t.c.id, fragment).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()  # one fetchall: half the time of a fetch a row
-        decode = self.codec.decode
-        out: list[tuple[int, bytes | None]] = []
-        for row_id, blob in rows:
-            if blob is not None:
-                try:
-                    blob = decode(blob)
-                except UndecodableBlob as exc:  # rendered again from its event (and stored again)
-                    log.warning("stored VEVENT of event %d cannot be read (%s): rendered again", row_id, exc)
-                    blob = None
-            out.append((row_id, blob))
-        return out
+        return [(row_id, self._fragment(row_id, blob)) for row_id, blob in rows]
 
     def query_feed_index(self, query: FeedQuery, keys: Sequence[str] | None = None) -> list[Any]:
         """A feed's events in feed order, by their columns: (id, sequence, last_modified, kind,
@@ -392,7 +383,20 @@ class EventsMixin:
             columns += [t.c.kind, t.c.severity_rank, t.c.is_open, case((current, t.c.vevent), else_=null())]
         stmt = select(*columns).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
-            return list(conn.execute(stmt).all())
+            rows = conn.execute(stmt).all()
+        if keys is None:
+            return list(rows)
+        return [(*r[:-1], self._fragment(r[0], r[-1])) for r in rows]
+
+    def _fragment(self, row_id: int, blob: bytes | None) -> bytes | None:
+        """A stored VEVENT decoded; None (logged, so it is rendered again) when it cannot be."""
+        if blob is None:
+            return None
+        try:
+            return self.codec.decode(blob)
+        except UndecodableBlob as exc:
+            log.warning("stored VEVENT of event %d cannot be read (%s): rendered again", row_id, exc)
+            return None
 
     def changed_parts_by_id(self, ids: Sequence[int], keys: Sequence[str]) -> dict[int, tuple[Any, ...]]:
         """id -> (kind, severity_rank, is_open, fragment stored under any of ``keys`` or None)."""
@@ -403,7 +407,7 @@ class EventsMixin:
         with self.engine.connect() as conn:
             for chunk in chunks(list(ids), 500):
                 stmt = select(t.c.id, t.c.kind, t.c.severity_rank, t.c.is_open, fragment).where(t.c.id.in_(chunk))
-                out.update((r[0], tuple(r[1:])) for r in conn.execute(stmt).all())
+                out.update((r[0], (*r[1:-1], self._fragment(r[0], r[-1]))) for r in conn.execute(stmt).all())
         return out
 
     def events_by_id(self, ids: Sequence[int]) -> dict[int, EventRow]:
@@ -428,11 +432,9 @@ class EventsMixin:
             log.warning("stored event %d (%s) cannot be read, left out: %s", row_id, uid, exc)
             return None
         if vevent is not None:
-            try:
-                vevent = self.codec.decode(vevent)
-            except UndecodableBlob as exc:
-                log.warning("stored VEVENT of event %d cannot be read (%s): rendered again", row_id, exc)
-                vevent = vevent_key = None
+            vevent = self._fragment(row_id, vevent)
+            if vevent is None:
+                vevent_key = None
         return EventRow(id=row_id, uid=uid, event=event, sequence=sequence,
                         created=created, last_modified=last_modified, vevent=vevent, vevent_key=vevent_key)
 

@@ -7,7 +7,8 @@ each detector wrote some) and so decoded most rows three times. Here one query r
 account's events (a window, and optionally a wider one for some kinds; without the stored
 VEVENT fragments), one reads every flag
 the account has, and after a detector writes only that detector's rows are read again. Rows
-are decoded by :func:`icsfeed.store.events._event_row`, the decoder of every other read, and
+are decoded by the store's ``_event_row``, the decoder of every other read (a row that
+cannot be decoded is logged and left out, as there), and
 carry the columns the reader filters on, so a window or kind is cut in memory exactly as the
 store's query would cut it (:func:`in_window`).
 """
@@ -22,7 +23,7 @@ from sqlalchemy import and_, null, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, db_reason
-from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow, _event_row
+from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow
 from icsfeed.store.schema import events_table
 
 _t = events_table
@@ -65,7 +66,8 @@ def _read(store: Any, where: Any) -> list[HistoryRow]:
             rows = conn.execute(stmt).all()
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
-    return [HistoryRow(_event_row(r[:_N]), *r[_N:_N + 7], bool(r[_N + 7])) for r in rows]
+    decoded = ((store._event_row(r[:_N]), r) for r in rows)
+    return [HistoryRow(row, *r[_N:_N + 7], bool(r[_N + 7])) for row, r in decoded if row is not None]
 
 
 def account_events(store: Any, account_keys: Collection[str], span: tuple[float, float], *,
