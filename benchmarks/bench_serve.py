@@ -106,7 +106,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
 def run() -> dict[str, float]:
     threads = os.environ.get("ICSFEED_BENCH_THREADS")  # default: server.threads from config
     server_yaml = "server: {trusted_proxies: [127.0.0.1]" + (f", threads: {threads}" if threads else "") + "}\n"
-    env = make_env(["acme"], extra_yaml=server_yaml)
+    env = make_env(["acme"], extra_yaml=server_yaml, unbudgeted=True)  # all N events in the feed
     now = datetime.now(timezone.utc)
     rnd = random.Random(7)
     env.store.apply_poll("bench", [synthetic_event("bench", i, "acme", now, rnd) for i in range(N)], absence="keep",

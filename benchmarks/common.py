@@ -64,13 +64,21 @@ class Env:
         self.store.close()
 
 
-def make_env(accounts: list[str], *, extra_yaml: str = "", base: Path | None = None) -> Env:
-    """Config with these accounts (window wide enough for the synthetic events) and an empty store."""
+#: a feed budget no benchmark feed reaches (every event rendered, as by the naive renderer;
+#: a budgeted feed is benchmarks/bench_budget.py's)
+UNBUDGETED = "  budget: {max_events: 100000, max_bytes: 500MB}"
+
+
+def make_env(accounts: list[str], *, extra_yaml: str = "", base: Path | None = None,
+             unbudgeted: bool = False) -> Env:
+    """Config with these accounts (window wide enough for the synthetic events) and an empty
+    store; ``unbudgeted``: a feed budget out of the way (:data:`UNBUDGETED`)."""
     base = base or Path(tempfile.mkdtemp(prefix="icsfeed-bench-"))
     config_dir = base / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     lines = ["accounts:"] + [f"  - {{id: {a}, name: Customer {a}}}" for a in accounts]
-    lines += ["feeds:", "  window_back_days: 90", "  window_ahead_days: 30", "insights: {enabled: false}"]
+    lines += ["feeds:", "  window_back_days: 90", "  window_ahead_days: 30"] + ([UNBUDGETED] if unbudgeted else [])
+    lines += ["insights: {enabled: false}"]
     (config_dir / "icsfeed.yaml").write_text("\n".join(lines) + "\n" + extra_yaml, encoding="utf-8")
     config = load_config(config_dir, base / "data")
     return Env(base=base, config=config, store=Store(config.storage_url, uid_host=config.uid_host))
