@@ -91,6 +91,11 @@ def clean_text(value: str, limit: int) -> str:
     """Text a calendar client can take: no control characters or lone surrogates, bounded."""
     if value.isascii() and _ASCII_UNCLEAN.search(value) is None:  # the usual case: only the bound applies
         return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
+    return _clean_text_general(value, limit)
+
+
+def _clean_text_general(value: str, limit: int) -> str:
+    """:func:`clean_text` of any text (its shortcut gives the same for clean ASCII)."""
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     value = _CONTROL.sub(lambda m: "\n" if m.group() in "\x0b\x0c\x85" else "", value)
     if not value.isascii():  # ASCII has no surrogates and is already NFC
@@ -110,6 +115,11 @@ def clean_title(value: str, limit: int) -> str:
         if len(one_line) > limit:
             one_line = one_line[: limit - 1].rstrip() + "…"
         return one_line or "(untitled)"
+    return _clean_title_general(value, limit)
+
+
+def _clean_title_general(value: str, limit: int) -> str:
+    """:func:`clean_title` of any text (its shortcut gives the same for printable ASCII)."""
     one_line = " ".join(clean_text(value, limit * 2).split())
     one_line = _BIDI_CONTROL.sub("", one_line)
     return clean_text(one_line, limit) or "(untitled)"

