@@ -203,17 +203,19 @@ def fit_spliced(config: Config, spec: FeedSpec, head: bytes, tail: bytes, body: 
     lens, kind_at, rank_at, open_at = list(parts["lens"]), list(parts["kind"]), list(parts["rank"]), list(parts["open"])
     kinds = {name: n for n, name in enumerate(parts["kinds"])}
     start = int(parts["head"])
-    pieces, at = [head], start
+    old = memoryview(body)  # runs of the previous body joined without a copy of their own
+    pieces: list[bytes | memoryview] = [head]
+    at = start
     ends = list(accumulate(lens, initial=start))
     for n in sorted(changed):
         fragment, kind, rank, is_open_ = changed[n]
-        pieces += [body[at:ends[n]], fragment]
+        pieces += [old[at:ends[n]], fragment]
         at = ends[n + 1]
         lens[n] = len(fragment)
         kind_at[n] = kinds.setdefault(kind, len(kinds))
         rank_at[n] = -1 if rank is None else rank
         open_at[n] = 1 if is_open_ else 0
-    pieces += [body[at:ends[-1]], tail]
+    pieces += [old[at:ends[-1]], tail]
     size = sum(map(len, pieces))
     budget = feed_budget(config, spec)
     if not budget.fits(size, len(lens)):

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, select, update
+from sqlalchemy import BigInteger, and_, bindparam, case, cast, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -63,6 +63,15 @@ def micros(values: list[float]) -> list[int]:
     return out
 
 
+def _micros_column(dialect: str) -> Any:
+    """:func:`micros` of ``events.last_modified`` worked out by the database (the same IEEE
+    product, truncated toward zero: SQLite's CAST truncates, PostgreSQL's rounds, so trunc first)."""
+    m = events_table.c.last_modified
+    product = m * float(_MICROS)
+    whole = func.trunc(product) if dialect == "postgresql" else product
+    return case((and_(m > -1e12, m < 1e12), cast(whole, BigInteger)), else_=-1)
+
+
 class FeedsMixin:
     """Rendered feeds and their dirty marks (part of :class:`~icsfeed.store.Store`)."""
 
@@ -80,8 +89,9 @@ class FeedsMixin:
         conditions = self._feed_conditions(query)
         if conditions is None:
             return [], [], []
-        stmt = select(t.c.id, t.c.sequence, t.c.last_modified).where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
         with self.engine.connect() as conn:
+            stmt = select(t.c.id, t.c.sequence, _micros_column(conn.dialect.name)) \
+                .where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
             compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
             names = compiled.positiontup
             params: Any = tuple(compiled.params[n] for n in names) if names is not None else compiled.params
@@ -89,7 +99,7 @@ class FeedsMixin:
         if not rows:
             return [], [], []
         ids, seqs, mods = zip(*rows, strict=True)
-        return list(ids), list(seqs), micros(list(mods))
+        return list(ids), list(seqs), list(mods)
 
     def mark_dirty(self, feed_ids: Iterable[str]) -> None:
         try:
