@@ -252,3 +252,29 @@ def test_parts_in_the_store_packed_and_as_json_lists(make_env: Callable[[dict[st
     _poll(config, store, events, NOW.timestamp() + 60)
     render_feeds(config, store, now=NOW)
     assert stored_bodies(config, store) == from_scratch(config, store, NOW)
+
+
+def test_part_attrs_through_the_cursor_equal_sqlalchemy_rows(
+        make_env: Callable[[dict[str, str]], tuple[Config, Store]]) -> None:
+    """``query_part_attrs`` (what the budget plans a feed over its budget from) reads its rows
+    through the DB-API cursor: the same attributes as SQLAlchemy's typed rows, on both backends."""
+    from sqlalchemy import and_, select
+
+    from icsfeed.store.rollups import PartAttrs
+    from icsfeed.store.schema import events_table as t
+
+    config, store = make_env({"icsfeed.yaml": CONFIG})
+    rnd = random.Random(13)
+    events = [make_event(i, rnd, NOW) for i in range(120)]
+    _poll(config, store, events, NOW.timestamp())
+    render_feeds(config, store, now=NOW)  # fills is_open of some rows
+    for spec in all_feeds(config):
+        query = spec.query(NOW)
+        stmt = select(t.c.id, t.c.uid, t.c.kind, t.c.account_key, t.c.severity_rank, t.c.start_ts, t.c.end_ts,
+                      t.c.recurring, t.c.sequence, t.c.is_open).where(and_(*store._feed_conditions(query)))
+        with store.engine.connect() as conn:
+            typed = {r[0]: PartAttrs(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8],
+                                     None if r[9] is None else bool(r[9])) for r in conn.execute(stmt).all()}
+        got = store.query_part_attrs(query)
+        assert got == typed and got, spec.feed_id
+        assert all(type(a.recurring) is bool and a.is_open in (None, True, False) for a in got.values())

@@ -63,6 +63,16 @@ def micros(values: list[float]) -> list[int]:
     return out
 
 
+def fetch_statement(conn: Any, stmt: Any) -> list[tuple[Any, ...]]:
+    """A SELECT's rows as the DB-API cursor gives them (plain tuples, no SQLAlchemy row or type
+    processing: for the 10,000s of rows of one feed); only for columns whose driver values are
+    what the code wants (numbers, text, 0/1 or bools)."""
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    names = compiled.positiontup
+    params: Any = tuple(compiled.params[n] for n in names) if names is not None else compiled.params
+    return _fetch_all(conn, str(compiled), params)
+
+
 def _micros_column(dialect: str) -> Any:
     """:func:`micros` of ``events.last_modified`` worked out by the database (the same IEEE
     product, truncated toward zero: SQLite's CAST truncates, PostgreSQL's rounds, so trunc first)."""
@@ -92,10 +102,7 @@ class FeedsMixin:
         with self.engine.connect() as conn:
             stmt = select(t.c.id, t.c.sequence, _micros_column(conn.dialect.name)) \
                 .where(and_(*conditions)).order_by(t.c.start_ts, t.c.id)
-            compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-            names = compiled.positiontup
-            params: Any = tuple(compiled.params[n] for n in names) if names is not None else compiled.params
-            rows = _fetch_all(conn, str(compiled), params)
+            rows = fetch_statement(conn, stmt)
         if not rows:
             return [], [], []
         ids, seqs, mods = zip(*rows, strict=True)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, chunks, db_reason, insert_missing, upsert
 from icsfeed.store.events import FeedQuery
+from icsfeed.store.feeds import fetch_statement
 from icsfeed.store.schema import events_table, feed_parts_table, feeds_table, rollups_table
 
 log = logging.getLogger("icsfeed.store")
@@ -130,10 +131,11 @@ class RollupsMixin:
             return {}
         stmt = select(t.c.id, t.c.uid, t.c.kind, t.c.account_key, t.c.severity_rank, t.c.start_ts, t.c.end_ts,
                       t.c.recurring, t.c.sequence, t.c.is_open).where(and_(*conditions))
-        with self.engine.connect() as conn:
-            return {r[0]: PartAttrs(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8],
-                                    None if r[9] is None else bool(r[9]))
-                    for r in conn.execute(stmt).all()}
+        with self.engine.connect() as conn:  # the DB-API cursor: every event of a feed over its budget
+            rows = fetch_statement(conn, stmt)
+        return {r[0]: PartAttrs(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8],
+                                None if r[9] is None else bool(r[9]))
+                for r in rows}
 
     def save_open_flags(self, flags: Iterable[tuple[int, bool]]) -> None:
         """Fill ``is_open`` of rows written before it existed (render works it out once)."""
