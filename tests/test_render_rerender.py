@@ -33,8 +33,8 @@ from icsfeed.feed_filters import parse_filter, select_parts
 from icsfeed.render import build_feed, feed_secret, fragment_renderer, render_feeds
 from icsfeed.routing import all_feeds
 from icsfeed.store import Store
-from icsfeed.store.feeds import micros
-from icsfeed.store.rollups import pack_parts, unpack_parts
+from icsfeed.store.feeds import StoredFeed, micros
+from icsfeed.store.rollups import FeedParts, pack_parts, unpack_parts
 
 
 def _poll(config: Config, store: Store, events: list[Any], at: float, fragments: bool = True) -> None:
@@ -96,6 +96,15 @@ def test_micros_is_int_of_microseconds() -> None:
     assert micros([]) == []
 
 
+def _with_parts(store: Store, feed_id: str) -> tuple[StoredFeed, FeedParts]:
+    """The feed's stored body and the parts saved with it (both must be there)."""
+    stored = store.get_feed(feed_id)
+    assert stored is not None, feed_id
+    parts = store.feed_parts(feed_id, stored.etag)
+    assert parts is not None, feed_id
+    return stored, parts
+
+
 def _parts_describe(body: bytes, parts: dict[str, Any]) -> None:
     ends = list(accumulate(parts["lens"], initial=parts["head"]))
     assert ends[-1] + len(b"END:VCALENDAR\r\n") == len(body)
@@ -147,10 +156,7 @@ def test_same_order_rerender_splices_runs_and_equals_a_render_from_scratch(
         assert bodies == from_scratch(config, store, NOW)
         secret = feed_secret(config, store)
         for spec in all_feeds(config):
-            stored = store.get_feed(spec.feed_id)
-            assert stored is not None
-            parts = store.feed_parts(spec.feed_id, stored.etag)
-            assert parts is not None
+            stored, parts = _with_parts(store, spec.feed_id)
             _parts_describe(stored.body, parts.parts)
             fresh = build_feed(config, store, spec, NOW, secret=secret, save_fragments=False)
             assert fresh.body == stored.body and fresh.parts is not None
@@ -194,10 +200,7 @@ def test_tampered_parts_are_not_spliced_by_runs(make_env: Callable[[dict[str, st
     events = [make_event(i, rnd, NOW) for i in range(80)]
     _poll(config, store, events, NOW.timestamp())
     render_feeds(config, store, now=NOW)
-    stored = store.get_feed("account/acme")
-    assert stored is not None
-    parts = store.feed_parts("account/acme", stored.etag)
-    assert parts is not None
+    stored, parts = _with_parts(store, "account/acme")
     lens = parts.parts["lens"]
     lens[2], lens[3] = lens[2] + 5, lens[3] - 5
     store.save_feed_parts("account/acme", stored.etag, parts.parts, parts.report)
@@ -205,10 +208,7 @@ def test_tampered_parts_are_not_spliced_by_runs(make_env: Callable[[dict[str, st
     _poll(config, store, events, NOW.timestamp() + 60)
     render_feeds(config, store, now=NOW)
     assert stored_bodies(config, store) == from_scratch(config, store, NOW)
-    again = store.get_feed("account/acme")
-    assert again is not None
-    fresh = store.feed_parts("account/acme", again.etag)
-    assert fresh is not None
+    again, fresh = _with_parts(store, "account/acme")
     _parts_describe(again.body, fresh.parts)
 
 
@@ -233,10 +233,8 @@ def test_parts_in_the_store_packed_and_as_json_lists(make_env: Callable[[dict[st
     events = [make_event(i, rnd, NOW) for i in range(150)]
     _poll(config, store, events, NOW.timestamp())
     render_feeds(config, store, now=NOW)
-    stored = store.get_feed("account/acme")
-    assert stored is not None
-    saved = store.feed_parts("account/acme", stored.etag)
-    assert saved is not None and len(saved.parts["lens"]) >= 64
+    stored, saved = _with_parts(store, "account/acme")
+    assert len(saved.parts["lens"]) >= 64
     with store.engine.connect() as conn:
         raw = conn.execute(text("SELECT parts FROM feed_parts WHERE feed_id = 'account/acme'")).scalar_one()
     assert '"lens":"q64z:' in raw and len(raw) < len(json.dumps(saved.parts)) / 2
