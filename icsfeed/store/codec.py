@@ -220,12 +220,8 @@ class Codec:
             return None
         if apart:
             assert self.engine is not None
-            try:
-                with self.engine.begin() as own:
-                    found = self._train(own, field, group, values)
-            except SQLAlchemyError as exc:  # encoded without it; the next batch tries again
-                log.warning("cannot store a compression dictionary for %s of %s: %s", field, group, exc)
-                return None
+            with self.engine.begin() as own:  # its errors are the caller's (a poll: not stored, as any write's)
+                found = self._train(own, field, group, values)
             if found is None:
                 return None
             row_id, trained = found
