@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -225,10 +226,49 @@ def _stage_costs_here(base: Path, n: int) -> dict[str, float]:
     poll_source(config, store, "src0")
     whole = cpu() - t
     store.close()
+    config = load_config(sample / "config", sample / "data-probed")
+    store = Store(config.storage_url, uid_host=config.uid_host)
+    locked = _write_lock_share(sample / "data-probed" / "icsfeed.db", lambda: poll_source(config, store, "src0"))
+    store.close()
     shutil.rmtree(sample, ignore_errors=True)
     return {"stage_fetch_map_us": fetch / len(events) * 1e6, "stage_vevent_us": vevent / len(events) * 1e6,
             "stage_store_us": stored / len(events) * 1e6, "stage_poll_source_us": whole / len(events) * 1e6,
-            "stage_records": float(len(events))}
+            "stage_records": float(len(events)), "stage_write_locked_share": locked}
+
+
+#: the write-lock probe: tries SQLite's write lock (no waiting) every 5 ms until stdin closes
+_PROBE = """
+import sqlite3, sys, threading, time
+conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+tries = held = 0
+while not done.is_set():
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        held += 1
+    tries += 1
+    time.sleep(0.005)
+print(held, tries)
+"""
+
+
+def _write_lock_share(db: Path, work: Callable[[], object]) -> float:
+    """The share of ``work`` (a poll) during which another writer of the SQLite file would
+    wait: a probe process tries SQLite's write lock (``BEGIN IMMEDIATE``, no waiting) every
+    5 ms (a process of its own: a thread would only run when the poll lets go of the GIL).
+    What keeps a helper poller idle on SQLite; a ratio, so steadier than wall times under load."""
+    probe = subprocess.Popen([sys.executable, "-c", _PROBE, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        time.sleep(0.3)  # the probe is up (the database file exists: the store was opened)
+        work()
+    finally:
+        out, _ = probe.communicate("", timeout=60)
+    held, tries = map(int, out.split())
+    return held / max(1, tries)
 
 
 def run() -> dict[str, float]:
@@ -304,7 +344,8 @@ def run() -> dict[str, float]:
         print(line(f"a first poll's CPU per event, by stage ({int(st['stage_records']):,} records), {label}",
                    f"{per_event:.0f} us", f"fetch + map {st['stage_fetch_map_us']:.0f}, "
                    f"VEVENT render {st['stage_vevent_us']:.0f}, store {st['stage_store_us']:.0f}; "
-                   f"the whole poll_source {st.get('stage_poll_source_us', float('nan')):.0f}"))
+                   f"the whole poll_source {st.get('stage_poll_source_us', float('nan')):.0f}; SQLite's write lock "
+                   f"held {st.get('stage_write_locked_share', float('nan')):.0%} of the poll"))
     out["scale_insight_ms_per_account"] = per
     out["scale_bytes_per_event"] = size
     out.update({"scale_" + k: v for k, v in stages.items()})
