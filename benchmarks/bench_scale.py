@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -180,95 +179,12 @@ def stage_costs(base: Path, n: int = 20_000, code: Path = REPO) -> dict[str, flo
     the big run goes."""
     env = {**os.environ, "PYTHONPATH": str(code)}
     env.pop("ICSFEED_STORAGE_URL", None)
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--stages", str(base), str(n)], env=env,
+    # a script of its own: this module imports icsfeed from this tree (common.py)
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("scale_stages.py")), str(base), str(n)], env=env,
                          capture_output=True, text=True, check=False, cwd=str(base))
     if out.returncode != 0:
         raise SystemExit(f"stage costs of {code} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def _stage_costs_here(base: Path, n: int) -> dict[str, float]:
-    """:func:`stage_costs` in this process (icsfeed from PYTHONPATH): fetch + map, the VEVENT
-    render alone, the store's write without VEVENTs, and the whole ``poll_source``."""
-    from icsfeed.config import load_config
-    from icsfeed.poller import _checked, build_source, poll_source
-    from icsfeed.render import render_vevent
-    from icsfeed.store import EventRow, Store
-
-    sample = base / f"stages-{os.getpid()}"
-    (sample / "config").mkdir(parents=True)
-    text = (base / "config" / "icsfeed.yaml").read_text(encoding="utf-8")
-    (sample / "config" / "icsfeed.yaml").write_text(text, encoding="utf-8")
-    with (base / "config" / "src0.jsonl").open(encoding="utf-8") as src, \
-            (sample / "config" / "src0.jsonl").open("w", encoding="utf-8") as dst:
-        for _, record in zip(range(n), src, strict=False):
-            dst.write(record)
-    config = load_config(sample / "config", sample / "data")
-    store = Store(config.storage_url, uid_host=config.uid_host)
-    cpu = time.process_time
-    t = cpu()
-    source = build_source(config, "src0")
-    events = _checked(config, source, source.fetch(None))
-    fetch = cpu() - t
-    rows = [EventRow(id=0, uid="0123456789abcdef0123456789abcdef@bench", event=ev, sequence=0, created=1.7e9,
-                     last_modified=1.7e9) for ev in events]
-    t = cpu()
-    for row in rows:
-        render_vevent(config, row)
-    vevent = cpu() - t
-    t = cpu()
-    store.apply_poll("src0", events, absence="keep", complete=True, now=time.time(), previous_success=None)
-    stored = cpu() - t
-    store.close()
-    config = load_config(sample / "config", sample / "data-whole")  # the whole poll, as poll --once runs it
-    store = Store(config.storage_url, uid_host=config.uid_host)
-    t = cpu()
-    poll_source(config, store, "src0")
-    whole = cpu() - t
-    store.close()
-    config = load_config(sample / "config", sample / "data-probed")
-    store = Store(config.storage_url, uid_host=config.uid_host)
-    locked = _write_lock_share(sample / "data-probed" / "icsfeed.db", lambda: poll_source(config, store, "src0"))
-    store.close()
-    shutil.rmtree(sample, ignore_errors=True)
-    return {"stage_fetch_map_us": fetch / len(events) * 1e6, "stage_vevent_us": vevent / len(events) * 1e6,
-            "stage_store_us": stored / len(events) * 1e6, "stage_poll_source_us": whole / len(events) * 1e6,
-            "stage_records": float(len(events)), "stage_write_locked_share": locked}
-
-
-#: the write-lock probe: tries SQLite's write lock (no waiting) every 5 ms until stdin closes
-_PROBE = """
-import sqlite3, sys, threading, time
-conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
-done = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-tries = held = 0
-while not done.is_set():
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-    except sqlite3.OperationalError:
-        held += 1
-    tries += 1
-    time.sleep(0.005)
-print(held, tries)
-"""
-
-
-def _write_lock_share(db: Path, work: Callable[[], object]) -> float:
-    """The share of ``work`` (a poll) during which another writer of the SQLite file would
-    wait: a probe process tries SQLite's write lock (``BEGIN IMMEDIATE``, no waiting) every
-    5 ms (a process of its own: a thread would only run when the poll lets go of the GIL).
-    What keeps a helper poller idle on SQLite; a ratio, so steadier than wall times under load."""
-    probe = subprocess.Popen([sys.executable, "-c", _PROBE, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
-    try:
-        time.sleep(0.3)  # the probe is up (the database file exists: the store was opened)
-        work()
-    finally:
-        out, _ = probe.communicate("", timeout=60)
-    held, tries = map(int, out.split())
-    return held / max(1, tries)
 
 
 def run() -> dict[str, float]:
@@ -486,10 +402,7 @@ def run_pollers() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--stages"]:  # stage_costs' child: icsfeed from PYTHONPATH
-        sys.path.insert(0, os.environ["PYTHONPATH"])
-        print(json.dumps(_stage_costs_here(Path(sys.argv[2]), int(sys.argv[3]))))
-    elif sys.argv[1:] == ["--pollers"]:
+    if sys.argv[1:] == ["--pollers"]:
         run_pollers()
     else:
         run()
