@@ -193,9 +193,9 @@ class EventsMixin:
                     touched_as_mapped.add((ev.account, ev.kind, ev.severity))
                 changes.touched.update(Touched(_account_key(account), kind, severity_rank(severity))
                                        for account, kind, severity in touched_as_mapped)
+                self._encode_rows(conn, inserts + updates, apart=True)  # together: one dictionary decision, as before
                 if inserts:
-                    encoded.append(self._encoded_batch(conn, inserts))
-                self._encode_rows(conn, updates, apart=True)
+                    encoded.append(_as_batch(inserts))
                 # 2. the writes
                 for chunk in chunks(revived, 500):
                     conn.execute(update(t).where(t.c.id.in_(chunk)).values(gone=False))
@@ -293,9 +293,7 @@ class EventsMixin:
         the columns and a tuple per row: what :func:`_insert_rows` writes, in less memory
         than the dicts."""
         self._encode_rows(conn, rows, apart=True)
-        columns = tuple(rows[0])
-        values = itemgetter(*columns)
-        return _Batch(columns, [values(row) for row in rows])
+        return _as_batch(rows)
 
     def _row_values(self, ev: Event, digest: str, now: float, *, sequence: int,
                     created: float | None = None, blob: str | bytes | None = None,
@@ -515,6 +513,13 @@ class _Batch(NamedTuple):
 
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
+
+
+def _as_batch(rows: list[dict[str, Any]]) -> _Batch:
+    """Encoded rows of ``_row_values`` (one shape) as the columns and a tuple per row."""
+    columns = tuple(rows[0])
+    values = itemgetter(*columns)
+    return _Batch(columns, [values(row) for row in rows])
 
 
 def _insert_rows(conn: Any, batch: _Batch) -> None:
