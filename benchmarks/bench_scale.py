@@ -130,15 +130,16 @@ def _tree_rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def measured_poll(base: Path) -> dict[str, float]:
-    """One ``icsfeed poll --once`` (polls, insights, render), as a user runs it: wall time,
-    CPU, peak RSS of the process (and, sampled, of it with any children it starts), its
+def measured_poll(base: Path, code: Path = CODE, data: str = "data") -> dict[str, float]:
+    """One ``icsfeed poll --once`` (polls, insights, render) of the icsfeed tree ``code`` on
+    the data directory ``base / data``, as a user runs it: wall time, CPU (of it and its
+    helpers), peak RSS of the process (and, sampled, of it with any children it starts), its
     stages as it logs them, and the database's size on disk afterwards."""
-    env = {**os.environ, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(CODE)}
+    env = {**os.environ, "ICSFEED_SECRET_KEY": "bench-" + "k" * 32, "PYTHONPATH": str(code)}
     env.pop("ICSFEED_STORAGE_URL", None)
-    argv = [sys.executable, "-m", "icsfeed", "--config", str(base / "config"), "--data", str(base / "data"),
+    argv = [sys.executable, "-m", "icsfeed", "--config", str(base / "config"), "--data", str(base / data),
             "--log-level", "INFO", "poll", "--once"]
-    log_path = base / "poll.log"
+    log_path = base / f"poll-{data}.log"
     with log_path.open("wb") as log_file:
         started = time.perf_counter()
         # cwd outside every tree: ``python -m`` imports the current directory's icsfeed before PYTHONPATH's
@@ -164,7 +165,7 @@ def measured_poll(base: Path) -> dict[str, float]:
     stages = ["", found[0][0], str(max(float(f[1]) for f in found)), str(sum(int(f[2]) for f in found)),
               str(max(float(f[3]) for f in found)), str(sum(int(f[4]) for f in found)),
               str(max(float(f[5]) for f in found))]
-    db = base / "data" / "icsfeed.db"
+    db = base / data / "icsfeed.db"
     size = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024,
             "peak_tree_mib": peak_tree, "poll_s": float(stages[2]), "insight_keys": float(stages[3]),
@@ -172,66 +173,51 @@ def measured_poll(base: Path) -> dict[str, float]:
             "db_bytes": float(size)}
 
 
-def stage_costs(base: Path, n: int = 20_000) -> dict[str, float]:
+def stage_costs(base: Path, n: int = 20_000, code: Path = REPO) -> dict[str, float]:
     """CPU microseconds per event of each stage of a first poll, on n records of one source
-    (a fresh store): where the time of the big run goes."""
-    sys.path.insert(0, str(REPO))
-    from icsfeed.config import load_config
-    from icsfeed.poller import _checked, build_source
-    from icsfeed.render import render_vevent
-    from icsfeed.store import EventRow, Store
-
-    sample = base / "stages"
-    (sample / "config").mkdir(parents=True)
-    text = (base / "config" / "icsfeed.yaml").read_text(encoding="utf-8")
-    (sample / "config" / "icsfeed.yaml").write_text(text, encoding="utf-8")
-    with (base / "config" / "src0.jsonl").open(encoding="utf-8") as src, \
-            (sample / "config" / "src0.jsonl").open("w", encoding="utf-8") as dst:
-        for _, record in zip(range(n), src, strict=False):
-            dst.write(record)
-    config = load_config(sample / "config", sample / "data")
-    store = Store(config.storage_url, uid_host=config.uid_host)
-    cpu = time.process_time
-    t = cpu()
-    source = build_source(config, "src0")
-    events = _checked(config, source, source.fetch(None))
-    fetch = cpu() - t
-    rows = [EventRow(id=0, uid="0123456789abcdef0123456789abcdef@bench", event=ev, sequence=0, created=1.7e9,
-                     last_modified=1.7e9) for ev in events]
-    t = cpu()
-    for row in rows:
-        render_vevent(config, row)
-    vevent = cpu() - t
-    t = cpu()
-    store.apply_poll("src0", events, absence="keep", complete=True, now=time.time(), previous_success=None)
-    stored = cpu() - t
-    store.close()
-    return {"stage_fetch_map_us": fetch / len(events) * 1e6, "stage_vevent_us": vevent / len(events) * 1e6,
-            "stage_store_us": stored / len(events) * 1e6, "stage_records": float(len(events))}
+    (a fresh store), by the icsfeed tree ``code`` (in a child process): where the time of
+    the big run goes."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    env.pop("ICSFEED_STORAGE_URL", None)
+    # a script of its own: this module imports icsfeed from this tree (common.py)
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("scale_stages.py")), str(base), str(n)], env=env,
+                         capture_output=True, text=True, check=False, cwd=str(base))
+    if out.returncode != 0:
+        raise SystemExit(f"stage costs of {code} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def run() -> dict[str, float]:
     """The issue-11 rows: first import, unchanged poll, 1% changed, each one whole
-    ``icsfeed poll --once`` with the default insights, on SQLite; printed next to the goals."""
+    ``icsfeed poll --once`` with the default insights, on SQLite; printed next to the goals.
+    With ``ICSFEED_BENCH_CODE`` (another tree), that tree runs each row too, on the same data
+    (a data directory of its own), alternately with this one, and both are printed side by side."""
     base = Path(tempfile.mkdtemp(prefix="icsfeed-scale-"))
     started = time.perf_counter()
     write_data(base, insights=True)
     generated = time.perf_counter() - started
     events = ACCOUNTS * PER_ACCOUNT
+    compare = CODE != REPO
+    trees = [(CODE, "data-other"), (REPO, "data")] if compare else [(REPO, "data")]
     phases: dict[str, dict[str, float]] = {}
+    others: dict[str, dict[str, float]] = {}
+    stage_n = min(20_000, events // SOURCES)
     try:
-        stages = stage_costs(base) if CODE == REPO else {}
+        stages = stage_costs(base, stage_n)
+        other_stages = stage_costs(base, stage_n, CODE) if compare else {}
         for name in ("first", "unchanged", "one_pct"):
             if name == "one_pct":
                 change_one_percent(base)
-            phases[name] = measured_poll(base)
-            print(f"  ({name}: {phases[name]['wall']:.1f} s wall, CPU {phases[name]['cpu']:.1f} s, "
-                  f"load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+            for code, data in trees:
+                r = measured_poll(base, code, data)
+                (phases if code == REPO else others)[name] = r
+                print(f"  ({name}, {'this tree' if code == REPO else code}: {r['wall']:.1f} s wall, CPU {r['cpu']:.1f} s, "
+                      f"polls {r['poll_s']:.1f} s, load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)  # gigabytes of data and database
-    print(f"Scale{'' if CODE == REPO else f' (icsfeed from {CODE})'}: {ACCOUNTS:,} accounts x {PER_ACCOUNT:,} events = {events:,} events from {SOURCES} file sources, "
+    print(f"Scale: {ACCOUNTS:,} accounts x {PER_ACCOUNT:,} events = {events:,} events from {SOURCES} file sources, "
           f"{ACCOUNTS + 1} feeds, default insights; each row one whole `icsfeed poll --once` on SQLite "
-          f"(data written in {generated:.0f} s, not timed)")
+          f"(data written in {generated:.0f} s, not timed)" + (f"; side by side with {CODE}" if compare else ""))
     goals = {"first": GOAL_FIRST_S, "unchanged": GOAL_UNCHANGED_S, "one_pct": GOAL_ONE_PCT_S}
     titles = {"first": "first import", "unchanged": "unchanged poll of everything",
               "one_pct": "1% of the events changed (all accounts), insights + feeds"}
@@ -251,6 +237,13 @@ def run() -> dict[str, float]:
         print(line("    of which polls / insights / render", f"{r['poll_s']:.1f} s",
                    f"insights {r['insights_s']:.1f} s ({int(r['insight_keys'])} accounts), "
                    f"render {r['render_s']:.1f} s ({int(r['feeds'])} feeds)"))
+        if name in others:
+            o = others[name]
+            print(line(f"    {CODE}: the same row", f"{o['wall']:.1f} s",
+                       f"CPU {o['cpu']:.1f} s; polls {o['poll_s']:.1f} s; peak RSS "
+                       f"{max(o['maxrss_mib'], o['peak_tree_mib']):.0f} MiB; this tree: {o['wall'] / r['wall']:.2f}x "
+                       f"faster (wall), {o['cpu'] / r['cpu']:.2f}x less CPU, polls {o['poll_s'] / r['poll_s']:.2f}x"))
+            out.update({f"scale_other_{name}_{k}": v for k, v in o.items()})
         out.update({f"scale_{name}_{k}": v for k, v in r.items()})
     one = phases["one_pct"]
     per = one["insights_s"] / max(1.0, one["insight_keys"]) * 1000
@@ -260,14 +253,19 @@ def run() -> dict[str, float]:
     print(line("database on disk, per event (events, insights, feeds)", f"{size:,.0f} B",
                f"goal <= {GOAL_BYTES_PER_EVENT:,.0f} B: {judged(size <= GOAL_BYTES_PER_EVENT)}; "
                f"{one['db_bytes'] / 2**20:,.0f} MiB"))
-    if stages:
-        per_event = stages["stage_fetch_map_us"] + stages["stage_vevent_us"] + stages["stage_store_us"]
-        print(line(f"a first poll's CPU per event, by stage ({int(stages['stage_records']):,} records)",
-                   f"{per_event:.0f} us", f"fetch + map {stages['stage_fetch_map_us']:.0f}, "
-                   f"VEVENT render {stages['stage_vevent_us']:.0f}, store {stages['stage_store_us']:.0f}"))
+    for label, st in (("this tree", stages), (str(CODE), other_stages)):
+        if not st:
+            continue
+        per_event = st["stage_fetch_map_us"] + st["stage_vevent_us"] + st["stage_store_us"]
+        print(line(f"a first poll's CPU per event, by stage ({int(st['stage_records']):,} records), {label}",
+                   f"{per_event:.0f} us", f"fetch + map {st['stage_fetch_map_us']:.0f}, "
+                   f"VEVENT render {st['stage_vevent_us']:.0f}, store {st['stage_store_us']:.0f}; "
+                   f"the whole poll_source {st.get('stage_poll_source_us', float('nan')):.0f}; SQLite's write lock "
+                   f"held {st.get('stage_write_locked_share', float('nan')):.0%} of the poll"))
     out["scale_insight_ms_per_account"] = per
     out["scale_bytes_per_event"] = size
     out.update({"scale_" + k: v for k, v in stages.items()})
+    out.update({"scale_other_" + k: v for k, v in other_stages.items()})
     return out
 
 

@@ -122,13 +122,15 @@ def answer_fingerprint(config: Config, source_id: str) -> bytes:
     return json.dumps(shape, sort_keys=True, default=str).encode()
 
 
-def poll_source(config: Config, store: Store, source_id: str, *, now: float | None = None) -> PollReport:
+def poll_source(config: Config, store: Store, source_id: str, *, now: float | None = None,
+                answer_changed: Callable[[], None] | None = None) -> PollReport:
     """Poll one source and apply the result; never raises for a failing source.
 
     A full-dump source whose raw answer is the one the stored events came from (its digest
     is kept with the source's state by the poll that stored them) costs a read and a hash:
     mapping, checking and the upsert would all give the same rows again. A failed poll
-    clears that digest, so the next one is applied in full.
+    clears that digest, so the next one is applied in full. ``answer_changed`` is called
+    when the answer has events to write, before the store writes them.
     """
     cfg = config.sources[source_id]
     secrets = source_secrets(config, source_id)
@@ -161,6 +163,8 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         return PollReport(source_id, ok=False, error=message, failures=failures, seconds=elapsed)
 
     elapsed = time.monotonic() - started
+    if answer_changed is not None and events:  # something to write
+        answer_changed()
     complete = not (source.incremental and since is not None)
     known = source.unchanged_keys if complete else {}  # records not mapped: present and unchanged
     result = {"fetched": len(events) + len(known), "skipped": len(source.skipped),
@@ -339,9 +343,11 @@ def _poll_all(config: Config, store: Store, ids: list[str], coordinator: Coordin
                 elif last is not None and last >= started:
                     reports.append(PollReport(source_id, ok=True, elsewhere="another poller polled it during this run"))
                 else:
-                    reports.append(poll_source(config, store, source_id))
+                    # this origin's answer changed: the others' may too; helpers started before
+                    # the write, so that they take the next sources while this one is stored
+                    reports.append(poll_source(config, store, source_id, answer_changed=need_help))
                     if reports[-1].new or reports[-1].updated or reports[-1].seconds > 1.0:
-                        need_help()  # this origin's answer changed: the others' may too
+                        need_help()
         except StoreError as exc:
             message = redact(str(exc), source_secrets(config, source_id))
             log.error("cannot store poll of %s: %s", source_id, message)

@@ -54,6 +54,7 @@ class FileSource(MappedSource):
                 raise AnswerUnchanged(path.name)
             # universal newlines, as a text file is read: \r\n and \r end a line (U+2028 does not)
             text = data.decode(_encoding(self.settings.encoding), "replace").replace("\r\n", "\n").replace("\r", "\n")
+            del data  # a first import of 100,000 records holds its events next: not the file's bytes too
         except LookupError:
             raise SourceError(f"unknown encoding {self.settings.encoding!r}") from None
         except FileNotFoundError:
@@ -74,6 +75,7 @@ class FileSource(MappedSource):
             texts = [canonical_text(r) for r in records]
         else:
             records, texts = answer_records(self, text, fmt, self.settings.items, path.name)
+        del text  # the records (lines) are copies: the whole text need not outlive their split
         return self.events_of_answer(records, texts)
 
 

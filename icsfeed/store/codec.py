@@ -153,10 +153,15 @@ class Codec:
 
     # --- encoding ---------------------------------------------------------------------------
 
-    def encode_values(self, conn: Any, field: str, groups: Sequence[str], values: list[bytes | None]) -> list[bytes | None]:
+    def encode_values(self, conn: Any, field: str, groups: Sequence[str], values: list[bytes | None], *,
+                      apart: bool = False) -> list[bytes | None]:
         """``values`` (None stays None) of rows of these source groups, encoded: each group's
-        newest dictionary for ``field``, trained first (in ``conn``'s transaction) when the
-        batch is large enough and the group has none or only one trained on a small batch."""
+        newest dictionary for ``field``, trained first when the batch is large enough and the
+        group has none or only one trained on a small batch. The new dictionary is written in
+        ``conn``'s transaction, or with ``apart`` (and an engine) in a transaction of its own,
+        committed at once: then encoding writes nothing in ``conn``'s, which on SQLite takes no
+        write lock until its own first write (a poll's rows are encoded before it writes them).
+        A dictionary whose rows are then rolled back is only never used by them."""
         by_group: dict[str, list[int]] = {}
         for i, (group, value) in enumerate(zip(groups, values, strict=True)):
             if value is not None:
@@ -169,7 +174,8 @@ class Codec:
             info = known.get(group)
             cctx = None
             if info is None or (info.samples < MAX_SAMPLES and len(positions) >= RETRAIN_FACTOR * info.samples):
-                cctx = self._trained(conn, field, group, [values[i] for i in positions])  # type: ignore[misc]
+                cctx = self._trained(conn, field, group, [values[i] for i in positions],  # type: ignore[misc]
+                                     apart=apart and self.engine is not None)
             if cctx is None:
                 cctx = self._compressor(conn, info.id if info is not None else 0)
             for i in positions:
@@ -205,11 +211,28 @@ class Codec:
                 cctx = _row_compressor(zstandard.ZstdCompressionDict(content))
         return cctx
 
-    def _trained(self, conn: Any, field: str, group: str, values: list[bytes]) -> zstandard.ZstdCompressor | None:
+    def _trained(self, conn: Any, field: str, group: str, values: list[bytes], *,
+                 apart: bool = False) -> zstandard.ZstdCompressor | None:
         """A new dictionary for the group trained from ``values`` and written in ``conn``'s
-        transaction, and a compressor with it; None when there are too few to train on."""
+        transaction (``apart``: in one of its own on ``self.engine``, committed), and a
+        compressor with it; None when there are too few to train on."""
         if len(values) < MIN_SAMPLES:
             return None
+        if apart:
+            assert self.engine is not None
+            with self.engine.begin() as own:  # its errors are the caller's (a poll: not stored, as any write's)
+                found = self._train(own, field, group, values)
+            if found is None:
+                return None
+            row_id, trained = found
+            self._dicts[DICT_ID_BASE + row_id] = trained  # committed: held like any read one
+            return self._compressor(conn, row_id)
+        found = self._train(conn, field, group, values)
+        return _row_compressor(found[1]) if found is not None else None  # not held: may yet be rolled back
+
+    def _train(self, conn: Any, field: str, group: str,
+               values: list[bytes]) -> tuple[int, zstandard.ZstdCompressionDict] | None:
+        """Train and write a dictionary in ``conn``'s transaction: (its row id, it), or None."""
         samples = random.Random(len(values)).sample(values, min(len(values), MAX_SAMPLES))
         t = dictionaries_table
         started = time.process_time()
@@ -225,7 +248,7 @@ class Codec:
         conn.execute(t.update().where(t.c.id == row_id).values(content=trained.as_bytes()))
         log.info("trained a compression dictionary for %s of %s from %d values in %.0f ms",
                  field, group, len(samples), (time.process_time() - started) * 1000)
-        return _row_compressor(trained)  # not held: the transaction may yet be rolled back
+        return row_id, trained
 
 
 def _row_compressor(dictionary: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdCompressor:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from datetime import time as dtime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
@@ -156,21 +157,25 @@ class EventsMixin:
                     if row is None or row.gone or row.record_digest != record_digest:
                         raise StoreError(f"the stored events of {source_id} changed during its poll")
                 changes.unchanged += len(unmapped)
+                # 1. every row worked out and encoded before the transaction's first write: SQLite
+                # takes its one write lock there and holds it to the commit, so a poller beside this
+                # one (another source) renders and encodes while this one writes, not after it
                 inserts: list[dict[str, Any]] = []
+                encoded: list[_Batch] = []  # new rows ready to write, INSERT_BATCH at a time
                 updates: list[dict[str, Any]] = []
                 revived: list[int] = []
                 redigested: list[dict[str, Any]] = []
+                touched_as_mapped: set[tuple[str | None, str, str | None]] = set()  # Touched once per distinct
                 for key, ev in unique.items():
-                    blob, digest = _encoded(ev)
+                    blob, digest = _json_bytes(ev)
                     old = existing.get(key)
                     if old is None:
                         inserts.append(self._row_values(ev, digest, now, sequence=0, created=now, blob=blob,
                                                         fragment=fragment, record_digest=digest_of[key]))
                         changes.new += 1
-                        if len(inserts) >= INSERT_BATCH:  # written as they come: a first import holds no more
-                            self._encode_rows(conn, inserts)
-                            _insert_rows(conn, inserts)
-                            inserts.clear()
+                        if len(inserts) >= INSERT_BATCH:  # encoded as they come: only the compressed rows are held
+                            encoded.append(self._encoded_batch(conn, inserts))
+                            inserts = []
                     elif old.content_hash != digest:
                         values = self._row_values(ev, digest, now, sequence=old.sequence + 1, blob=blob,
                                                   fragment=fragment, created_for_fragment=old.created,
@@ -185,7 +190,13 @@ class EventsMixin:
                             redigested.append({"_id": old.id, "record_digest": digest_of[key]})
                         changes.unchanged += 1
                         continue
-                    changes.touched.add(Touched(_account_key(ev.account), ev.kind, severity_rank(ev.severity)))
+                    touched_as_mapped.add((ev.account, ev.kind, ev.severity))
+                changes.touched.update(Touched(_account_key(account), kind, severity_rank(severity))
+                                       for account, kind, severity in touched_as_mapped)
+                self._encode_rows(conn, inserts + updates, apart=True)  # together: one dictionary decision, as before
+                if inserts:
+                    encoded.append(_as_batch(inserts))
+                # 2. the writes
                 for chunk in chunks(revived, 500):
                     conn.execute(update(t).where(t.c.id.in_(chunk)).values(gone=False))
                 if redigested:
@@ -193,10 +204,13 @@ class EventsMixin:
                 if complete:
                     missing = [row for key, row in existing.items()
                                if key not in unique and key not in unmapped and not row.gone]
-                    self._apply_absence(conn, missing, absence, now, previous_success, changes, updates, fragment)
-                self._encode_rows(conn, inserts + updates)
-                if inserts:
-                    _insert_rows(conn, inserts)
+                    gone_updates: list[dict[str, Any]] = []
+                    self._apply_absence(conn, missing, absence, now, previous_success, changes, gone_updates,
+                                        fragment)
+                    self._encode_rows(conn, gone_updates)
+                    updates += gone_updates
+                for batch in encoded:
+                    _insert_rows(conn, batch)
                 if updates:
                     self._bulk_update(conn, updates)
                 if affected is not None and changes.touched:
@@ -240,7 +254,7 @@ class EventsMixin:
             if new_ev is ev:
                 gone_only.append(row.id)
                 continue
-            blob, digest = _encoded(new_ev)
+            blob, digest = _json_bytes(new_ev)
             values = self._row_values(new_ev, digest, now, sequence=row.sequence + 1, blob=blob,
                                       fragment=fragment, created_for_fragment=row.created)
             values["gone"] = True
@@ -258,21 +272,31 @@ class EventsMixin:
             stmt = update(t).where(t.c.id == bindparam("_id")).values({c: bindparam(c) for c in shape})
             conn.execute(stmt, batch)
 
-    def _encode_rows(self, conn: Any, rows: list[dict[str, Any]]) -> None:
-        """Rows about to be written, their ``data`` (JSON text) and ``vevent`` (bytes) encoded as
-        stored (icsfeed.store.codec), in place: the one step between the values and the write."""
+    def _encode_rows(self, conn: Any, rows: list[dict[str, Any]], *, apart: bool = False) -> None:
+        """Rows about to be written, their ``data`` (JSON, as text or its UTF-8 bytes) and
+        ``vevent`` (bytes) encoded as stored (icsfeed.store.codec), in place: the one step
+        between the values and the write. ``apart``: before the transaction's first write,
+        a dictionary trained for them is committed on its own (Codec.encode_values), so that
+        encoding does not take SQLite's write lock for the poll."""
         if not rows:
             return
         groups = [source_group(r["source"]) for r in rows]
-        data = self.codec.encode_values(conn, "data", groups, [r["data"].encode("utf-8") for r in rows])
-        vevents = self.codec.encode_values(conn, "vevent", groups, [r.get("vevent") for r in rows])
+        data = self.codec.encode_values(conn, "data", groups, [_utf8(r["data"]) for r in rows], apart=apart)
+        vevents = self.codec.encode_values(conn, "vevent", groups, [r.get("vevent") for r in rows], apart=apart)
         for r, d, v in zip(rows, data, vevents, strict=True):
             r["data"] = d
             if "vevent" in r:
                 r["vevent"] = v
 
+    def _encoded_batch(self, conn: Any, rows: list[dict[str, Any]]) -> _Batch:
+        """New rows of ``_row_values`` (one shape) encoded before the poll's first write, as
+        the columns and a tuple per row: what :func:`_insert_rows` writes, in less memory
+        than the dicts."""
+        self._encode_rows(conn, rows, apart=True)
+        return _as_batch(rows)
+
     def _row_values(self, ev: Event, digest: str, now: float, *, sequence: int,
-                    created: float | None = None, blob: str | None = None,
+                    created: float | None = None, blob: str | bytes | None = None,
                     fragment: Fragmenter | None = None, created_for_fragment: float | None = None,
                     record_digest: str | None = None) -> dict[str, Any]:
         start_ts = to_ts(ev.start)
@@ -284,7 +308,7 @@ class EventsMixin:
             # an ongoing event (a firing alert) reaches its last sighting: feed windows include it
             "end_ts": to_ts(ev.end) if ev.end is not None else max(start_ts, to_ts(ev.seen or ev.start)),
             "recurring": bool(ev.rrule),
-            "data": blob if blob is not None else _encoded(ev)[0],
+            "data": blob if blob is not None else _json_bytes(ev)[0],
             "content_hash": digest, "sequence": sequence, "last_modified": now,
             "gone": False, "vevent": None, "vevent_key": None, "is_open": is_open(ev),
             "record_digest": record_digest,
@@ -484,15 +508,34 @@ _STORED_ROW_SQL = (f"SELECT {', '.join(_StoredRow._fields)} FROM {events_table.n
 INSERT_BATCH = 2000
 
 
-def _insert_rows(conn: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert rows of ``_row_values`` (all of one shape) with one executemany on the DB-API
-    cursor of ``conn``'s transaction: SQLAlchemy's per-row parameter processing cost a first
-    import more than the database did. The values are plain str, float, int, bool, bytes
-    and None, which sqlite3 and psycopg store as the Core insert did."""
-    columns = list(rows[0])
-    marks = ", ".join([_mark(conn)] * len(columns))
-    sql = f"INSERT INTO {events_table.name} ({', '.join(columns)}) VALUES ({marks})"
-    conn.exec_driver_sql(sql, [tuple(row[c] for c in columns) for row in rows])  # errors as SQLAlchemy's
+class _Batch(NamedTuple):
+    """New rows encoded and ready to insert: their columns, and their values in that order."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+def _as_batch(rows: list[dict[str, Any]]) -> _Batch:
+    """Encoded rows of ``_row_values`` (one shape) as the columns and a tuple per row."""
+    columns = tuple(rows[0])
+    values = itemgetter(*columns)
+    return _Batch(columns, [values(row) for row in rows])
+
+
+def _insert_rows(conn: Any, batch: _Batch) -> None:
+    """Insert a batch with one executemany on the DB-API cursor of ``conn``'s transaction:
+    SQLAlchemy's per-row parameter processing cost a first import more than the database
+    did. The values are plain str, float, int, bool, bytes and None, which sqlite3 and
+    psycopg store as the Core insert did."""
+    marks = ", ".join([_mark(conn)] * len(batch.columns))
+    sql = f"INSERT INTO {events_table.name} ({', '.join(batch.columns)}) VALUES ({marks})"
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(sql, batch.rows)
+    except conn.dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy's, like any statement's
+        raise DBAPIError.instance(sql, batch.rows[:1], exc, conn.dialect.loaded_dbapi.Error) from None
+    finally:
+        cursor.close()
 
 
 def _mark(conn: Any) -> str:
@@ -533,17 +576,34 @@ def _storable(ev: Event) -> Event:
     return replace(ev, key=fixed_key, account=fixed_account)
 
 
+#: an event's stored JSON: json.dumps's output with these settings, without building an encoder per call
+_JSON = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
+_JSON_ASCII = json.JSONEncoder(sort_keys=True, default=str).encode
+
+
 def _encoded(ev: Event) -> tuple[str, str]:
-    """The stored JSON of an event and its content hash (the same as ``Event.content_hash``),
-    from one serialisation. JSON with lone surrogates is kept ASCII-escaped: SQLite cannot
-    store them raw, and json.loads gives the same text back."""
-    blob = json.dumps(ev.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
+    """The stored JSON of an event as text, and its content hash (see :func:`_json_bytes`)."""
+    raw, digest = _json_bytes(ev)
+    return raw.decode("utf-8"), digest
+
+
+def _json_bytes(ev: Event) -> tuple[bytes, str]:
+    """The stored JSON of an event (UTF-8) and its content hash (the same as
+    ``Event.content_hash``), from one serialisation, as the codec takes it (no second
+    encoding). JSON with lone surrogates is kept ASCII-escaped: SQLite cannot store them
+    raw, and json.loads gives the same text back."""
+    as_dict = ev.to_dict()
     try:
-        raw = blob.encode("utf-8")
+        raw = _JSON(as_dict).encode("utf-8")
     except UnicodeEncodeError:
-        raw = blob.encode("utf-8", "surrogatepass")
-        blob = json.dumps(ev.to_dict(), sort_keys=True, default=str)
-    return blob, hashlib.sha256(raw).hexdigest()
+        text = _JSON(as_dict)
+        return _JSON_ASCII(as_dict).encode("ascii"), hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+def _utf8(data: str | bytes) -> bytes:
+    """A row's JSON as the bytes the codec stores (already bytes from :func:`_encoded`)."""
+    return data if type(data) is bytes else data.encode("utf-8")  # type: ignore[return-value]
 
 
 #: the columns _event_row reads, in its order (rows are read by position: thousands per render)
