@@ -170,6 +170,14 @@ class AccountContext:
     history: History
     #: the insight events this detector stored before (its own source id only)
     stored: list[Event] = field(default_factory=list)
+    #: the first instant after ``now`` at which the detector's verdicts on the same rows may
+    #: change (a run falls due, a ticket goes stale): see :meth:`until`
+    changes_at: float = math.inf
+
+    def until(self, when: datetime) -> None:
+        """Note that a comparison with ``now`` flips at ``when`` (later than now): until then,
+        and within the same local day, the same rows give the same flags (insights/inputs.py)."""
+        self.changes_at = min(self.changes_at, when.timestamp())
 
     @cached_property
     def tz(self) -> ZoneInfo:
@@ -199,14 +207,30 @@ class AccountContext:
 
 
 @dataclass(frozen=True)
+class Reads:
+    """Rows a detector reads: the account's events overlapping [start, end) (the store's window
+    test) of ``kinds`` (None: every kind, its flags included). ``earliest``: of these only the
+    first start of a row that does not recur (what bursts take the account's age from)."""
+
+    start: datetime
+    end: datetime
+    kinds: frozenset[str] | None = None
+    earliest: bool = False
+
+
+@dataclass(frozen=True)
 class Detector:
-    """A registered detector: its name (source ids, config), switch, horizon and function."""
+    """A registered detector: its name (source ids, config), switch, horizon and function,
+    and which rows it reads besides its own flags (every row it could read: insights/inputs.py
+    keeps its flags as they are while none of them changed)."""
 
     name: str
     enabled: Callable[[InsightsSettings], bool]
     #: flags starting before this day are history, kept as stored
     horizon: Callable[[AccountContext], date]
     detect: Callable[[AccountContext], list[Event]]
+    #: None: not declared, so the detector runs on every refresh
+    reads: Callable[[AccountContext], list[Reads]] | None = None
 
 
 def window_back_days(config: Config, account: AccountConfig) -> int:

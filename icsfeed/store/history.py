@@ -15,7 +15,7 @@ store's query would cut it (:func:`in_window`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, db_reason
 from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow
-from icsfeed.store.schema import events_table
+from icsfeed.store.schema import events_table, insight_inputs_table
 
 _t = events_table
+_inputs = insight_inputs_table
 #: read besides the decoded row: what the refresh filters and writes by
 _EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone)
 _N = len(_EVENT_ROW_COLUMNS)
@@ -95,18 +96,98 @@ def source_events(store: Any, source: str) -> list[HistoryRow]:
     return _read(store, _t.c.source == source)
 
 
-def record_runs(store: Any, sources: Sequence[str], now: float) -> None:
+#: the columns a row's version is told by (icsfeed/insights/inputs.py digests them): no decoding
+_VERSION = (_t.c.id, _t.c.source, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring,
+            _t.c.gone, _t.c.content_hash, _t.c.sequence, _t.c.created, _t.c.last_modified)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """A stored row as far as its version goes: where it is, and its content hash and SEQUENCE."""
+
+    id: int
+    source: str
+    kind: str
+    account_key: str | None
+    start_ts: float
+    end_ts: float
+    recurring: bool
+    gone: bool
+    content_hash: str
+    sequence: int
+    created: float
+    last_modified: float
+
+
+def _versions(store: Any, where: Any) -> list[VersionRow]:
+    stmt = select(*_VERSION).where(where).order_by(_t.c.start_ts, _t.c.id)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
+    return [VersionRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), *r[8:]) for r in rows]
+
+
+def account_versions(store: Any, account_keys: Collection[str], span: tuple[float, float], *, flag_kind: str,
+                     wide: tuple[float, float] | None = None, wide_kinds: Collection[str] = ()) -> list[VersionRow]:
+    """The versions of what :func:`account_events` and :func:`kind_events` read (the span's
+    rows of every kind, the ``wide_kinds`` in ``wide``, every ``flag_kind`` row), in one query."""
+    if not account_keys:
+        return []
+    windows = or_(_window(*span), _t.c.kind == flag_kind)
+    if wide is not None and wide_kinds:
+        windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), _window(*wide)))
+    return _versions(store, and_(_t.c.account_key.in_(sorted(account_keys)), windows))
+
+
+def source_versions(store: Any, source: str) -> list[VersionRow]:
+    """The versions of one source's rows (a detector's flags, just written)."""
+    return _versions(store, _t.c.source == source)
+
+
+@dataclass(frozen=True)
+class LastInputs:
+    """What a detector's last run that changed nothing read (see icsfeed/insights/inputs.py)."""
+
+    digest: str
+    run_at: float
+    valid_until: float
+
+
+def last_inputs(store: Any, sources: Collection[str]) -> dict[str, LastInputs]:
+    """The recorded inputs of these sources (none: never recorded, or since forgotten)."""
+    if not sources:
+        return {}
+    stmt = select(_inputs.c.source, _inputs.c.digest, _inputs.c.run_at, _inputs.c.valid_until).where(
+        _inputs.c.source.in_(sorted(sources)))
+    try:
+        with store.engine.connect() as conn:
+            return {r[0]: LastInputs(r[1], r[2], r[3]) for r in conn.execute(stmt)}
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the insights' inputs: {db_reason(exc)}") from None
+
+
+def record_runs(store: Any, sources: Sequence[str], now: float,
+                inputs: Mapping[str, LastInputs | None] | None = None) -> None:
     """What :meth:`apply_poll` records of polls that changed no event (their last success and
     counters), without reading their rows again, in one transaction: for the detectors of an
-    account whose flags are the stored ones."""
-    if not sources:
+    account whose flags are the stored ones. ``inputs``: per source, what its run read
+    (kept for the next refresh), or None to forget it (it wrote flags, or did not run)."""
+    if not sources and not inputs:
         return
     try:
         with store.engine.begin() as conn:
             for source in sources:
                 store._record_success(conn, source, now, None, None, None)
+            if inputs:
+                conn.execute(_inputs.delete().where(_inputs.c.source.in_(sorted(inputs))))
+                kept = [{"source": s, "digest": i.digest, "run_at": i.run_at, "valid_until": i.valid_until}
+                        for s, i in inputs.items() if i is not None]
+                if kept:
+                    conn.execute(_inputs.insert(), kept)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot write poll of {', '.join(sources)}: {db_reason(exc)}") from None
+        raise StoreError(f"cannot write poll of {', '.join(sources) or 'the insights'}: {db_reason(exc)}") from None
 
 
 def same_events(fresh: Sequence[Any], stored: Sequence[HistoryRow]) -> bool:

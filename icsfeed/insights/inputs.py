@@ -1,0 +1,151 @@
+"""What a detector read, as a digest: a refresh whose digest is the last one keeps the flags.
+
+A detector is a pure function of the rows it reads, its own stored flags, the settings and
+``now`` (base.py). Its verdicts depend on ``now`` only through the local day and a few
+instants its run notes (:meth:`AccountContext.until <icsfeed.insights.base.AccountContext.until>`:
+a run falls due, a ticket goes stale; and any row read that starts after ``now``). So a run
+that wrote no change leaves, in ``insight_inputs``, the digest of what it read — every row
+of its :attr:`Detector.reads <icsfeed.insights.base.Detector.reads>` and of its own source
+by stored version (id, times, content hash, SEQUENCE, ...; nothing is decoded), the settings,
+the account's config and the code — with when it ran and until when ``now`` cannot change
+its verdicts. A later refresh on the same local day before that instant, whose digest is the
+same, would compute the same flags again: it records the run and keeps them. Anything the
+digest cannot vouch for (a range outside what was read, no reads declared, a run that wrote
+flags) runs the detector in full. A poll that changes a row read changes its content hash or
+SEQUENCE; a row deleted, moved to another account or day, or closed by absence leaves or
+changes the rows selected: each changes the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import icsfeed
+from icsfeed.config import AccountConfig, Config
+from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector
+from icsfeed.insights.settings import InsightsSettings
+from icsfeed.store import Store
+from icsfeed.store.history import LastInputs, VersionRow, account_versions, source_versions
+
+_ROOT = Path(icsfeed.__file__).resolve().parent
+#: the code a detector's flags are made by: its digest is part of every input digest, so a new
+#: version of icsfeed (or of a detector) recomputes every account once
+_CODE = sorted([*(_ROOT / "insights").glob("*.py"),
+                *(_ROOT / name for name in ("model.py", "urls.py", "config.py", "render.py")),
+                *(_ROOT / "store" / name for name in ("events.py", "history.py", "codec.py"))])
+
+
+def _code_digest() -> bytes:
+    h = hashlib.sha256(icsfeed.__version__.encode())
+    for path in _CODE:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.digest()
+
+
+CODE_DIGEST = _code_digest()
+
+
+def _in_window(r: VersionRow, lo: float, hi: float) -> bool:
+    """The store's window test (history.in_window), on the version columns."""
+    return (r.start_ts < hi and r.end_ts >= lo) or (r.recurring and r.start_ts < hi)
+
+
+def _version(r: VersionRow) -> bytes:
+    return repr((r.id, r.source, r.kind, r.account_key, r.start_ts, r.end_ts, r.recurring, r.gone,
+                 r.content_hash, r.sequence, r.created, r.last_modified)).encode()
+
+
+class AccountInputs:
+    """The versions of an account's rows (read once, by :func:`account_versions`), cut into
+    each detector's digest. Covers [span) for every kind, ``wide`` for ``wide_kinds``, and
+    every flag; :meth:`forget` re-reads one source after a detector wrote it."""
+
+    def __init__(self, store: Store, config: Config, settings: InsightsSettings, account: AccountConfig,
+                 span: tuple[datetime, datetime], wide: tuple[datetime, datetime],
+                 wide_kinds: frozenset[str]) -> None:
+        self.store = store
+        self.keys = frozenset(account.match_keys)
+        self.own_key = account.id.strip().lower()
+        self.span = (span[0].timestamp(), span[1].timestamp())
+        self.wide = (wide[0].timestamp(), wide[1].timestamp())
+        self.wide_kinds = wide_kinds
+        self._rows: list[VersionRow] | None = None
+        self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
+            settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
+        )).encode()).digest()
+
+    def rows(self) -> list[VersionRow]:
+        if self._rows is None:
+            self._rows = account_versions(self.store, self.keys | {self.own_key}, self.span, flag_kind=INSIGHT_KIND,
+                                          wide=self.wide, wide_kinds=self.wide_kinds)
+        return self._rows
+
+    def forget(self, source: str) -> None:
+        """Read the versions of ``source`` again (a detector just wrote its flags)."""
+        if self._rows is None:
+            return
+        keys = self.keys | {self.own_key}
+        fresh = [r for r in source_versions(self.store, source) if r.kind == INSIGHT_KIND and r.account_key in keys]
+        kept = [r for r in self._rows if r.source != source]
+        self._rows = sorted(kept + fresh, key=lambda r: (r.start_ts, r.id))
+
+    def _covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
+        """Whether every row of the range and kinds is among those read."""
+        if lo >= self.span[0] and hi <= self.span[1]:
+            return True
+        if kinds is not None and kinds <= {INSIGHT_KIND}:
+            return True  # every flag is read
+        return kinds is not None and kinds <= self.wide_kinds | {INSIGHT_KIND} \
+            and lo >= self.wide[0] and hi <= self.wide[1]
+
+    def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float] | None:
+        """(digest of what ``detector`` reads for this account, first start after now among
+        those rows), or None when it cannot be told (no reads declared, a range not read)."""
+        if detector.reads is None:
+            return None
+        reads = detector.reads(ctx)
+        now = ctx.now.timestamp()
+        h = hashlib.sha256(self.base + detector.name.encode() + b"\0" + ctx.today.isoformat().encode())
+        later = math.inf
+        rows = self.rows()
+        for read in reads:
+            lo, hi = read.start.timestamp(), read.end.timestamp()
+            if not self._covered(lo, hi, read.kinds):
+                return None
+            h.update(repr((lo, hi, sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
+            picked = [r for r in rows if r.account_key in self.keys and _in_window(r, lo, hi)
+                      and (read.kinds is None or r.kind in read.kinds)]
+            if read.earliest:
+                first = min((r.start_ts for r in picked if not r.recurring), default=None)
+                h.update(repr(first).encode())
+                continue
+            for r in picked:
+                h.update(_version(r))
+                if r.start_ts > now:
+                    later = min(later, r.start_ts)
+        h.update(b"own\0")
+        for r in rows:  # the detector's own flags (settled and kept by them)
+            if r.source == source:
+                h.update(_version(r))
+        return h.hexdigest(), later
+
+
+def still_holds(last: LastInputs | None, digest: str, ctx: AccountContext) -> bool:
+    """Whether the last run's flags are what a run now would make: same digest, same local
+    day, no noted instant passed (and the clock did not go back)."""
+    if last is None or last.digest != digest:
+        return False
+    now = ctx.now.timestamp()
+    if not last.run_at <= now < last.valid_until:
+        return False
+    return datetime.fromtimestamp(last.run_at, ctx.tz).date() == ctx.today
+
+
+def inputs_of(digest: str, later: float, ctx: AccountContext) -> LastInputs:
+    """What a run that wrote nothing leaves for the next refresh: valid until the first instant
+    its verdicts may change (the next local midnight is checked by :func:`still_holds`)."""
+    midnight = ctx.midnight(ctx.today + timedelta(days=1)).timestamp()
+    return LastInputs(digest, ctx.now.timestamp(), min(later, ctx.changes_at, midnight))
