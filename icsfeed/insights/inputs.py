@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_left
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -48,14 +49,12 @@ def _code_digest() -> bytes:
 CODE_DIGEST = _code_digest()
 
 
-def _in_window(r: VersionRow, lo: float, hi: float) -> bool:
-    """The store's window test (history.in_window), on the version columns."""
-    return (r.start_ts < hi and r.end_ts >= lo) or (r.recurring and r.start_ts < hi)
+# positions in a VersionRow (history.VERSION_COLUMNS)
+_KIND, _START, _END, _RECURRING, _SOURCE = 1, 2, 3, 4, 9
 
 
-def _version(r: VersionRow) -> bytes:
-    return repr((r.id, r.source, r.kind, r.account_key, r.start_ts, r.end_ts, r.recurring, r.gone,
-                 r.content_hash, r.sequence, r.created, r.last_modified)).encode()
+def _start(r: VersionRow) -> float:
+    return float(r[_START])
 
 
 class AccountInputs:
@@ -73,6 +72,7 @@ class AccountInputs:
         self.wide = (wide[0].timestamp(), wide[1].timestamp())
         self.wide_kinds = wide_kinds
         self._rows: list[VersionRow] | None = None
+        self._bytes: list[bytes] | None = None
         self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
             settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
         )).encode()).digest()
@@ -81,16 +81,23 @@ class AccountInputs:
         if self._rows is None:
             self._rows = account_versions(self.store, self.keys | {self.own_key}, self.span, flag_kind=INSIGHT_KIND,
                                           wide=self.wide, wide_kinds=self.wide_kinds)
+            self._bytes = None
         return self._rows
+
+    def _versions(self) -> list[bytes]:
+        """Each row's version as digested, in the order of :meth:`rows`."""
+        if self._bytes is None:
+            self._bytes = [repr(r).encode() for r in self.rows()]
+        return self._bytes
 
     def forget(self, source: str) -> None:
         """Read the versions of ``source`` again (a detector just wrote its flags)."""
         if self._rows is None:
             return
-        keys = self.keys | {self.own_key}
-        fresh = [r for r in source_versions(self.store, source) if r.kind == INSIGHT_KIND and r.account_key in keys]
-        kept = [r for r in self._rows if r.source != source]
-        self._rows = sorted(kept + fresh, key=lambda r: (r.start_ts, r.id))
+        fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
+        kept = [r for r in self._rows if r[_SOURCE] != source]
+        self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
+        self._bytes = None
 
     def _covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
         """Whether every row of the range and kinds is among those read."""
@@ -110,26 +117,24 @@ class AccountInputs:
         now = ctx.now.timestamp()
         h = hashlib.sha256(self.base + detector.name.encode() + b"\0" + ctx.today.isoformat().encode())
         later = math.inf
-        rows = self.rows()
+        rows, versions = self.rows(), self._versions()
         for read in reads:
             lo, hi = read.start.timestamp(), read.end.timestamp()
             if not self._covered(lo, hi, read.kinds):
                 return None
             h.update(repr((lo, hi, sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
-            picked = [r for r in rows if r.account_key in self.keys and _in_window(r, lo, hi)
-                      and (read.kinds is None or r.kind in read.kinds)]
+            kinds = read.kinds
+            # the store's window test; rows are by start, so none from the first starting at ``hi`` on
+            picked = [i for i in range(bisect_left(rows, hi, key=_start))
+                      if (kinds is None or rows[i][_KIND] in kinds) and (rows[i][_END] >= lo or rows[i][_RECURRING])]
             if read.earliest:
-                first = min((r.start_ts for r in picked if not r.recurring), default=None)
+                first = min((rows[i][_START] for i in picked if not rows[i][_RECURRING]), default=None)
                 h.update(repr(first).encode())
                 continue
-            for r in picked:
-                h.update(_version(r))
-                if r.start_ts > now:
-                    later = min(later, r.start_ts)
-        h.update(b"own\0")
-        for r in rows:  # the detector's own flags (settled and kept by them)
-            if r.source == source:
-                h.update(_version(r))
+            h.update(b"".join(versions[i] for i in picked))
+            later = min(later, min((rows[i][_START] for i in picked if rows[i][_START] > now), default=math.inf))
+        h.update(b"own\0")  # the detector's own flags (settled and kept by them)
+        h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[_SOURCE] == source))
         return h.hexdigest(), later
 
 

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, null, or_, select
+from sqlalchemy import and_, case, null, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, db_reason
@@ -96,54 +96,44 @@ def source_events(store: Any, source: str) -> list[HistoryRow]:
     return _read(store, _t.c.source == source)
 
 
-#: the columns a row's version is told by (icsfeed/insights/inputs.py digests them): no decoding
-_VERSION = (_t.c.id, _t.c.source, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring,
-            _t.c.gone, _t.c.content_hash, _t.c.sequence, _t.c.created, _t.c.last_modified)
+#: a row's version as the insight inputs digest it (icsfeed/insights/inputs.py), read without
+#: decoding anything: where and what kind it is, its content hash, SEQUENCE and state, and for a
+#: flag its source (NULL for other rows: the strings a read makes are most of its cost)
+VERSION_COLUMNS = ("id", "kind", "start_ts", "end_ts", "recurring", "gone", "content_hash", "sequence",
+                   "last_modified", "flag_source")
+_VERSION = (_t.c.id, _t.c.kind, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone, _t.c.content_hash,
+            _t.c.sequence, _t.c.last_modified)
+#: a row of VERSION_COLUMNS, as the DB-API driver gives it (a bool may be 0/1)
+VersionRow = tuple[Any, ...]
 
 
-@dataclass(frozen=True)
-class VersionRow:
-    """A stored row as far as its version goes: where it is, and its content hash and SEQUENCE."""
-
-    id: int
-    source: str
-    kind: str
-    account_key: str | None
-    start_ts: float
-    end_ts: float
-    recurring: bool
-    gone: bool
-    content_hash: str
-    sequence: int
-    created: float
-    last_modified: float
-
-
-def _versions(store: Any, where: Any) -> list[VersionRow]:
-    stmt = select(*_VERSION).where(where).order_by(_t.c.start_ts, _t.c.id)
+def _versions(store: Any, where: Any, flag_kind: str) -> list[VersionRow]:
+    flag_source = case((_t.c.kind == flag_kind, _t.c.source), else_=null())
+    stmt = select(*_VERSION, flag_source).where(where).order_by(_t.c.start_ts, _t.c.id)
     try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
+        with store.engine.connect() as conn:  # plain tuples from the driver: an account has 1,000s
+            return list(conn.execute(stmt).cursor.fetchall())
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
-    return [VersionRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), *r[8:]) for r in rows]
 
 
 def account_versions(store: Any, account_keys: Collection[str], span: tuple[float, float], *, flag_kind: str,
                      wide: tuple[float, float] | None = None, wide_kinds: Collection[str] = ()) -> list[VersionRow]:
     """The versions of what :func:`account_events` and :func:`kind_events` read (the span's
-    rows of every kind, the ``wide_kinds`` in ``wide``, every ``flag_kind`` row), in one query."""
+    rows of every kind, the ``wide_kinds`` in ``wide``, every ``flag_kind`` row), in one
+    query, by start (then id)."""
     if not account_keys:
         return []
     windows = or_(_window(*span), _t.c.kind == flag_kind)
     if wide is not None and wide_kinds:
         windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), _window(*wide)))
-    return _versions(store, and_(_t.c.account_key.in_(sorted(account_keys)), windows))
+    return _versions(store, and_(_t.c.account_key.in_(sorted(account_keys)), windows), flag_kind)
 
 
-def source_versions(store: Any, source: str) -> list[VersionRow]:
-    """The versions of one source's rows (a detector's flags, just written)."""
-    return _versions(store, _t.c.source == source)
+def source_versions(store: Any, source: str, account_keys: Collection[str], flag_kind: str) -> list[VersionRow]:
+    """The versions of one source's ``flag_kind`` rows of the accounts (a detector's flags, just written)."""
+    return _versions(store, and_(_t.c.source == source, _t.c.kind == flag_kind,
+                                 _t.c.account_key.in_(sorted(account_keys))), flag_kind)
 
 
 @dataclass(frozen=True)
