@@ -111,6 +111,8 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
     inputs = AccountInputs(store, config, settings, account, (start, end), wide, wide_kinds)
     active = [d for d in DETECTORS if settings.enabled and d.enabled(settings)]
     last = last_inputs(store, [source_id(d.name, account.id) for d in active]) if reuse and active else {}
+    if not last:  # nothing to compare with: digest what the history reads, after runs that wrote nothing
+        inputs.use(history)
     touched: set[Touched] = set()
     unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
     kept: dict[str, LastInputs | None] = {}  # what those runs read; None: forget (flags written, or not run)
@@ -120,7 +122,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
             events: list[Event] = []
             if detector in active:
                 ctx = AccountContext(config, settings, account, when, history)
-                read = inputs.digest(detector, ctx, sid) if reuse else None
+                read = inputs.digest(detector, ctx, sid) if reuse and last else None
                 if read is not None and still_holds(last.get(sid), read[0], ctx):
                     unchanged.append(sid)  # the same rows, day and clock: the same flags
                     continue
@@ -148,6 +150,8 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 read = None
             if same_events(events, rows):  # the flags as stored: a write would only record the run
                 unchanged.append(sid)
+                if reuse and detector in active and not last:  # (the history's own rows: as the run read them)
+                    read = inputs.digest(detector, ctx, sid)
                 if read is not None:
                     kept[sid] = inputs_of(read[0], read[1], ctx)
                 elif sid in last:

@@ -68,6 +68,8 @@ class History:
         self.wide_kinds = wide_kinds
         self._base: list[tuple[float, float, EventRow]] | None = None
         self._wide: list[HistoryRow] = []
+        #: every row the first read returned (the account's events of the span and wide kinds)
+        self.read: list[HistoryRow] | None = None
         self._flags: list[HistoryRow] | None = None  # every insight row of the keys, by (start_ts, id)
         self._insights: list[tuple[float, float, EventRow]] | None = None
         self._other: dict[tuple[float, float, frozenset[str] | None], list[EventRow]] = {}
@@ -81,12 +83,16 @@ class History:
     def _load(self) -> None:
         if self._base is not None:
             return
-        rows = account_events(self.store, self.keys, self.span, exclude_kind=INSIGHT_KIND,
-                              wide=self.wide, wide_kinds=self.wide_kinds)
+        rows = self.read = account_events(self.store, self.keys, self.span, exclude_kind=INSIGHT_KIND,
+                                          wide=self.wide, wide_kinds=self.wide_kinds)
         lo, hi = self.span
         self._base = _indexed([r.row for r in rows if in_window(r, lo, hi)])
         if self.wide is not None:
             self._wide = [r for r in rows if r.kind in self.wide_kinds and in_window(r, *self.wide)]
+
+    def flags(self) -> list[HistoryRow] | None:
+        """Every flag of the account's keys as read (and re-read by :meth:`forget`), if read yet."""
+        return self._flags
 
     def _load_flags(self) -> list[HistoryRow]:
         if self._flags is None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from bisect import bisect_left
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import icsfeed
 from icsfeed.config import AccountConfig, Config
-from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector
+from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.store import Store
 from icsfeed.store.history import LastInputs, VersionRow, account_versions, source_versions
@@ -53,8 +54,18 @@ CODE_DIGEST = _code_digest()
 _KIND, _START, _END, _RECURRING, _SOURCE = 1, 2, 3, 4, 9
 
 
+#: id, start, end, recurring, gone, SEQUENCE, last modified (packing is ~10× cheaper than repr)
+_NUMBERS = struct.Struct("<qdd??qd")
+
+
 def _start(r: VersionRow) -> float:
     return float(r[_START])
+
+
+def _version(r: VersionRow) -> bytes:
+    """A row's version as digested: its numbers packed, then kind, content hash and flag source."""
+    return b"%s%s\0%s\0%s\0" % (_NUMBERS.pack(r[0], r[_START], r[_END], bool(r[_RECURRING]), bool(r[5]), r[7], r[8]),
+                               r[_KIND].encode(), r[6].encode(), (r[_SOURCE] or "").encode())
 
 
 class AccountInputs:
@@ -73,11 +84,37 @@ class AccountInputs:
         self.wide_kinds = wide_kinds
         self._rows: list[VersionRow] | None = None
         self._bytes: list[bytes] | None = None
+        self._history: History | None = None
+        self._seen: object = None  # the history's flag list the rows were taken from
         self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
             settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
         )).encode()).digest()
 
-    def rows(self) -> list[VersionRow]:
+    def use(self, history: History) -> None:
+        """Take the versions from ``history``'s own reads once it has made them (instead of a
+        query of their own): the rows the detectors read, to the letter. For a refresh that
+        has nothing recorded to compare with, so it digests only after a run wrote nothing."""
+        self._history = history
+
+    def _from_history(self) -> list[VersionRow] | None:
+        h = self._history
+        flags = h.flags() if h is not None else None
+        if h is None or h.read is None or flags is None:
+            return None
+        if self._rows is not None and self._seen is flags:
+            return self._rows
+        rows = [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
+                 r.row.last_modified, None) for r in h.read]
+        rows += [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
+                  r.row.last_modified, r.source) for r in flags]
+        rows.sort(key=lambda r: (r[_START], r[0]))
+        self._rows, self._bytes, self._seen = rows, None, flags
+        return rows
+
+    def rows(self) -> list[VersionRow] | None:
+        """The versions, by start then id (None: taken from a history that has not read yet)."""
+        if self._history is not None:
+            return self._from_history()  # never a query after the run: it might see newer rows
         if self._rows is None:
             self._rows = account_versions(self.store, self.keys | {self.own_key}, self.span, flag_kind=INSIGHT_KIND,
                                           wide=self.wide, wide_kinds=self.wide_kinds)
@@ -87,13 +124,13 @@ class AccountInputs:
     def _versions(self) -> list[bytes]:
         """Each row's version as digested, in the order of :meth:`rows`."""
         if self._bytes is None:
-            self._bytes = [repr(r).encode() for r in self.rows()]
+            self._bytes = [_version(r) for r in self.rows() or []]
         return self._bytes
 
     def forget(self, source: str) -> None:
         """Read the versions of ``source`` again (a detector just wrote its flags)."""
-        if self._rows is None:
-            return
+        if self._rows is None or self._history is not None:
+            return  # (from the history: it re-reads the source itself)
         fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
         kept = [r for r in self._rows if r[_SOURCE] != source]
         self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
@@ -117,7 +154,10 @@ class AccountInputs:
         now = ctx.now.timestamp()
         h = hashlib.sha256(self.base + detector.name.encode() + b"\0" + ctx.today.isoformat().encode())
         later = math.inf
-        rows, versions = self.rows(), self._versions()
+        rows = self.rows()
+        if rows is None:
+            return None
+        versions = self._versions()
         for read in reads:
             lo, hi = read.start.timestamp(), read.end.timestamp()
             if not self._covered(lo, hi, read.kinds):

@@ -29,7 +29,8 @@ from icsfeed.store.schema import events_table, insight_inputs_table
 _t = events_table
 _inputs = insight_inputs_table
 #: read besides the decoded row: what the refresh filters and writes by
-_EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone)
+_EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone,
+          _t.c.content_hash)
 _N = len(_EVENT_ROW_COLUMNS)
 #: the decoder's columns without the stored VEVENT fragments (half the bytes of a row; no
 #: detector reads them): NULL in their place
@@ -49,6 +50,8 @@ class HistoryRow:
     end_ts: float
     recurring: bool
     gone: bool
+    #: the stored content's hash (with the row's SEQUENCE: its version, icsfeed/insights/inputs.py)
+    content_hash: str = ""
 
 
 def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
@@ -68,7 +71,7 @@ def _read(store: Any, where: Any) -> list[HistoryRow]:
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
     decoded = ((store._event_row(r[:_N]), r) for r in rows)
-    return [HistoryRow(row, *r[_N:_N + 7], bool(r[_N + 7])) for row, r in decoded if row is not None]
+    return [HistoryRow(row, *r[_N:_N + 7], bool(r[_N + 7]), r[_N + 8]) for row, r in decoded if row is not None]
 
 
 def account_events(store: Any, account_keys: Collection[str], span: tuple[float, float], *,
