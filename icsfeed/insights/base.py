@@ -71,6 +71,7 @@ class History:
         #: every row the first read returned (the account's events of the span and wide kinds)
         self.read: list[HistoryRow] | None = None
         self._flags: list[HistoryRow] | None = None  # every insight row of the keys, by (start_ts, id)
+        self._stored: tuple[list[HistoryRow], dict[str, list[HistoryRow]]] | None = None
         self._insights: list[tuple[float, float, EventRow]] | None = None
         self._other: dict[tuple[float, float, frozenset[str] | None], list[EventRow]] = {}
         #: local day of each start seen, shared by the detectors (five summaries, bursts and
@@ -101,10 +102,14 @@ class History:
 
     def stored(self) -> dict[str, list[HistoryRow]]:
         """The account's flags as stored (its own account key), by the source in their event."""
+        flags = self._load_flags()
+        if self._stored is not None and self._stored[0] is flags:  # (asked once per detector)
+            return self._stored[1]
         out: dict[str, list[HistoryRow]] = {}
-        for r in self._load_flags():
+        for r in flags:
             if r.account_key == self.own_key and in_window(r, 0.0, 1e11):  # as a query of all time cuts
                 out.setdefault(r.row.event.source, []).append(r)
+        self._stored = (flags, out)
         return out
 
     def in_span(self, start: datetime, end: datetime) -> bool:

@@ -84,6 +84,7 @@ class AccountInputs:
         self.wide_kinds = wide_kinds
         self._rows: list[VersionRow] | None = None
         self._bytes: list[bytes] | None = None
+        self._by_kind: dict[str, list[int]] | None = None
         self._history: History | None = None
         self._seen: object = None  # the history's flag list the rows were taken from
         self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
@@ -108,7 +109,7 @@ class AccountInputs:
         rows += [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
                   r.row.last_modified, r.source) for r in flags]
         rows.sort(key=lambda r: (r[_START], r[0]))
-        self._rows, self._bytes, self._seen = rows, None, flags
+        self._rows, self._bytes, self._by_kind, self._seen = rows, None, None, flags
         return rows
 
     def rows(self) -> list[VersionRow] | None:
@@ -118,8 +119,20 @@ class AccountInputs:
         if self._rows is None:
             self._rows = account_versions(self.store, self.keys | {self.own_key}, self.span, flag_kind=INSIGHT_KIND,
                                           wide=self.wide, wide_kinds=self.wide_kinds)
-            self._bytes = None
+            self._bytes = self._by_kind = None
         return self._rows
+
+    def _of_kinds(self, kinds: frozenset[str] | None) -> list[int]:
+        """Positions in :meth:`rows` of the rows of these kinds (None: all), in order."""
+        rows = self.rows() or []
+        if kinds is None:
+            return list(range(len(rows)))
+        if self._by_kind is None:
+            self._by_kind = {}
+            for i, r in enumerate(rows):
+                self._by_kind.setdefault(r[_KIND], []).append(i)
+        found = [self._by_kind.get(k, []) for k in sorted(kinds)]
+        return found[0] if len(found) == 1 else sorted(i for part in found for i in part)
 
     def _versions(self) -> list[bytes]:
         """Each row's version as digested, in the order of :meth:`rows`."""
@@ -134,7 +147,7 @@ class AccountInputs:
         fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
         kept = [r for r in self._rows if r[_SOURCE] != source]
         self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
-        self._bytes = None
+        self._bytes = self._by_kind = None
 
     def _covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
         """Whether every row of the range and kinds is among those read."""
@@ -165,9 +178,10 @@ class AccountInputs:
             # the rows it selects, not its bounds: a range ending at now + 1 s moves with the clock
             h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
             kinds = read.kinds
+            candidates = self._of_kinds(kinds)
             # the store's window test; rows are by start, so none from the first starting at ``hi`` on
-            picked = [i for i in range(bisect_left(rows, hi, key=_start))
-                      if (kinds is None or rows[i][_KIND] in kinds) and (rows[i][_END] >= lo or rows[i][_RECURRING])]
+            end = bisect_left(rows, hi, key=_start)
+            picked = [i for i in candidates if i < end and (rows[i][_END] >= lo or rows[i][_RECURRING])]
             if read.earliest:
                 first = min((rows[i][_START] for i in picked if not rows[i][_RECURRING]), default=None)
                 h.update(repr(first).encode())
