@@ -10,7 +10,9 @@ Two accounts of about 1,000 stored events each, in a real Store on a temporary S
 
 For each, ``refresh_account`` (what the poller runs per due account) is timed on its first
 run (every flag new), then ``--repeat`` times with nothing changed (the steady state:
-every detector recomputes, nothing is written), then ``--repeat`` times after 1% of the
+nothing is written; since icsfeed/insights/inputs.py a detector whose inputs are those of its
+last run that changed nothing is not run again, so after the first of these runs only the
+inputs are read and digested), then ``--repeat`` times after 1% of the
 account's events changed their title (what bench_scale.py's 1%-changed row refreshes):
 the median wall-clock time and the median CPU time of the process, in milliseconds. On a
 shared machine the CPU time is the figure to compare (the refresh runs in one thread,

@@ -29,11 +29,12 @@ from icsfeed.insights.base import (
     settle,
     source_id,
 )
+from icsfeed.insights.inputs import AccountInputs, inputs_of, still_holds
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.routing import affected_feeds
 from icsfeed.store import Store, StoreError, Touched
-from icsfeed.store.history import record_runs, same_events
+from icsfeed.store.history import LastInputs, last_inputs, record_runs, same_events
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +92,42 @@ def _refresh(config: Config, store: Store, accounts: list[AccountConfig], now: f
 
 
 def refresh_account(config: Config, store: Store, settings: InsightsSettings, account: AccountConfig,
-                    now: float) -> set[Touched]:
-    """Run each detector for one account and store its flags; returns what changed."""
+                    now: float, *, reuse: bool = True) -> set[Touched]:
+    """Run each detector for one account and store its flags; returns what changed.
+
+    A detector whose inputs are those of its last run that changed nothing, on the same day
+    and before any instant its verdicts hang on (insights/inputs.py), is not run again: its
+    run is recorded and its flags kept. ``reuse`` False runs every detector (the reference).
+    """
     when = datetime.fromtimestamp(now, timezone.utc)
     span = max(d.span_days(config, account, settings) for d in (bursts, backups, summary))
     tz = account_zone(config, account)
     first = when.astimezone(tz).date() - timedelta(days=span)
     lookback = datetime.combine(when.astimezone(tz).date() - timedelta(days=settings.stale_tickets.lookback_days),
                                 time(0), tz)  # the range tickets.open_tickets asks for: read with the rest
-    history = History(store, account, datetime.combine(first, time(0), tz), when + timedelta(days=1),
-                      wide=(lookback, when + timedelta(seconds=1)), wide_kinds=frozenset(settings.stale_tickets.kinds))
-    stored = history.stored()
+    start, end = datetime.combine(first, time(0), tz), when + timedelta(days=1)
+    wide, wide_kinds = (lookback, when + timedelta(seconds=1)), frozenset(settings.stale_tickets.kinds)
+    history = History(store, account, start, end, wide=wide, wide_kinds=wide_kinds)
+    inputs = AccountInputs(store, config, settings, account, (start, end), wide, wide_kinds)
+    active = [d for d in DETECTORS if settings.enabled and d.enabled(settings)]
+    last = last_inputs(store, [source_id(d.name, account.id) for d in active]) if reuse and active else {}
+    if not last:  # nothing to compare with: digest what the history reads, after runs that wrote nothing
+        inputs.use(history)
     touched: set[Touched] = set()
     unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
+    kept: dict[str, LastInputs | None] = {}  # what those runs read; None: forget (flags written, or not run)
     try:
         for detector in DETECTORS:
             sid = source_id(detector.name, account.id)
-            rows = stored.get(sid, [])
-            mine = [r.row.event for r in rows]
             events: list[Event] = []
-            if settings.enabled and detector.enabled(settings):
-                ctx = AccountContext(config, settings, account, when, history, stored=mine)
+            if detector in active:
+                ctx = AccountContext(config, settings, account, when, history)
+                read = inputs.digest(detector, ctx, sid) if reuse and last else None
+                if read is not None and still_holds(last.get(sid), read[0], ctx):
+                    unchanged.append(sid)  # the same rows, day and clock: the same flags
+                    continue
+                rows = history.stored().get(sid, [])
+                mine = ctx.stored = [r.row.event for r in rows]
                 try:
                     events = detector.detect(ctx)
                 except StoreError:
@@ -119,28 +135,43 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 except Exception:  # one broken detector must not take the others' flags down
                     log.exception("insight detector %s failed for account %s; its flags are left as they were",
                                   detector.name, account.id)
+                    if sid in last:
+                        kept[sid] = None
                     continue
                 events = settle(events, mine, ctx.today)  # passed days keep their text while the verdict holds
                 keep_before = detector.horizon(ctx)
                 fresh = {ev.key for ev in events}
                 events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
-            elif not any(ev.status != "cancelled" for ev in mine):
-                continue  # switched off and nothing to cancel: leave no trace
+            else:
+                rows = history.stored().get(sid, [])
+                mine = [r.row.event for r in rows]
+                if not any(ev.status != "cancelled" for ev in mine):
+                    continue  # switched off and nothing to cancel: leave no trace
+                read = None
             if same_events(events, rows):  # the flags as stored: a write would only record the run
                 unchanged.append(sid)
+                if reuse and detector in active and not last:  # (the history's own rows: as the run read them)
+                    read = inputs.digest(detector, ctx, sid)
+                if read is not None:
+                    kept[sid] = inputs_of(read[0], read[1], ctx)
+                elif sid in last:
+                    kept[sid] = None
                 continue
-            record_runs(store, unchanged, now)  # (in the order the writes would have been made)
-            unchanged = []
+            record_runs(store, unchanged, now, kept)  # (in the order the writes would have been made)
+            unchanged, kept = [], {}
             changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
+            if sid in last:
+                kept[sid] = None  # what it read is not what the next run reads (its own flags changed)
             if changes.changed:
                 touched |= changes.touched
                 history.forget(sid)
+                inputs.forget(sid)
                 log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
     except StoreError:  # what was left unwritten before the store failed is still recorded, if it can be
         with suppress(StoreError):
             record_runs(store, unchanged, now)
         raise
-    record_runs(store, unchanged, now)
+    record_runs(store, unchanged, now, kept)
     return touched
 
 

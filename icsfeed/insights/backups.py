@@ -43,6 +43,7 @@ from icsfeed.insights.base import (
     WEEKDAYS,
     AccountContext,
     Detector,
+    Reads,
     days_between,
     fmt_day,
     insight_event,
@@ -447,6 +448,7 @@ def _check_series(ctx: AccountContext, series: Series, s: BackupSettings,
             continue
         usual = _usual_time(ctx, series, day)
         if ctx.now < usual + s.raise_after:
+            ctx.until(usual + s.raise_after)
             break  # not due yet, and neither is anything later
         check.expected.append(usual)
         if _runs_for(ctx, series, day, rhythm, s):
@@ -619,4 +621,10 @@ def _attrs(series: Series, rhythm: Rhythm, flag: str, days: list[str]) -> dict[s
             "weekdays": sorted(rhythm.weekdays), "days": days}
 
 
-DETECTOR = Detector(NAME, lambda s: s.backups.enabled, horizon, detect)
+def reads(ctx: AccountContext) -> list[Reads]:
+    """The backups of :func:`detect`'s range."""
+    first_day = ctx.today - timedelta(days=span_days(ctx.config, ctx.account, ctx.settings))
+    return [Reads(ctx.midnight(first_day), ctx.now + timedelta(seconds=1), frozenset(ctx.settings.backups.kinds))]
+
+
+DETECTOR = Detector(NAME, lambda s: s.backups.enabled, horizon, detect, reads)

@@ -68,7 +68,10 @@ class History:
         self.wide_kinds = wide_kinds
         self._base: list[tuple[float, float, EventRow]] | None = None
         self._wide: list[HistoryRow] = []
+        #: every row the first read returned (the account's events of the span and wide kinds)
+        self.read: list[HistoryRow] | None = None
         self._flags: list[HistoryRow] | None = None  # every insight row of the keys, by (start_ts, id)
+        self._stored: tuple[list[HistoryRow], dict[str, list[HistoryRow]]] | None = None
         self._insights: list[tuple[float, float, EventRow]] | None = None
         self._other: dict[tuple[float, float, frozenset[str] | None], list[EventRow]] = {}
         #: local day of each start seen, shared by the detectors (five summaries, bursts and
@@ -81,12 +84,16 @@ class History:
     def _load(self) -> None:
         if self._base is not None:
             return
-        rows = account_events(self.store, self.keys, self.span, exclude_kind=INSIGHT_KIND,
-                              wide=self.wide, wide_kinds=self.wide_kinds)
+        rows = self.read = account_events(self.store, self.keys, self.span, exclude_kind=INSIGHT_KIND,
+                                          wide=self.wide, wide_kinds=self.wide_kinds)
         lo, hi = self.span
         self._base = _indexed([r.row for r in rows if in_window(r, lo, hi)])
         if self.wide is not None:
             self._wide = [r for r in rows if r.kind in self.wide_kinds and in_window(r, *self.wide)]
+
+    def flags(self) -> list[HistoryRow] | None:
+        """Every flag of the account's keys as read (and re-read by :meth:`forget`), if read yet."""
+        return self._flags
 
     def _load_flags(self) -> list[HistoryRow]:
         if self._flags is None:
@@ -95,10 +102,14 @@ class History:
 
     def stored(self) -> dict[str, list[HistoryRow]]:
         """The account's flags as stored (its own account key), by the source in their event."""
+        flags = self._load_flags()
+        if self._stored is not None and self._stored[0] is flags:  # (asked once per detector)
+            return self._stored[1]
         out: dict[str, list[HistoryRow]] = {}
-        for r in self._load_flags():
+        for r in flags:
             if r.account_key == self.own_key and in_window(r, 0.0, 1e11):  # as a query of all time cuts
                 out.setdefault(r.row.event.source, []).append(r)
+        self._stored = (flags, out)
         return out
 
     def in_span(self, start: datetime, end: datetime) -> bool:
@@ -170,6 +181,14 @@ class AccountContext:
     history: History
     #: the insight events this detector stored before (its own source id only)
     stored: list[Event] = field(default_factory=list)
+    #: the first instant after ``now`` at which the detector's verdicts on the same rows may
+    #: change (a run falls due, a ticket goes stale): see :meth:`until`
+    changes_at: float = math.inf
+
+    def until(self, when: datetime) -> None:
+        """Note that a comparison with ``now`` flips at ``when`` (later than now): until then,
+        and within the same local day, the same rows give the same flags (insights/inputs.py)."""
+        self.changes_at = min(self.changes_at, when.timestamp())
 
     @cached_property
     def tz(self) -> ZoneInfo:
@@ -199,14 +218,30 @@ class AccountContext:
 
 
 @dataclass(frozen=True)
+class Reads:
+    """Rows a detector reads: the account's events overlapping [start, end) (the store's window
+    test) of ``kinds`` (None: every kind, its flags included). ``earliest``: of these only the
+    first start of a row that does not recur (what bursts take the account's age from)."""
+
+    start: datetime
+    end: datetime
+    kinds: frozenset[str] | None = None
+    earliest: bool = False
+
+
+@dataclass(frozen=True)
 class Detector:
-    """A registered detector: its name (source ids, config), switch, horizon and function."""
+    """A registered detector: its name (source ids, config), switch, horizon and function,
+    and which rows it reads besides its own flags (every row it could read: insights/inputs.py
+    keeps its flags as they are while none of them changed)."""
 
     name: str
     enabled: Callable[[InsightsSettings], bool]
     #: flags starting before this day are history, kept as stored
     horizon: Callable[[AccountContext], date]
     detect: Callable[[AccountContext], list[Event]]
+    #: None: not declared, so the detector runs on every refresh
+    reads: Callable[[AccountContext], list[Reads]] | None = None
 
 
 def window_back_days(config: Config, account: AccountConfig) -> int:

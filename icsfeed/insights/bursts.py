@@ -33,6 +33,7 @@ from icsfeed.insights.base import (
     VERDICT_ATTR,
     AccountContext,
     Detector,
+    Reads,
     fmt_day,
     fmt_number,
     insight_event,
@@ -416,4 +417,11 @@ def _flag(ctx: AccountContext, s: BurstSettings, counts: Counts, first_i: int, l
     )
 
 
-DETECTOR = Detector(NAME, lambda s: s.bursts.enabled, horizon, detect)
+def reads(ctx: AccountContext) -> list[Reads]:
+    """The alerts of :func:`detect`'s range, and the first start of anything in it (the account's age)."""
+    origin = ctx.today - timedelta(days=span_days(ctx.config, ctx.account, ctx.settings))
+    start, end = ctx.midnight(origin), ctx.now + timedelta(seconds=1)
+    return [Reads(start, end, frozenset(ctx.settings.bursts.kinds)), Reads(start, end, earliest=True)]
+
+
+DETECTOR = Detector(NAME, lambda s: s.bursts.enabled, horizon, detect, reads)

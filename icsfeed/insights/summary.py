@@ -21,6 +21,7 @@ from icsfeed.insights.base import (
     VERDICT_ATTR,
     AccountContext,
     Detector,
+    Reads,
     fmt_day,
     fmt_number,
     insight_event,
@@ -30,7 +31,7 @@ from icsfeed.insights.base import (
     start_dt,
 )
 from icsfeed.insights.settings import InsightsSettings
-from icsfeed.insights.tickets import open_tickets
+from icsfeed.insights.tickets import open_tickets, tickets_read
 from icsfeed.model import Event
 
 NAME = "summary"
@@ -50,12 +51,23 @@ def horizon(ctx: AccountContext) -> date:
     return this_monday(ctx) - timedelta(days=7 * ctx.settings.summary.backfill_weeks)
 
 
+def _first(ctx: AccountContext) -> date:
+    """The first day any summary made today counts."""
+    s = ctx.settings.summary
+    return this_monday(ctx) - timedelta(days=7 * (s.backfill_weeks + s.baseline_weeks + 1))
+
+
+def reads(ctx: AccountContext) -> list[Reads]:
+    """Every event (flags too) of the weeks the summaries count, and the open tickets."""
+    return [Reads(ctx.midnight(_first(ctx)), ctx.midnight(this_monday(ctx))), tickets_read(ctx)]
+
+
 def detect(ctx: AccountContext) -> list[Event]:
     """This Monday's summary, and earlier ones recomputed unless one was made while current."""
     s = ctx.settings.summary
     monday = this_monday(ctx)
     stored = {ev.key: ev for ev in ctx.stored}
-    pool = _pool(ctx, monday - timedelta(days=7 * (s.backfill_weeks + s.baseline_weeks + 1)), monday)
+    pool = _pool(ctx, _first(ctx), monday)
     out = [_summary(ctx, monday, current=True, pool=pool)]
     for k in range(1, s.backfill_weeks + 1):
         past = monday - timedelta(days=7 * k)
@@ -172,4 +184,4 @@ def _plural(kind: str, n: int, one: str | None = None) -> str:
     return f"{n} {noun}s"
 
 
-DETECTOR = Detector(NAME, lambda s: s.summary.enabled, horizon, detect)
+DETECTOR = Detector(NAME, lambda s: s.summary.enabled, horizon, detect, reads)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
-from icsfeed.insights.base import VERDICT_ATTR, AccountContext, Detector, fmt_day, insight_event, start_dt
+from icsfeed.insights.base import VERDICT_ATTR, AccountContext, Detector, Reads, fmt_day, insight_event, start_dt
 from icsfeed.insights.settings import StaleTicketSettings
 from icsfeed.model import Event
 from icsfeed.store import EventRow
@@ -65,11 +65,18 @@ def last_update(row: EventRow) -> datetime:
     return created
 
 
+def tickets_read(ctx: AccountContext) -> Reads:
+    """The rows :func:`open_tickets` reads: the tickets of ``lookback_days``."""
+    s = ctx.settings.stale_tickets
+    return Reads(ctx.midnight(ctx.today - timedelta(days=s.lookback_days)), ctx.now + timedelta(seconds=1),
+                 frozenset(s.kinds))
+
+
 def open_tickets(ctx: AccountContext) -> list[EventRow]:
     """The account's open tickets (within ``lookback_days``), oldest first."""
     s = ctx.settings.stale_tickets
-    start = ctx.midnight(ctx.today - timedelta(days=s.lookback_days))
-    rows = ctx.history.rows(start, ctx.now + timedelta(seconds=1), frozenset(s.kinds))
+    read = tickets_read(ctx)
+    rows = ctx.history.rows(read.start, read.end, read.kinds)
     return [r for r in rows if is_open(r.event, s) and start_dt(r.event) <= ctx.now]
 
 
@@ -85,6 +92,7 @@ def detect(ctx: AccountContext) -> list[Event]:
         ev = row.event
         updated = last_update(row)
         if ctx.now - updated < quiet:
+            ctx.until(updated + quiet)
             continue
         stale_day = ctx.local_day(updated + quiet)
         shown = stale_day
@@ -111,4 +119,4 @@ def detect(ctx: AccountContext) -> list[Event]:
     return out
 
 
-DETECTOR = Detector(NAME, lambda s: s.stale_tickets.enabled, horizon, detect)
+DETECTOR = Detector(NAME, lambda s: s.stale_tickets.enabled, horizon, detect, lambda ctx: [tickets_read(ctx)])

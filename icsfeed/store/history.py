@@ -15,20 +15,22 @@ store's query would cut it (:func:`in_window`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, null, or_, select
+from sqlalchemy import and_, case, null, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, db_reason
 from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow
-from icsfeed.store.schema import events_table
+from icsfeed.store.schema import events_table, insight_inputs_table
 
 _t = events_table
+_inputs = insight_inputs_table
 #: read besides the decoded row: what the refresh filters and writes by
-_EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone)
+_EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone,
+          _t.c.content_hash)
 _N = len(_EVENT_ROW_COLUMNS)
 #: the decoder's columns without the stored VEVENT fragments (half the bytes of a row; no
 #: detector reads them): NULL in their place
@@ -48,6 +50,8 @@ class HistoryRow:
     end_ts: float
     recurring: bool
     gone: bool
+    #: the stored content's hash (with the row's SEQUENCE: its version, icsfeed/insights/inputs.py)
+    content_hash: str = ""
 
 
 def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
@@ -67,7 +71,7 @@ def _read(store: Any, where: Any) -> list[HistoryRow]:
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
     decoded = ((store._event_row(r[:_N]), r) for r in rows)
-    return [HistoryRow(row, *r[_N:_N + 7], bool(r[_N + 7])) for row, r in decoded if row is not None]
+    return [HistoryRow(row, *r[_N:_N + 7], bool(r[_N + 7]), r[_N + 8]) for row, r in decoded if row is not None]
 
 
 def account_events(store: Any, account_keys: Collection[str], span: tuple[float, float], *,
@@ -95,18 +99,88 @@ def source_events(store: Any, source: str) -> list[HistoryRow]:
     return _read(store, _t.c.source == source)
 
 
-def record_runs(store: Any, sources: Sequence[str], now: float) -> None:
+#: a row's version as the insight inputs digest it (icsfeed/insights/inputs.py), read without
+#: decoding anything: where and what kind it is, its content hash, SEQUENCE and state, and for a
+#: flag its source (NULL for other rows: the strings a read makes are most of its cost)
+VERSION_COLUMNS = ("id", "kind", "start_ts", "end_ts", "recurring", "gone", "content_hash", "sequence",
+                   "last_modified", "flag_source")
+_VERSION = (_t.c.id, _t.c.kind, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone, _t.c.content_hash,
+            _t.c.sequence, _t.c.last_modified)
+#: a row of VERSION_COLUMNS, as the DB-API driver gives it (a bool may be 0/1)
+VersionRow = tuple[Any, ...]
+
+
+def _versions(store: Any, where: Any, flag_kind: str) -> list[VersionRow]:
+    flag_source = case((_t.c.kind == flag_kind, _t.c.source), else_=null())
+    stmt = select(*_VERSION, flag_source).where(where).order_by(_t.c.start_ts, _t.c.id)
+    try:
+        with store.engine.connect() as conn:  # plain tuples from the driver: an account has 1,000s
+            return list(conn.execute(stmt).cursor.fetchall())
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
+
+
+def account_versions(store: Any, account_keys: Collection[str], span: tuple[float, float], *, flag_kind: str,
+                     wide: tuple[float, float] | None = None, wide_kinds: Collection[str] = ()) -> list[VersionRow]:
+    """The versions of what :func:`account_events` and :func:`kind_events` read (the span's
+    rows of every kind, the ``wide_kinds`` in ``wide``, every ``flag_kind`` row), in one
+    query, by start (then id)."""
+    if not account_keys:
+        return []
+    windows = or_(_window(*span), _t.c.kind == flag_kind)
+    if wide is not None and wide_kinds:
+        windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), _window(*wide)))
+    return _versions(store, and_(_t.c.account_key.in_(sorted(account_keys)), windows), flag_kind)
+
+
+def source_versions(store: Any, source: str, account_keys: Collection[str], flag_kind: str) -> list[VersionRow]:
+    """The versions of one source's ``flag_kind`` rows of the accounts (a detector's flags, just written)."""
+    return _versions(store, and_(_t.c.source == source, _t.c.kind == flag_kind,
+                                 _t.c.account_key.in_(sorted(account_keys))), flag_kind)
+
+
+@dataclass(frozen=True)
+class LastInputs:
+    """What a detector's last run that changed nothing read (see icsfeed/insights/inputs.py)."""
+
+    digest: str
+    run_at: float
+    valid_until: float
+
+
+def last_inputs(store: Any, sources: Collection[str]) -> dict[str, LastInputs]:
+    """The recorded inputs of these sources (none: never recorded, or since forgotten)."""
+    if not sources:
+        return {}
+    stmt = select(_inputs.c.source, _inputs.c.digest, _inputs.c.run_at, _inputs.c.valid_until).where(
+        _inputs.c.source.in_(sorted(sources)))
+    try:
+        with store.engine.connect() as conn:
+            return {r[0]: LastInputs(r[1], r[2], r[3]) for r in conn.execute(stmt)}
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the insights' inputs: {db_reason(exc)}") from None
+
+
+def record_runs(store: Any, sources: Sequence[str], now: float,
+                inputs: Mapping[str, LastInputs | None] | None = None) -> None:
     """What :meth:`apply_poll` records of polls that changed no event (their last success and
     counters), without reading their rows again, in one transaction: for the detectors of an
-    account whose flags are the stored ones."""
-    if not sources:
+    account whose flags are the stored ones. ``inputs``: per source, what its run read
+    (kept for the next refresh), or None to forget it (it wrote flags, or did not run)."""
+    if not sources and not inputs:
         return
     try:
         with store.engine.begin() as conn:
             for source in sources:
                 store._record_success(conn, source, now, None, None, None)
+            if inputs:
+                conn.execute(_inputs.delete().where(_inputs.c.source.in_(sorted(inputs))))
+                kept = [{"source": s, "digest": i.digest, "run_at": i.run_at, "valid_until": i.valid_until}
+                        for s, i in inputs.items() if i is not None]
+                if kept:
+                    conn.execute(_inputs.insert(), kept)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot write poll of {', '.join(sources)}: {db_reason(exc)}") from None
+        raise StoreError(f"cannot write poll of {', '.join(sources) or 'the insights'}: {db_reason(exc)}") from None
 
 
 def same_events(fresh: Sequence[Any], stored: Sequence[HistoryRow]) -> bool:

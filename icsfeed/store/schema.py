@@ -154,3 +154,14 @@ dictionaries_table = Table(
     Column("created", Float, nullable=False),
     Column("content", LargeBinary, nullable=False),
 )
+
+#: what each insight detector last read of its account (icsfeed.insights.inputs): a digest of
+#: the rows' stored versions and settings, when it ran and until when ``now`` cannot change its
+#: verdicts; a refresh whose digest and clock match leaves the detector's flags as they are
+insight_inputs_table = Table(
+    "insight_inputs", metadata,
+    Column("source", String(SOURCE_ID_LENGTH), primary_key=True),  # insight-<detector>:<account id>
+    Column("digest", String(64), nullable=False),
+    Column("run_at", Float, nullable=False),
+    Column("valid_until", Float, nullable=False),
+)

@@ -2,14 +2,13 @@
 of every event of the feed from the index alone, not from the events' pages.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-02
 
 The two window indexes (``ix_events_account_start``: account feeds; ``ix_events_start``: feeds
 of every account) are replaced by ones with the same leading columns, then ``id`` (the feed's
 order is ``start_ts, id``) and every column the feed query tests or a re-render reads. Queries
-the old indexes served are served by the new ones' prefixes. Independent of 0012 (the lead
-chains it after it at the merge).
+the old indexes served are served by the new ones' prefixes.
 """
 
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | None = "0011"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,211 @@
+"""What a detector read, as a digest: a refresh whose digest is the last one keeps the flags.
+
+A detector is a pure function of the rows it reads, its own stored flags, the settings and
+``now`` (base.py). Its verdicts depend on ``now`` only through the local day and a few
+instants its run notes (:meth:`AccountContext.until <icsfeed.insights.base.AccountContext.until>`:
+a run falls due, a ticket goes stale; and any row read that starts after ``now``). So a run
+that wrote no change leaves, in ``insight_inputs``, the digest of what it read — every row
+of its :attr:`Detector.reads <icsfeed.insights.base.Detector.reads>` and of its own source
+by stored version (id, times, content hash, SEQUENCE, ...; nothing is decoded), the settings,
+the account's config and the code — with when it ran and until when ``now`` cannot change
+its verdicts. A later refresh on the same local day before that instant, whose digest is the
+same, would compute the same flags again: it records the run and keeps them. Anything the
+digest cannot vouch for (a range outside what was read, no reads declared, a run that wrote
+flags) runs the detector in full. A poll that changes a row read changes its content hash or
+SEQUENCE; a row deleted, moved to another account or day, or closed by absence leaves or
+changes the rows selected: each changes the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from bisect import bisect_left
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import icsfeed
+from icsfeed.config import AccountConfig, Config
+from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History
+from icsfeed.insights.settings import InsightsSettings
+from icsfeed.store import Store
+from icsfeed.store.history import LastInputs, VersionRow, account_versions, source_versions
+
+_ROOT = Path(icsfeed.__file__).resolve().parent
+#: the code a detector's flags are made by: its digest is part of every input digest, so a new
+#: version of icsfeed (or of a detector) recomputes every account once
+_CODE = sorted([*(_ROOT / "insights").glob("*.py"),
+                *(_ROOT / name for name in ("model.py", "urls.py", "config.py", "render.py")),
+                *(_ROOT / "store" / name for name in ("events.py", "history.py", "codec.py"))])
+
+
+def _code_digest() -> bytes:
+    h = hashlib.sha256(icsfeed.__version__.encode())
+    for path in _CODE:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.digest()
+
+
+CODE_DIGEST = _code_digest()
+
+
+# positions in a VersionRow (history.VERSION_COLUMNS)
+_KIND, _START, _END, _RECURRING, _SOURCE = 1, 2, 3, 4, 9
+
+
+#: id, start, end, recurring, gone, SEQUENCE, last modified (packing is ~10× cheaper than repr)
+_NUMBERS = struct.Struct("<qdd??qd")
+
+
+def _start(r: VersionRow) -> float:
+    return float(r[_START])
+
+
+def _version(r: VersionRow) -> bytes:
+    """A row's version as digested: its numbers packed, then kind, content hash and flag source."""
+    return b"%s%s\0%s\0%s\0" % (_NUMBERS.pack(r[0], r[_START], r[_END], bool(r[_RECURRING]), bool(r[5]), r[7], r[8]),
+                               r[_KIND].encode(), r[6].encode(), (r[_SOURCE] or "").encode())
+
+
+class AccountInputs:
+    """The versions of an account's rows (read once, by :func:`account_versions`), cut into
+    each detector's digest. Covers [span) for every kind, ``wide`` for ``wide_kinds``, and
+    every flag; :meth:`forget` re-reads one source after a detector wrote it."""
+
+    def __init__(self, store: Store, config: Config, settings: InsightsSettings, account: AccountConfig,
+                 span: tuple[datetime, datetime], wide: tuple[datetime, datetime],
+                 wide_kinds: frozenset[str]) -> None:
+        self.store = store
+        self.keys = frozenset(account.match_keys)
+        self.own_key = account.id.strip().lower()
+        self.span = (span[0].timestamp(), span[1].timestamp())
+        self.wide = (wide[0].timestamp(), wide[1].timestamp())
+        self.wide_kinds = wide_kinds
+        self._rows: list[VersionRow] | None = None
+        self._bytes: list[bytes] | None = None
+        self._by_kind: dict[str, list[int]] | None = None
+        self._history: History | None = None
+        self._seen: object = None  # the history's flag list the rows were taken from
+        self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
+            settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
+        )).encode()).digest()
+
+    def use(self, history: History) -> None:
+        """Take the versions from ``history``'s own reads once it has made them (instead of a
+        query of their own): the rows the detectors read, to the letter. For a refresh that
+        has nothing recorded to compare with, so it digests only after a run wrote nothing."""
+        self._history = history
+
+    def _from_history(self) -> list[VersionRow] | None:
+        h = self._history
+        flags = h.flags() if h is not None else None
+        if h is None or h.read is None or flags is None:
+            return None
+        if self._rows is not None and self._seen is flags:
+            return self._rows
+        rows = [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
+                 r.row.last_modified, None) for r in h.read]
+        rows += [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
+                  r.row.last_modified, r.source) for r in flags]
+        rows.sort(key=lambda r: (r[_START], r[0]))
+        self._rows, self._bytes, self._by_kind, self._seen = rows, None, None, flags
+        return rows
+
+    def rows(self) -> list[VersionRow] | None:
+        """The versions, by start then id (None: taken from a history that has not read yet)."""
+        if self._history is not None:
+            return self._from_history()  # never a query after the run: it might see newer rows
+        if self._rows is None:
+            self._rows = account_versions(self.store, self.keys | {self.own_key}, self.span, flag_kind=INSIGHT_KIND,
+                                          wide=self.wide, wide_kinds=self.wide_kinds)
+            self._bytes = self._by_kind = None
+        return self._rows
+
+    def _of_kinds(self, kinds: frozenset[str] | None) -> list[int]:
+        """Positions in :meth:`rows` of the rows of these kinds (None: all), in order."""
+        rows = self.rows() or []
+        if kinds is None:
+            return list(range(len(rows)))
+        if self._by_kind is None:
+            self._by_kind = {}
+            for i, r in enumerate(rows):
+                self._by_kind.setdefault(r[_KIND], []).append(i)
+        found = [self._by_kind.get(k, []) for k in sorted(kinds)]
+        return found[0] if len(found) == 1 else sorted(i for part in found for i in part)
+
+    def _versions(self) -> list[bytes]:
+        """Each row's version as digested, in the order of :meth:`rows`."""
+        if self._bytes is None:
+            self._bytes = [_version(r) for r in self.rows() or []]
+        return self._bytes
+
+    def forget(self, source: str) -> None:
+        """Read the versions of ``source`` again (a detector just wrote its flags)."""
+        if self._rows is None or self._history is not None:
+            return  # (from the history: it re-reads the source itself)
+        fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
+        kept = [r for r in self._rows if r[_SOURCE] != source]
+        self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
+        self._bytes = self._by_kind = None
+
+    def _covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
+        """Whether every row of the range and kinds is among those read."""
+        if lo >= self.span[0] and hi <= self.span[1]:
+            return True
+        if kinds is not None and kinds <= {INSIGHT_KIND}:
+            return True  # every flag is read
+        return kinds is not None and kinds <= self.wide_kinds | {INSIGHT_KIND} \
+            and lo >= self.wide[0] and hi <= self.wide[1]
+
+    def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float] | None:
+        """(digest of what ``detector`` reads for this account, first start after now among
+        those rows), or None when it cannot be told (no reads declared, a range not read)."""
+        if detector.reads is None:
+            return None
+        reads = detector.reads(ctx)
+        now = ctx.now.timestamp()
+        h = hashlib.sha256(self.base + detector.name.encode() + b"\0" + ctx.today.isoformat().encode())
+        later = math.inf
+        rows = self.rows()
+        if rows is None:
+            return None
+        versions = self._versions()
+        for read in reads:
+            lo, hi = read.start.timestamp(), read.end.timestamp()
+            if not self._covered(lo, hi, read.kinds):
+                return None
+            # the rows it selects, not its bounds: a range ending at now + 1 s moves with the clock
+            h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
+            kinds = read.kinds
+            candidates = self._of_kinds(kinds)
+            # the store's window test; rows are by start, so none from the first starting at ``hi`` on
+            end = bisect_left(rows, hi, key=_start)
+            picked = [i for i in candidates if i < end and (rows[i][_END] >= lo or rows[i][_RECURRING])]
+            if read.earliest:
+                first = min((rows[i][_START] for i in picked if not rows[i][_RECURRING]), default=None)
+                h.update(repr(first).encode())
+                continue
+            h.update(b"".join(versions[i] for i in picked))
+            later = min(later, min((rows[i][_START] for i in picked if rows[i][_START] > now), default=math.inf))
+        h.update(b"own\0")  # the detector's own flags (settled and kept by them)
+        h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[_SOURCE] == source))
+        return h.hexdigest(), later
+
+
+def still_holds(last: LastInputs | None, digest: str, ctx: AccountContext) -> bool:
+    """Whether the last run's flags are what a run now would make: same digest, same local
+    day, no noted instant passed (and the clock did not go back)."""
+    if last is None or last.digest != digest:
+        return False
+    now = ctx.now.timestamp()
+    if not last.run_at <= now < last.valid_until:
+        return False
+    return datetime.fromtimestamp(last.run_at, ctx.tz).date() == ctx.today
+
+
+def inputs_of(digest: str, later: float, ctx: AccountContext) -> LastInputs:
+    """What a run that wrote nothing leaves for the next refresh: valid until the first instant
+    its verdicts may change (the next local midnight is checked by :func:`still_holds`)."""
+    midnight = ctx.midnight(ctx.today + timedelta(days=1)).timestamp()
+    return LastInputs(digest, ctx.now.timestamp(), min(later, ctx.changes_at, midnight))
