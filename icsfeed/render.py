@@ -35,6 +35,7 @@ from icsfeed.config import CSS_COLORS, Config, KindConfig
 from icsfeed.model import Event
 from icsfeed.routing import FeedSpec, all_feeds, view_url
 from icsfeed.store import EventRow, FeedQuery, Store, StoreError
+from icsfeed.store.feeds import micros
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -625,6 +626,8 @@ def _boundaries_hold(body: bytes, ends: list[int]) -> bool:
                                                 map(add, inner_ends, repeat(14)))))
     return (body.startswith(_BEGIN, ends[0]) and body.endswith(_END, 0, ends[-1])
             and inner == (_END + _BEGIN) * (len(ends) - 2))
+
+
 _TAIL = b"END:VCALENDAR\r\n"
 
 
@@ -696,7 +699,7 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
         rows = index(query, None if reuse else keys)
         columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(7)]
         ids, seqs = list(columns[0]), list(columns[1])
-        mods = [int(m * 1_000_000) if -1e12 < m < 1e12 else -1 for m in columns[2]]
+        mods = micros(columns[2])
     if reuse is None:
         listed = Listed(ids=ids, fragments=list(columns[6]), kinds=list(columns[3]), ranks=list(columns[4]),
                         opens=list(columns[5]), seqs=seqs, mods=mods)

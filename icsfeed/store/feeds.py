@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.codec import UndecodableBlob, pack_body, unpack_body
 from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
-from icsfeed.store.events import FeedQuery, _fetch_all
+from icsfeed.store.events import FeedQuery
 from icsfeed.store.schema import events_table, feeds_table
 
 log = logging.getLogger("icsfeed.store")
@@ -50,9 +50,10 @@ _FEED_STATEMENTS = {(b, g): _feed_statement(b, g) for b in (True, False) for g i
 _MICROS = 1_000_000
 
 
-def micros(values: list[float]) -> list[int]:
+def micros(values: Sequence[float]) -> list[int]:
     """Last-modified times in whole microseconds (``int(ts * 10**6)``); -1 for a value out of
-    range (render's feed parts compare these ints, cheaper to store and compare than floats)."""
+    range (render's feed parts compare these ints, cheaper to store and compare than floats;
+    :meth:`FeedsMixin.feed_versions` has the database work out the same)."""
     try:
         out = list(map(int, map(float(_MICROS).__mul__, values)))
     except (OverflowError, ValueError):  # inf or nan
@@ -67,10 +68,7 @@ def fetch_statement(conn: Any, stmt: Any) -> list[tuple[Any, ...]]:
     """A SELECT's rows as the DB-API cursor gives them (plain tuples, no SQLAlchemy row or type
     processing: for the 10,000s of rows of one feed); only for columns whose driver values are
     what the code wants (numbers, text, 0/1 or bools)."""
-    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    names = compiled.positiontup
-    params: Any = tuple(compiled.params[n] for n in names) if names is not None else compiled.params
-    return _fetch_all(conn, str(compiled), params)
+    return list(conn.execute(stmt).cursor.fetchall())
 
 
 def _micros_column(dialect: str) -> Any:

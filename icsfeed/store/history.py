@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, db_reason
 from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow
+from icsfeed.store.feeds import fetch_statement
 from icsfeed.store.schema import events_table, insight_inputs_table
 
 _t = events_table
@@ -115,7 +116,7 @@ def _versions(store: Any, where: Any, flag_kind: str) -> list[VersionRow]:
     stmt = select(*_VERSION, flag_source).where(where).order_by(_t.c.start_ts, _t.c.id)
     try:
         with store.engine.connect() as conn:  # plain tuples from the driver: an account has 1,000s
-            return list(conn.execute(stmt).cursor.fetchall())
+            return fetch_statement(conn, stmt)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
 
