@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import inspect
 import json
 import logging
 import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
@@ -807,9 +808,18 @@ def _render_missing(config: Config, store: Store, spec: FeedSpec, ids: list[int]
             # kept under the account feed's view key (a team feed's key never matches it, and
             # team feeds, which would take turns with it over the one slot, render their own)
             fresh.append((i, fragment, view_key))
-    if save_fragments:
-        store.save_fragments(fresh)
+    if save_fragments and fresh:
+        _save_fragments(store, fresh, rows)
     return rendered
+
+
+def _save_fragments(store: Store, fresh: list[tuple[int, bytes, str]], rows: Mapping[int, EventRow]) -> None:
+    """Store fragments, with each row's source (its event's: the store need not read it again);
+    a store from before ``sources`` reads them itself."""
+    if "sources" in inspect.signature(store.save_fragments).parameters:
+        store.save_fragments(fresh, sources={i: rows[i].event.source for i, _, _ in fresh})
+    else:
+        store.save_fragments(fresh)
 
 
 def _joined_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query: FeedQuery, key: str,

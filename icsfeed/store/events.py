@@ -441,7 +441,9 @@ class EventsMixin:
         with self.engine.connect() as conn:
             for chunk in chunks(list(ids), 500):
                 stmt = select(*_EVENT_ROW_COLUMNS).where(t.c.id.in_(chunk))
-                for r in conn.execute(stmt).all():
+                # the driver's rows (int, str, bytes, float: what the columns are), no SQLAlchemy row
+                # processing: a cold render reads every event of the feed here
+                for r in conn.execute(stmt).cursor.fetchall():
                     row = self._event_row(r)
                     if row is not None:
                         out[r[0]] = row
@@ -462,27 +464,47 @@ class EventsMixin:
         return EventRow(id=row_id, uid=uid, event=event, sequence=sequence,
                         created=created, last_modified=last_modified, vevent=vevent, vevent_key=vevent_key)
 
-    def save_fragments(self, fragments: Iterable[tuple[int, bytes, str]]) -> None:
-        """Keep rendered VEVENTs (id, bytes, render key) so the next render only joins them."""
-        batch = [{"_id": i, "vevent": body, "vevent_key": key} for i, body, key in fragments]
+    def save_fragments(self, fragments: Iterable[tuple[int, bytes, str]], *,
+                       sources: Mapping[int, str] | None = None) -> None:
+        """Keep rendered VEVENTs (id, bytes, render key) so the next render only joins them.
+
+        ``sources``: each row's source (its Event's), when the caller has read the rows: else
+        it is read here (the compression dictionaries are per source). One executemany on the
+        DB-API cursor (as :func:`_insert_rows`): a cold render stores a fragment for every event
+        of the feed, and SQLAlchemy's per-row parameter processing cost it more than the
+        database did. A row deleted meanwhile is updated by no statement."""
+        batch = list(fragments)
         if not batch:
             return
         t = events_table
-        stmt = update(t).where(t.c.id == bindparam("_id")).values(vevent=bindparam("vevent"), vevent_key=bindparam("vevent_key"))
         try:
             with self.engine.begin() as conn:
-                sources: dict[int, str] = {}
-                for chunk in chunks([b["_id"] for b in batch], 500):  # the dictionaries are per source
-                    sources.update((r[0], r[1]) for r in conn.execute(select(t.c.id, t.c.source).where(t.c.id.in_(chunk))))
-                batch = [b for b in batch if b["_id"] in sources]  # a row deleted meanwhile: nothing to keep
-                encoded = self.codec.encode_values(conn, "vevent", [source_group(sources[b["_id"]]) for b in batch],
-                                                   [b["vevent"] for b in batch])
-                for b, blob in zip(batch, encoded, strict=True):
-                    b["vevent"] = blob
+                if sources is None:
+                    sources = {}
+                    for chunk in chunks([b[0] for b in batch], 500):
+                        sources.update(conn.execute(select(t.c.id, t.c.source).where(t.c.id.in_(chunk)))
+                                       .cursor.fetchall())
+                batch = [b for b in batch if b[0] in sources]  # a row deleted meanwhile: nothing to keep
+                encoded = self.codec.encode_values(conn, "vevent", [source_group(sources[b[0]]) for b in batch],
+                                                   [b[1] for b in batch])
                 if batch:
-                    conn.execute(stmt, batch)
+                    _update_fragments(conn, [(blob, key, i) for (i, _, key), blob in zip(batch, encoded, strict=True)])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store rendered events: {db_reason(exc)}") from None
+
+
+def _update_fragments(conn: Any, rows: list[tuple[bytes | None, str, int]]) -> None:
+    """Set (vevent, vevent_key) of rows by id, one executemany on the DB-API cursor of
+    ``conn``'s transaction (the values are bytes, str and int, stored as the Core update did)."""
+    mark = _mark(conn)
+    sql = f"UPDATE {events_table.name} SET vevent = {mark}, vevent_key = {mark} WHERE id = {mark}"
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(sql, rows)
+    except conn.dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy's, like any statement's
+        raise DBAPIError.instance(sql, rows[:1], exc, conn.dialect.loaded_dbapi.Error) from None
+    finally:
+        cursor.close()
 
 
 class _StoredRow(NamedTuple):
