@@ -434,23 +434,32 @@ def render_vevent(config: Config, row: EventRow, view: str | None = None) -> byt
 
 def calendar_header(config: Config, spec: FeedSpec) -> tuple[bytes, bytes]:
     """The VCALENDAR lines before and after the events."""
+    return _calendar_header(spec.name, spec.type, spec.color, config.feeds.method_publish,
+                            config.feeds.refresh_interval)
+
+
+@lru_cache(maxsize=4096)
+def _calendar_header(name: str, feed_type: str, color: str, method_publish: bool,
+                     refresh_interval: timedelta) -> tuple[bytes, bytes]:
+    """:func:`calendar_header` of what it depends on, made once (an icalendar Calendar per
+    render cost a 1% re-render of 10,000 events ≈ 2% of its time)."""
     cal = icalendar.Calendar()
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
     cal.add("calscale", "GREGORIAN")
-    if config.feeds.method_publish:
+    if method_publish:
         cal.add("method", "PUBLISH")
-    title = f"{spec.name} · icsfeed" if spec.type == "account" else f"{spec.name} (team) · icsfeed"
+    title = f"{name} · icsfeed" if feed_type == "account" else f"{name} (team) · icsfeed"
     # icalendar knows no value type for these names and would write them unescaped: a comma
     # splits X-WR-CALDESC into values (sabre/vobject), a name's `;` and `\` come back doubled
-    for name, text in (("name", title), ("x-wr-calname", title),
-                       ("x-wr-caldesc", f"Alerts, backups, tickets and maintenance for {spec.name}")):
-        cal.add(name, icalendar.vText(text))
-    refresh = icalendar.vDuration(config.feeds.refresh_interval)
+    for prop, text in (("name", title), ("x-wr-calname", title),
+                       ("x-wr-caldesc", f"Alerts, backups, tickets and maintenance for {name}")):
+        cal.add(prop, icalendar.vText(text))
+    refresh = icalendar.vDuration(refresh_interval)
     cal.add("refresh-interval", refresh, parameters={"VALUE": "DURATION"})
-    cal.add("x-published-ttl", icalendar.vDuration(config.feeds.refresh_interval))
-    cal.add("color", spec.color)
-    cal.add("x-apple-calendar-color", CSS_COLORS[spec.color].upper())
+    cal.add("x-published-ttl", icalendar.vDuration(refresh_interval))
+    cal.add("color", color)
+    cal.add("x-apple-calendar-color", CSS_COLORS[color].upper())
     text = cal.to_ical()
     head, _, tail = text.rpartition(b"END:VCALENDAR")
     return head, b"END:VCALENDAR" + tail
