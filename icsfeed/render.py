@@ -441,8 +441,8 @@ def calendar_header(config: Config, spec: FeedSpec) -> tuple[bytes, bytes]:
 @lru_cache(maxsize=4096)
 def _calendar_header(name: str, feed_type: str, color: str, method_publish: bool,
                      refresh_interval: timedelta) -> tuple[bytes, bytes]:
-    """:func:`calendar_header` of what it depends on, made once (an icalendar Calendar per
-    render cost a 1% re-render of 10,000 events ≈ 2% of its time)."""
+    """:func:`calendar_header` of what it depends on, made once (an icalendar Calendar built
+    per render cost ≈ 0.4 ms of CPU, ≈ 1% of a 1% re-render of 10,000 events)."""
     cal = icalendar.Calendar()
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
