@@ -258,6 +258,15 @@ def _zone(name: str) -> timezone | Any:
 
 def parse_when(value: Any, tz: Any, date_format: str | None = None) -> datetime | date:
     """ISO 8601 text, epoch seconds or milliseconds -> aware datetime (or a date)."""
+    if (type(value) is str and value[4:5] == "-" and value[10:11] == "T" and not date_format
+            and value[:4].isdigit()):  # ISO 8601 with a time: neither epoch digits nor a bare day
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        except ValueError as exc:
+            raise RecordError(f"not a date: {value.strip()[:60]!r}") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        return parsed.astimezone(timezone.utc)
     if isinstance(value, bool) or value is None:
         raise RecordError(f"not a date: {value!r}")
     if isinstance(value, datetime):
@@ -474,14 +483,9 @@ class MappedSource(Source):
             detail = _birthday_detail(detail, start)
 
         url = c.url(record)
-        return Event(
-            source=self.id, key=key, kind=kind,
-            title=_text(required("title", c.title, m.title)),
-            start=start, end=end, detail=detail,
-            url=_text(url).strip() or None if url is not None else None,
-            account=account, status=status,  # type: ignore[arg-type]
-            severity=severity, attrs=attrs, rrule=rrule,
-        )
+        return Event.mapped(self.id, key, kind, _text(required("title", c.title, m.title)), start, end, detail,
+                            _text(url).strip() or None if url is not None else None, account, status,
+                            severity, attrs, rrule)
 
     def _zone_for(self, account: str | None, fallback: str | None) -> Any:
         """``context.timezone_for``, looked up once per account per poll."""
