@@ -8,10 +8,11 @@ they are stored.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from icsfeed.redact import redact, secret_forms
 from icsfeed.render import fragment_renderer, render_feeds
 from icsfeed.routing import affected_feeds
 from icsfeed.sources import AnswerUnchanged, Source, SourceError, load_source_class
+from icsfeed.sources.mapping import EventStream, MappedSource
 from icsfeed.store import Store, StoreError
 from icsfeed.store.database import storable_text
 
@@ -146,39 +148,47 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         if source.known_digest is not None:  # same rule: after a failure or a push, map every record
             source.stored_records = lambda: store.record_digests(source_id)
         source.stored_key = storable_text
+        if isinstance(source, MappedSource):  # a first import's records mapped as the store takes them
+            source.stream_events = True
         try:
-            events = _checked(config, source, source.fetch(since))
+            fetched = source.fetch(since)
+            if isinstance(fetched, EventStream):
+                checked: _CheckedStream | None = _CheckedStream(config, source, fetched)
+                events: Iterable[Event] = checked.started()  # the first record mapped here: its failure is the source's
+            else:
+                checked, events = None, _checked(config, source, fetched)
         except AnswerUnchanged:
             return _unchanged(store, source_id, state, source.known_digest or "", now, started, secrets)
     except Exception as exc:  # the source failed as a whole: keep the last good events
-        if isinstance(exc, SourceError):
-            message = str(exc)
-        else:
-            message = f"{type(exc).__name__}: {exc}"
-            log.debug("source %s raised", source_id, exc_info=True)
-        message = redact(message, secrets)
-        elapsed = time.monotonic() - started
-        failures = store.record_failure(source_id, message, now, elapsed)
-        log.warning("poll of %s failed (%d in a row): %s", source_id, failures, message)
-        return PollReport(source_id, ok=False, error=message, failures=failures, seconds=elapsed)
+        return _source_failed(store, source_id, exc, secrets, now, started)
 
     elapsed = time.monotonic() - started
-    if answer_changed is not None and events:  # something to write
+    if answer_changed is not None and (checked.any if checked is not None else events):  # something to write
         answer_changed()
     complete = not (source.incremental and since is not None)
     known = source.unchanged_keys if complete else {}  # records not mapped: present and unchanged
-    result = {"fetched": len(events) + len(known), "skipped": len(source.skipped),
-              "skipped_examples": [redact(s, secrets)[:300] for s in source.skipped[:5]]}
+
+    def result() -> dict[str, Any]:  # once every event is taken (a stream's skipped are known then)
+        fetched = checked.count if checked is not None else len(events)  # type: ignore[arg-type]
+        return {"fetched": fetched + len(known), "skipped": len(source.skipped),
+                "skipped_examples": [redact(s, secrets)[:300] for s in source.skipped[:5]]}
+
+    def duration() -> float:  # a stream maps as it is stored: its fetch ends with the last event
+        return elapsed if checked is None else time.monotonic() - started
+
     try:
         changes = store.apply_poll(
             source_id, events, absence=cfg.absence or source.absence, complete=complete, now=now,
-            previous_success=state.last_success, cursor=source.cursor, result=result, duration=elapsed,
+            previous_success=state.last_success, cursor=source.cursor, result=result, duration=duration,
             affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
             fragment=fragment_renderer(config),  # VEVENTs rendered as they are written
             answer_digest=source.answer_digest if complete else None,
             record_digests=source.record_digests, known=known)
     except StoreError as exc:  # the store refused the poll: a failure like any other (backoff, /status)
         return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
+    except _StreamFailed as failed:  # mapping a record raised past its own checks: nothing was written
+        return _source_failed(store, source_id, failed.error, secrets, now, started)
+    elapsed = duration()
     for key, reason in changes.skipped:  # records the store cannot hold: skipped like the source's own
         source.skip(key, reason)
     if changes.touched:  # recomputed by refresh_due_insights, once however many polls touched them
@@ -191,6 +201,77 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
                         skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
     log.info("poll %s", report.line())
     return report
+
+
+def _source_failed(store: Store, source_id: str, exc: BaseException, secrets: set[str], now: float,
+                   started: float) -> PollReport:
+    """Record a poll whose source failed as a whole (its last good events stay) and report it."""
+    if isinstance(exc, SourceError):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+        log.debug("source %s raised", source_id, exc_info=exc)
+    message = redact(message, secrets)
+    elapsed = time.monotonic() - started
+    failures = store.record_failure(source_id, message, now, elapsed)
+    log.warning("poll of %s failed (%d in a row): %s", source_id, failures, message)
+    return PollReport(source_id, ok=False, error=message, failures=failures, seconds=elapsed)
+
+
+class _StreamFailed(Exception):
+    """An error of the source's own code while the store took a stream's events (the poll
+    is rolled back; it is recorded as the source's failure, as if it had come from fetch)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _CheckedStream:
+    """:func:`_checked` of an :class:`EventStream`, one event at a time: the same events and
+    the same skipped, reported in the same order as a list's (the stream's own, then these)
+    once the last event is taken."""
+
+    def __init__(self, config: Config, source: Source, stream: EventStream) -> None:
+        self.config, self.source, self.stream = config, source, stream
+        self.count = 0
+        self.any = False
+        self._skipped: list[tuple[object, str]] = []
+
+    def started(self) -> Iterator[Event]:
+        """The checked events, the first one already mapped (so that whether there is any is
+        known before the store is called, and a failure of the first record is fetch's)."""
+        events = self._events()
+        first = next(events, None)
+        if first is None:
+            return iter(())
+        self.any = True
+        return itertools.chain((first,), events)
+
+    def _events(self) -> Iterator[Event]:
+        max_title, max_detail = self.config.feeds.max_title, self.config.feeds.max_detail
+        kinds, source_id, skipped = self.config.kinds, self.source.id, self._skipped
+        taken = iter(self.stream)
+        while True:
+            try:
+                ev = next(taken, None)
+            except Exception as exc:  # not the store's: the source's, as fetch's would be
+                raise _StreamFailed(exc) from exc
+            if ev is None:
+                break
+            if not isinstance(ev, Event):
+                skipped.append((ev, "not an Event"))
+            elif ev.source != source_id:
+                skipped.append((ev.key, f"event claims source {ev.source!r}"))
+            elif ev.kind not in kinds:
+                skipped.append((ev.key, f"unknown kind {ev.kind!r}"))
+            elif len(str(ev.key)) > 500:
+                skipped.append((str(ev.key)[:60], "key longer than 500 characters"))
+            else:
+                self.count += 1
+                yield ev.bounded(max_title, max_detail)
+        for what, reason in skipped:
+            self.source.skip(what, reason)
 
 
 def _unchanged(store: Store, source_id: str, state: Any, digest: str, now: float, started: float,

@@ -258,6 +258,15 @@ def _zone(name: str) -> timezone | Any:
 
 def parse_when(value: Any, tz: Any, date_format: str | None = None) -> datetime | date:
     """ISO 8601 text, epoch seconds or milliseconds -> aware datetime (or a date)."""
+    if (type(value) is str and value[4:5] == "-" and value[10:11] == "T" and not date_format
+            and value[:4].isdigit()):  # ISO 8601 with a time: neither epoch digits nor a bare day
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        except ValueError as exc:
+            raise RecordError(f"not a date: {value.strip()[:60]!r}") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        return parsed.astimezone(timezone.utc)
     if isinstance(value, bool) or value is None:
         raise RecordError(f"not a date: {value!r}")
     if isinstance(value, datetime):
@@ -358,7 +367,11 @@ class MappedSource(Source):
             self.skip(record, str(exc) or type(exc).__name__)
             return None
 
-    def events_of_answer(self, records: Sequence[Any], texts: Sequence[str | None]) -> list[Event]:
+    #: set by the poller: with no record known (a first import), events_of_answer may return an
+    #: :class:`EventStream`, mapped as the store takes the events, instead of a list
+    stream_events: bool = False
+
+    def events_of_answer(self, records: Sequence[Any], texts: Sequence[str | None]) -> list[Event] | EventStream:
         """The events of a full dump's records, mapping only those not known unchanged.
 
         ``texts[i]``: the canonical text of ``records[i]`` (its JSON Lines line, its JSON),
@@ -369,6 +382,10 @@ class MappedSource(Source):
         """
         digests = [self.record_digest(text) if text is not None else None for text in texts]
         known = self.stored_records() if self.stored_records is not None else {}
+        if not known and self.stream_events and isinstance(records, list):
+            self.unchanged_keys = {}
+            self.record_digests = {}
+            return EventStream(self, records, digests)
         matched: dict[int, str] = {}
         repeated = False
         if known:
@@ -411,6 +428,12 @@ class MappedSource(Source):
         for what, reason in bad_lines + bad_records:
             self.skip(what, reason)
         return out
+
+    def _mapped_or_reason(self, record: Any) -> tuple[Event | None, str]:
+        try:
+            return self.to_event(record), ""
+        except (RecordError, ValueError, TypeError, OverflowError) as exc:
+            return None, str(exc) or type(exc).__name__
 
     def to_event(self, record: Any) -> Event:
         m = self.settings.mapping
@@ -460,14 +483,9 @@ class MappedSource(Source):
             detail = _birthday_detail(detail, start)
 
         url = c.url(record)
-        return Event(
-            source=self.id, key=key, kind=kind,
-            title=_text(required("title", c.title, m.title)),
-            start=start, end=end, detail=detail,
-            url=_text(url).strip() or None if url is not None else None,
-            account=account, status=status,  # type: ignore[arg-type]
-            severity=severity, attrs=attrs, rrule=rrule,
-        )
+        return Event.mapped(self.id, key, kind, _text(required("title", c.title, m.title)), start, end, detail,
+                            _text(url).strip() or None if url is not None else None, account, status,
+                            severity, attrs, rrule)
 
     def _zone_for(self, account: str | None, fallback: str | None) -> Any:
         """``context.timezone_for``, looked up once per account per poll."""
@@ -478,6 +496,48 @@ class MappedSource(Source):
         if zone is None:
             zone = zones[account] = self.context.timezone_for(account, fallback)
         return zone
+
+
+class EventStream:
+    """The events of a full dump's records when none is known (a first import, or after a
+    failure or a push): each record parsed and mapped when its event is taken, and let go of
+    then, so a poll of 100,000 records holds no list of 100,000 Events (``Store.apply_poll``
+    takes them one at a time). Iterated once. As :meth:`MappedSource.events_of_answer`'s list:
+    the same events in the same order, ``record_digests`` filled as each one comes (before it
+    is taken), and the skipped reported once the last is taken: broken lines first, then the
+    records that do not map."""
+
+    def __init__(self, source: MappedSource, records: list[Any], digests: list[str | None]) -> None:
+        self.source, self.records, self.digests = source, records, digests
+        #: events taken so far
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Event]:
+        source, records, digests = self.source, self.records, self.digests
+        self.records = []  # iterated once
+        out = source.record_digests
+        bad_lines: list[tuple[object, str]] = []
+        bad_records: list[tuple[object, str]] = []
+        for i in range(len(records)):
+            record = records[i]
+            records[i] = None  # its text is not needed past its event
+            if isinstance(record, JsonLine):
+                try:
+                    record = json.loads(record.text)
+                except (ValueError, RecursionError) as exc:
+                    bad_lines.append((f"line {record.number}", _bad_json(exc)))
+                    continue
+            event, reason = source._mapped_or_reason(record)
+            if event is None:
+                bad_records.append((record, reason))
+                continue
+            digest = digests[i]
+            if digest is not None:
+                out[str(event.key)] = digest
+            self.count += 1
+            yield event
+        for what, reason in bad_lines + bad_records:
+            source.skip(what, reason)
 
 
 def _birthday_detail(detail: str, born: date | datetime) -> str:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import marshal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from datetime import time as dtime
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
@@ -103,10 +103,10 @@ class EventsMixin:
 
     # --- polls ---------------------------------------------------------------------------
 
-    def apply_poll(self, source_id: str, events: Sequence[Event], *, absence: str,
+    def apply_poll(self, source_id: str, events: Iterable[Event], *, absence: str,
                    complete: bool, now: float, previous_success: float | None,
-                   cursor: str | None = None, result: dict[str, Any] | None = None,
-                   duration: float | None = None,
+                   cursor: str | None = None, result: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+                   duration: float | Callable[[], float] | None = None,
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
                    fragment: Fragmenter | None = None, record: bool = True,
                    answer_digest: str | None = None, record_digests: Mapping[str, str] | None = None,
@@ -131,71 +131,84 @@ class EventsMixin:
         the source found unchanged and did not map (:meth:`record_digests`): present and
         unchanged; if any of them changed since it was read, the poll is refused (StoreError)
         and the next one maps in full.
+        ``events`` are taken one at a time, inside the transaction (a stream that maps its
+        records as it goes, icsfeed.sources.mapping.EventStream, holds no Event past its row);
+        ``record_digests`` is read for each event as it comes (a stream fills it as it goes);
+        ``result`` and ``duration`` may be functions, called once every event is taken.
         """
         changes = PollChanges()
-        unique: dict[str, Event] = {}
-        digest_of: dict[str, str | None] = {}
         mapped_digests = record_digests or {}
-        for ev in events:
-            mapped_key = str(ev.key)
-            ev = _storable(ev)
-            if len(ev.key) > EVENT_KEY_LENGTH:  # skipped, never the whole poll
-                changes.skipped.append((ev.key, f"key longer than {EVENT_KEY_LENGTH} characters"))
-                continue
-            if ev.key in unique:
-                changes.duplicates += 1
-                log.warning("source %s returned key %r more than once; the last one wins", source_id, ev.key[:80])
-            unique[str(ev.key)] = ev
-            digest_of[str(ev.key)] = mapped_digests.get(mapped_key)
-        unmapped = {k: d for k, d in (known or {}).items() if k not in unique}
         t = events_table
         try:
             with self.engine.begin() as conn:
                 existing = {row.key: row for row in _stored_rows(conn, source_id)}
+                # 1. every row worked out and encoded before the transaction's first write: SQLite
+                # takes its one write lock there and holds it to the commit, so a poller beside this
+                # one (another source) renders and encodes while this one writes, not after it.
+                # The events are taken one at a time (a stream maps its records as they are taken):
+                # what is held per new event is its encoded row (_NewRows), not the Event.
+                new_rows = _NewRows(self, conn)
+                entries: dict[str, tuple[int, Any, Any]] = {}  # key -> (what, row slot / update / digest, mapped)
+                mapped_as: dict[tuple[str | None, str, str | None], tuple[str | None, str, str | None]] = {}
+                for ev in events:
+                    mapped_key = str(ev.key)
+                    ev = _storable(ev)
+                    key = str(ev.key)
+                    if len(key) > EVENT_KEY_LENGTH:  # skipped, never the whole poll
+                        changes.skipped.append((key, f"key longer than {EVENT_KEY_LENGTH} characters"))
+                        continue
+                    before = entries.get(key)
+                    if before is not None:  # the last one wins, in the first one's place
+                        changes.duplicates += 1
+                        log.warning("source %s returned key %r more than once; the last one wins", source_id, key[:80])
+                    record_digest = mapped_digests.get(mapped_key)
+                    blob, digest = _json_bytes(ev)
+                    old = existing.get(key)
+                    mapped = (ev.account, ev.kind, ev.severity)
+                    mapped = mapped_as.setdefault(mapped, mapped)  # one tuple per distinct, not per event
+                    if old is None:
+                        row = _row_tuple(self.uid_host, ev, digest, now, sequence=0, created=now, blob=blob,
+                                         fragment=fragment, record_digest=record_digest)
+                        slot = new_rows.add(row, before[1] if before is not None and before[0] == _NEW else None)
+                        entries[key] = (_NEW, slot, mapped)
+                    elif old.content_hash != digest:
+                        values = self._row_values(ev, digest, now, sequence=old.sequence + 1, blob=blob,
+                                                  fragment=fragment, created_for_fragment=old.created,
+                                                  record_digest=record_digest)
+                        entries[key] = (_UPDATED, {"_id": old.id, **values}, mapped)
+                    else:
+                        entries[key] = (_UNCHANGED, record_digest, None)
+                unmapped = {k: d for k, d in (known or {}).items() if k not in entries}
                 for key, record_digest in unmapped.items():
                     row = existing.get(key)
                     if row is None or row.gone or row.record_digest != record_digest:
                         raise StoreError(f"the stored events of {source_id} changed during its poll")
                 changes.unchanged += len(unmapped)
-                # 1. every row worked out and encoded before the transaction's first write: SQLite
-                # takes its one write lock there and holds it to the commit, so a poller beside this
-                # one (another source) renders and encodes while this one writes, not after it
-                inserts: list[dict[str, Any]] = []
-                encoded: list[_Batch] = []  # new rows ready to write, INSERT_BATCH at a time
                 updates: list[dict[str, Any]] = []
                 revived: list[int] = []
                 redigested: list[dict[str, Any]] = []
                 touched_as_mapped: set[tuple[str | None, str, str | None]] = set()  # Touched once per distinct
-                for key, ev in unique.items():
-                    blob, digest = _json_bytes(ev)
-                    old = existing.get(key)
-                    if old is None:
-                        inserts.append(self._row_values(ev, digest, now, sequence=0, created=now, blob=blob,
-                                                        fragment=fragment, record_digest=digest_of[key]))
+                for key, (what, value, mapped) in entries.items():
+                    if what == _NEW:
                         changes.new += 1
-                        if len(inserts) >= INSERT_BATCH:  # encoded as they come: only the compressed rows are held
-                            encoded.append(self._encoded_batch(conn, inserts))
-                            inserts = []
-                    elif old.content_hash != digest:
-                        values = self._row_values(ev, digest, now, sequence=old.sequence + 1, blob=blob,
-                                                  fragment=fragment, created_for_fragment=old.created,
-                                                  record_digest=digest_of[key])
-                        updates.append({"_id": old.id, **values})
+                    elif what == _UPDATED:
+                        old = existing[key]
+                        updates.append(value)
                         changes.updated += 1
                         changes.touched.add(Touched(old.account_key, old.kind, old.severity_rank))
                     else:
+                        old = existing[key]
                         if old.gone:
                             revived.append(old.id)
-                        if old.record_digest != digest_of[key]:  # the same event from another record text
-                            redigested.append({"_id": old.id, "record_digest": digest_of[key]})
+                        if old.record_digest != value:  # the same event from another record text
+                            redigested.append({"_id": old.id, "record_digest": value})
                         changes.unchanged += 1
                         continue
-                    touched_as_mapped.add((ev.account, ev.kind, ev.severity))
+                    touched_as_mapped.add(mapped)
+                del mapped_as
                 changes.touched.update(Touched(_account_key(account), kind, severity_rank(severity))
                                        for account, kind, severity in touched_as_mapped)
-                self._encode_rows(conn, inserts + updates, apart=True)  # together: one dictionary decision, as before
-                if inserts:
-                    encoded.append(_as_batch(inserts))
+                encoded = new_rows.finish(updates)  # the last new rows and the updates: one dictionary decision
                 # 2. the writes
                 for chunk in chunks(revived, 500):
                     conn.execute(update(t).where(t.c.id.in_(chunk)).values(gone=False))
@@ -203,7 +216,7 @@ class EventsMixin:
                     self._bulk_update(conn, redigested)
                 if complete:
                     missing = [row for key, row in existing.items()
-                               if key not in unique and key not in unmapped and not row.gone]
+                               if key not in entries and key not in unmapped and not row.gone]
                     gone_updates: list[dict[str, Any]] = []
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, gone_updates,
                                         fragment)
@@ -216,7 +229,8 @@ class EventsMixin:
                 if affected is not None and changes.touched:
                     self._mark_dirty(conn, affected(changes.touched))
                 if record:
-                    self._record_success(conn, source_id, now, cursor, result, duration, answer_digest)
+                    self._record_success(conn, source_id, now, cursor, result() if callable(result) else result,
+                                         duration() if callable(duration) else duration, answer_digest)
                 else:
                     self._upsert_state(conn, source_id, {"answer_digest": None})
         except SQLAlchemyError as exc:
@@ -288,40 +302,14 @@ class EventsMixin:
             if "vevent" in r:
                 r["vevent"] = v
 
-    def _encoded_batch(self, conn: Any, rows: list[dict[str, Any]]) -> _Batch:
-        """New rows of ``_row_values`` (one shape) encoded before the poll's first write, as
-        the columns and a tuple per row: what :func:`_insert_rows` writes, in less memory
-        than the dicts."""
-        self._encode_rows(conn, rows, apart=True)
-        return _as_batch(rows)
-
     def _row_values(self, ev: Event, digest: str, now: float, *, sequence: int,
                     created: float | None = None, blob: str | bytes | None = None,
                     fragment: Fragmenter | None = None, created_for_fragment: float | None = None,
                     record_digest: str | None = None) -> dict[str, Any]:
-        start_ts = to_ts(ev.start)
-        uid = event_uid(ev.source, str(ev.key), self.uid_host)
-        values: dict[str, Any] = {
-            "source": ev.source, "key": str(ev.key), "uid": uid,
-            "kind": ev.kind, "account_key": _account_key(ev.account),
-            "severity_rank": severity_rank(ev.severity), "start_ts": start_ts,
-            # an ongoing event (a firing alert) reaches its last sighting: feed windows include it
-            "end_ts": to_ts(ev.end) if ev.end is not None else max(start_ts, to_ts(ev.seen or ev.start)),
-            "recurring": bool(ev.rrule),
-            "data": blob if blob is not None else _json_bytes(ev)[0],
-            "content_hash": digest, "sequence": sequence, "last_modified": now,
-            "gone": False, "vevent": None, "vevent_key": None, "is_open": is_open(ev),
-            "record_digest": record_digest,
-        }
-        if created is not None:
-            values["created"] = created
-        if fragment is not None:
-            made = fragment(EventRow(id=0, uid=uid, event=ev, sequence=sequence,
-                                     created=created if created is not None else (created_for_fragment or now),
-                                     last_modified=now))
-            if made is not None:
-                values["vevent"], values["vevent_key"] = made
-        return values
+        """A row's values by column (updates; :func:`_row_tuple`, which new rows take as they are)."""
+        row = _row_tuple(self.uid_host, ev, digest, now, sequence=sequence, created=created, blob=blob,
+                         fragment=fragment, created_for_fragment=created_for_fragment, record_digest=record_digest)
+        return dict(zip(ROW_COLUMNS if created is not None else ROW_COLUMNS[:-1], row, strict=True))
 
     def record_digests(self, source_id: str) -> dict[str, str]:
         """Record digest -> key of a source's present events that were mapped from a record
@@ -530,18 +518,120 @@ _STORED_ROW_SQL = (f"SELECT {', '.join(_StoredRow._fields)} FROM {events_table.n
 INSERT_BATCH = 2000
 
 
+def _row_tuple(uid_host: str, ev: Event, digest: str, now: float, *, sequence: int,
+             created: float | None = None, blob: str | bytes | None = None,
+             fragment: Fragmenter | None = None, created_for_fragment: float | None = None,
+             record_digest: str | None = None) -> tuple[Any, ...]:
+    """A row's values in the order of :data:`ROW_COLUMNS` (``created`` last, left out when
+    None): a tuple, as the insert's executemany takes it, without a dict per row."""
+    start_ts = to_ts(ev.start)
+    key = str(ev.key)
+    uid = event_uid(ev.source, key, uid_host)
+    vevent = vevent_key = None
+    if fragment is not None:
+        made = fragment(EventRow(id=0, uid=uid, event=ev, sequence=sequence,
+                                 created=created if created is not None else (created_for_fragment or now),
+                                 last_modified=now))
+        if made is not None:
+            vevent, vevent_key = made
+    row = (ev.source, key, uid, ev.kind, _account_key(ev.account), severity_rank(ev.severity), start_ts,
+           # an ongoing event (a firing alert) reaches its last sighting: feed windows include it
+           to_ts(ev.end) if ev.end is not None else max(start_ts, to_ts(ev.seen or ev.start)),
+           bool(ev.rrule), blob if blob is not None else _json_bytes(ev)[0], digest, sequence, now,
+           False, vevent, vevent_key, is_open(ev), record_digest)
+    return row if created is None else (*row, created)
+
+
+#: the columns of a row as :func:`_row_tuple` gives them (``created`` last)
+ROW_COLUMNS = ("source", "key", "uid", "kind", "account_key", "severity_rank", "start_ts", "end_ts", "recurring",
+               "data", "content_hash", "sequence", "last_modified", "gone", "vevent", "vevent_key", "is_open",
+               "record_digest", "created")
+_DATA, _VEVENT = ROW_COLUMNS.index("data"), ROW_COLUMNS.index("vevent")
+#: what a poll found of one key (apply_poll's entries)
+_NEW, _UPDATED, _UNCHANGED = 0, 1, 2
+
+
 class _Batch(NamedTuple):
-    """New rows encoded and ready to insert: their columns, and their values in that order."""
+    """New rows encoded and ready to insert: their columns, and their values in that order,
+    as one ``marshal`` payload (a tuple per row held as Python objects cost ≈ 900 bytes a
+    row, the payload ≈ 400: a first import holds every row of its source until it writes)."""
 
     columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]]
+    payload: bytes
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        return marshal.loads(self.payload)  # type: ignore[no-any-return]
 
 
-def _as_batch(rows: list[dict[str, Any]]) -> _Batch:
-    """Encoded rows of ``_row_values`` (one shape) as the columns and a tuple per row."""
-    columns = tuple(rows[0])
-    values = itemgetter(*columns)
-    return _Batch(columns, [values(row) for row in rows])
+class _NewRows:
+    """A poll's new rows as they are worked out: encoded INSERT_BATCH at a time (each batch's
+    dictionary decision as before), then held as :class:`_Batch` payloads until the writes."""
+
+    def __init__(self, store: EventsMixin, conn: Any) -> None:
+        self.store, self.conn = store, conn
+        self.pending: list[tuple[Any, ...]] = []
+        self.batches: list[_Batch] = []
+        self.count = 0
+
+    def add(self, row: tuple[Any, ...], replacing: int | None = None) -> int:
+        """Take a row of ``_row_tuple`` (with ``created``); ``replacing``: the slot of an earlier
+        row of the same key in this poll (the last one wins, in the first one's place).
+        Returns the row's slot."""
+        if replacing is not None:
+            self._replace(replacing, row)
+            return replacing
+        self.pending.append(row)
+        self.count += 1
+        if len(self.pending) >= INSERT_BATCH:  # encoded as they come: only the compressed rows are held
+            self.batches.append(_as_batch(self._encoded(self.pending)))
+            self.pending = []
+        return self.count - 1
+
+    def _replace(self, slot: int, row: tuple[Any, ...]) -> None:
+        done = INSERT_BATCH * len(self.batches)
+        if slot >= done:  # not encoded yet: the batch is the one a list of the last events makes
+            self.pending[slot - done] = row
+            return
+        # already encoded (a key sent twice, batches apart): this row alone, with its group's dictionary
+        number, position = divmod(slot, INSERT_BATCH)
+        batch = self.batches[number]
+        rows = batch.rows
+        rows[position] = self._encoded([row])[0]
+        self.batches[number] = _Batch(batch.columns, marshal.dumps(rows))
+
+    def _encoded(self, rows: list[tuple[Any, ...]],
+                 updates: list[dict[str, Any]] | None = None) -> list[tuple[Any, ...]]:
+        """Rows with their ``data`` and ``vevent`` encoded, and ``updates`` (dicts) in place,
+        in one ``encode_values`` per column (one dictionary decision for both)."""
+        updates = updates or []
+        groups = [source_group(r[0]) for r in rows] + [source_group(u["source"]) for u in updates]
+        codec, conn = self.store.codec, self.conn
+        data = codec.encode_values(conn, "data", groups, [_utf8(r[_DATA]) for r in rows] +
+                                   [_utf8(u["data"]) for u in updates], apart=True)
+        vevents = codec.encode_values(conn, "vevent", groups, [r[_VEVENT] for r in rows] +
+                                      [u.get("vevent") for u in updates], apart=True)
+        n = len(rows)
+        for u, d, v in zip(updates, data[n:], vevents[n:], strict=True):
+            u["data"] = d
+            if "vevent" in u:
+                u["vevent"] = v
+        return [(*r[:_DATA], d, *r[_DATA + 1:_VEVENT], v, *r[_VEVENT + 1:])
+                for r, d, v in zip(rows, data[:n], vevents[:n], strict=True)]
+
+    def finish(self, updates: list[dict[str, Any]]) -> list[_Batch]:
+        """Encode the last new rows together with ``updates`` (in place); every batch to insert."""
+        if self.pending or updates:
+            rows = self._encoded(self.pending, updates)
+            if rows:
+                self.batches.append(_as_batch(rows))
+        self.pending = []
+        return self.batches
+
+
+def _as_batch(rows: list[tuple[Any, ...]]) -> _Batch:
+    """Encoded new rows (``_row_tuple`` with ``created``) as a batch to insert."""
+    return _Batch(ROW_COLUMNS, marshal.dumps(rows))
 
 
 def _insert_rows(conn: Any, batch: _Batch) -> None:
@@ -551,11 +641,12 @@ def _insert_rows(conn: Any, batch: _Batch) -> None:
     psycopg store as the Core insert did."""
     marks = ", ".join([_mark(conn)] * len(batch.columns))
     sql = f"INSERT INTO {events_table.name} ({', '.join(batch.columns)}) VALUES ({marks})"
+    rows = batch.rows
     cursor = conn.connection.cursor()
     try:
-        cursor.executemany(sql, batch.rows)
+        cursor.executemany(sql, rows)
     except conn.dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy's, like any statement's
-        raise DBAPIError.instance(sql, batch.rows[:1], exc, conn.dialect.loaded_dbapi.Error) from None
+        raise DBAPIError.instance(sql, rows[:1], exc, conn.dialect.loaded_dbapi.Error) from None
     finally:
         cursor.close()
 
