@@ -1,0 +1,141 @@
+"""Over-budget feeds re-rendered (issue 11, fifth session): the CPU of one bench-shaped account
+feed (1,000 events + ~500 insight flags, over the default budget) and of the team feed of
+critical alerts, cold (first import) and after ``bench_scale.change_one_percent``; each tree
+in a child process of its own on the same data (``ICSFEED_BENCH_CODE``: the other tree).
+
+    ICSFEED_BENCH_ACCOUNTS=4 python benchmarks/budget_rerender.py [--profile]
+
+Each render is ``render_feeds(only=[feed])`` under ``process_time``, best of ``ROUNDS`` from
+a copy of the database as the polls and insights left it (nothing timed but the render).
+The re-render's body is checked against a from-scratch ``build_feed`` of the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROUNDS = int(os.environ.get("ICSFEED_BENCH_ROUNDS", "5"))
+
+
+def _copy_db(data: Path, to: Path) -> None:
+    to.mkdir(parents=True, exist_ok=True)
+    for p in data.glob("icsfeed.db*"):
+        shutil.copy(p, to / p.name)
+
+
+def _child(base: Path, tag: str, profile: bool) -> dict[str, Any]:
+    """In the tree on PYTHONPATH: poll + insights (not timed), then the renders (timed)."""
+    from datetime import datetime, timezone
+
+    from icsfeed.config import load_config
+    from icsfeed.poller import poll_source, refresh_due_insights
+    from icsfeed.render import build_feed, render_feeds
+    from icsfeed.routing import all_feeds
+    from icsfeed.store import Store
+
+    data = base / f"data-{tag}"
+    out: dict[str, Any] = {}
+
+    def polled(config_dir: Path) -> None:
+        config = load_config(config_dir, data)
+        store = Store(config.storage_url, uid_host=config.uid_host)
+        for source_id in config.sources:
+            poll_source(config, store, source_id)
+        refresh_due_insights(config, store)
+        store.close()
+
+    def render(config_dir: Path, snap: Path, feed: str, name: str, keep: bool) -> None:
+        cpus = []
+        for r in range(ROUNDS):
+            _copy_db(snap, data)
+            config = load_config(config_dir, data)
+            store = Store(config.storage_url, uid_host=config.uid_host)
+            now = datetime.now(timezone.utc)
+            prof = None
+            if profile and r == 0:
+                from pyinstrument import Profiler
+                prof = Profiler(interval=0.0005)
+                prof.start()
+            t = time.process_time()
+            done = render_feeds(config, store, only=[feed], now=now)
+            cpus.append(time.process_time() - t)
+            if prof is not None:
+                prof.stop()
+                (base / f"profile-{tag}-{name}.txt").write_text(prof.output_text(unicode=False, show_all=False))
+            assert done == [feed], done
+            spec = next(s for s in all_feeds(config) if s.feed_id == feed)
+            stored = store.get_feed(feed)
+            fresh = build_feed(config, store, spec, now, save_fragments=False)
+            assert stored is not None and stored.body == fresh.body, f"{name}: not what a fresh render makes"
+            out[f"{name}_events"] = stored.event_count
+            store.close()
+            if r == ROUNDS - 1 and keep:
+                _copy_db(data, snap.with_name(snap.name + "-after"))
+        out[f"{name}_cpu_ms"] = min(cpus) * 1000
+        out[f"{name}_cpu_all_ms"] = [round(c * 1000, 1) for c in cpus]
+
+    polled(base / "config")
+    snap0 = base / f"snap0-{tag}"
+    _copy_db(data, snap0)
+    feeds = ["account/c0000", "team/critical"]
+    # cold renders (every feed rendered once cold, kept: where the re-render starts from)
+    config = load_config(base / "config", data)
+    for feed in feeds:
+        render(base / "config", snap0, feed, f"cold_{feed.split('/')[0]}", keep=False)
+    _copy_db(snap0, data)
+    config = load_config(base / "config", data)
+    store = Store(config.storage_url, uid_host=config.uid_host)
+    render_feeds(config, store)
+    store.close()
+    polled(base / "config1")  # 1% of titles changed
+    snap1 = base / f"snap1-{tag}"
+    _copy_db(data, snap1)
+    for feed in feeds:
+        render(base / "config1", snap1, feed, f"pct1_{feed.split('/')[0]}", keep=False)
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(_child(Path(sys.argv[2]), sys.argv[3], "--profile" in sys.argv)))
+        return
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from bench_scale import change_one_percent, write_data
+
+    accounts = int(os.environ.get("ICSFEED_BENCH_ACCOUNTS", "4"))
+    base = Path(tempfile.mkdtemp(prefix="icsfeed-budget-rr-"))
+    write_data(base, accounts, 1000, insights=True)
+    shutil.copytree(base / "config", base / "config0")
+    change_one_percent(base)  # edits base/config: the changed files go to config1
+    (base / "config").rename(base / "config1")
+    (base / "config0").rename(base / "config")
+    trees = [("this", here.parent)]
+    other = os.environ.get("ICSFEED_BENCH_CODE")
+    if other:
+        trees.append(("other", Path(other)))
+    results = {}
+    os.environ.setdefault("ICSFEED_SECRET_KEY", "bench-" + "k" * 32)
+    for tag, code in trees:
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        env.pop("ICSFEED_STORAGE_URL", None)
+        proc = subprocess.run([sys.executable, __file__, "--child", str(base), tag, *sys.argv[1:]], env=env,
+                              cwd=str(base), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{code}: {proc.stderr[-3000:]}")
+        results[tag] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[tag]["code"] = str(code)
+    print(json.dumps(results, indent=1))
+    print(f"(data in {base})")
+
+
+if __name__ == "__main__":
+    main()
