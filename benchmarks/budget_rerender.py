@@ -5,7 +5,7 @@ in a child process of its own on the same data (``ICSFEED_BENCH_CODE``: the othe
 
     ICSFEED_BENCH_ACCOUNTS=4 python benchmarks/budget_rerender.py [--profile]
 
-Each render is ``render_feeds(only=[feed])`` under ``process_time``, best of ``ROUNDS`` from
+Each row is one ``render_feeds`` of every account feed (per feed) or of the team feed, under ``process_time``, best of ``ROUNDS`` from
 a copy of the database as the polls and insights left it (nothing timed but the render).
 The re-render's body is checked against a from-scratch ``build_feed`` of the same store.
 """
@@ -52,7 +52,8 @@ def _child(base: Path, tag: str, profile: bool) -> dict[str, Any]:
         refresh_due_insights(config, store)
         store.close()
 
-    def render(config_dir: Path, snap: Path, feed: str, name: str, keep: bool) -> None:
+    def render(config_dir: Path, snap: Path, feeds: list[str], name: str, keep: bool) -> None:
+        """CPU per feed of one render_feeds of ``feeds`` (one store, as the poller renders them)."""
         cpus = []
         for r in range(ROUNDS):
             _copy_db(snap, data)
@@ -60,22 +61,23 @@ def _child(base: Path, tag: str, profile: bool) -> dict[str, Any]:
             store = Store(config.storage_url, uid_host=config.uid_host)
             now = datetime.now(timezone.utc)
             prof = None
-            if profile and r == 0:
+            if profile and r == 1:
                 from pyinstrument import Profiler
                 prof = Profiler(interval=0.0005)
                 prof.start()
             t = time.process_time()
-            done = render_feeds(config, store, only=[feed], now=now)
-            cpus.append(time.process_time() - t)
+            done = render_feeds(config, store, only=feeds, now=now)
+            cpus.append((time.process_time() - t) / len(feeds))
             if prof is not None:
                 prof.stop()
                 (base / f"profile-{tag}-{name}.txt").write_text(prof.output_text(unicode=False, show_all=False))
-            assert done == [feed], done
-            spec = next(s for s in all_feeds(config) if s.feed_id == feed)
-            stored = store.get_feed(feed)
-            fresh = build_feed(config, store, spec, now, save_fragments=False)
-            assert stored is not None and stored.body == fresh.body, f"{name}: not what a fresh render makes"
-            out[f"{name}_events"] = stored.event_count
+            assert sorted(done) == sorted(feeds), done
+            for spec in all_feeds(config):
+                if spec.feed_id in feeds:
+                    stored = store.get_feed(spec.feed_id)
+                    fresh = build_feed(config, store, spec, now, save_fragments=False)
+                    assert stored is not None and stored.body == fresh.body, f"{name}: not what a fresh render makes"
+                    out[f"{name}_events"] = stored.event_count
             store.close()
             if r == ROUNDS - 1 and keep:
                 _copy_db(data, snap.with_name(snap.name + "-after"))
@@ -85,11 +87,11 @@ def _child(base: Path, tag: str, profile: bool) -> dict[str, Any]:
     polled(base / "config")
     snap0 = base / f"snap0-{tag}"
     _copy_db(data, snap0)
-    feeds = ["account/c0000", "team/critical"]
-    # cold renders (every feed rendered once cold, kept: where the re-render starts from)
     config = load_config(base / "config", data)
-    for feed in feeds:
-        render(base / "config", snap0, feed, f"cold_{feed.split('/')[0]}", keep=False)
+    feeds = {"account": [s.feed_id for s in all_feeds(config) if s.type == "account"], "team": ["team/critical"]}
+    # cold renders (every feed rendered once cold, kept: where the re-render starts from)
+    for kind, ids in feeds.items():
+        render(base / "config", snap0, ids, f"cold_{kind}", keep=False)
     _copy_db(snap0, data)
     config = load_config(base / "config", data)
     store = Store(config.storage_url, uid_host=config.uid_host)
@@ -98,8 +100,8 @@ def _child(base: Path, tag: str, profile: bool) -> dict[str, Any]:
     polled(base / "config1")  # 1% of titles changed
     snap1 = base / f"snap1-{tag}"
     _copy_db(data, snap1)
-    for feed in feeds:
-        render(base / "config1", snap1, feed, f"pct1_{feed.split('/')[0]}", keep=False)
+    for kind, ids in feeds.items():
+        render(base / "config1", snap1, ids, f"pct1_{kind}", keep=False)
     return out
 
 
@@ -133,8 +135,19 @@ def main() -> None:
             raise SystemExit(f"{code}: {proc.stderr[-3000:]}")
         results[tag] = json.loads(proc.stdout.strip().splitlines()[-1])
         results[tag]["code"] = str(code)
-    print(json.dumps(results, indent=1))
-    print(f"(data in {base})")
+    names = [k for k in results["this"] if k.endswith("_cpu_ms")]
+    print(f"{accounts} accounts x 1,000 events, insights on; CPU per feed of one render_feeds(only=<the account feeds> | <the team feed>), best of {ROUNDS} (all runs)")
+    for k in names:
+        row = f"  {k[:-7]:14s}"
+        for tag, r in results.items():
+            row += f" | {tag} {r[k]:7.1f} ms {r[k.replace('_cpu_ms', '_cpu_all_ms')]}"
+        print(row)
+    for tag, r in results.items():
+        print(f"  {tag}: {r['code']}; VEVENTs: account {r['cold_account_events']}, team {r['cold_team_events']}")
+    if "--profile" not in sys.argv:
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        print(f"  profiles in {base}")
 
 
 if __name__ == "__main__":

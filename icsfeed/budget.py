@@ -403,7 +403,9 @@ class _Fitter:
         self.render_key = render_key(config)
         self.stored = store.rollups_of(spec.feed_id)
         self._built: dict[tuple[str, str], StoredRollup] = {}
-        self._days: dict[int, date] = {}
+        #: content hash by the group's rows and versions: the previous render's (refit), and this one's
+        self.digests: dict[str, str] = {}
+        self.used: dict[str, str] = {}
 
     def columns(self, fragments: Sequence[tuple[int, bytes]], attrs: Mapping[int, PartAttrs],
                 flags: Mapping[int, bool]) -> Columns:
@@ -458,6 +460,7 @@ class _Fitter:
         fitted = _assemble(with_note(head, _note(report)), tail, pieces, report, versions)
         if versions is not None:
             fitted.parts.update(plan_parts(cols, at, versions, unknown))
+            fitted.parts["b_digests"] = {"context": self.context, "digests": self.used}
         return fitted
 
     def plan(self) -> tuple[_Plan, int]:
@@ -559,21 +562,29 @@ class _Fitter:
 
     def _identity(self, key: GroupKey, members: list[int]) -> tuple[str, str]:
         """(group key, content hash): the content is what the members are (UID, SEQUENCE) and
-        everything else the VEVENT shows."""
+        everything else the VEVENT shows. A group of the same rows in the same versions has
+        the content hash it had (``digests``, kept in the parts): no UID read for it."""
         cols = self.cols
         ids, seqs, uids = cols.ids, cols.seqs, cols.uids
-        if any(ids[m] not in uids for m in members):
-            self._read_uids()
-        content = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, self._name(key[0]), self.tz_name,
-                              sorted((uids.get(ids[m], ""), seqs[m]) for m in members)])
-        return self.group_key(key), hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+        gkey, name = self.group_key(key), self._name(key[0])
+        memo = hashlib.sha256(f"{gkey}\x00{name}\x00{[(ids[m], seqs[m]) for m in members]}".encode(
+            "utf-8", "surrogatepass")).hexdigest()[:32]
+        digest = self.digests.get(memo)
+        if digest is None:
+            unknown = [ids[m] for m in members if ids[m] not in uids]
+            if unknown:
+                uids.update(self.store.uids_by_id(unknown))
+            content = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, name, self.tz_name,
+                                  sorted((uids.get(ids[m], ""), seqs[m]) for m in members)])
+            digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+        self.used[memo] = digest
+        return gkey, digest
 
-    def _read_uids(self) -> None:
-        """The UIDs of every event that could be rolled up (one read: a re-render knows only the
-        changed events' UIDs, and needs them only when some rollup is planned)."""
-        cols, keys = self.cols, self.keys
-        wanted = [i for i, k in zip(cols.ids, keys, strict=True) if k is not None and i not in cols.uids]
-        cols.uids.update(self.store.uids_by_id(wanted))
+    @property
+    def context(self) -> str:
+        """What every content hash of this feed's rollups depends on besides the groups."""
+        text = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, self.tz_name])
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def known(self, key: GroupKey, members: list[int]) -> StoredRollup | None:
         """The group's rollup if it is stored (or made in this render) with this content."""
@@ -667,7 +678,9 @@ class _Fitter:
         return vevent.to_ical()  # type: ignore[no-any-return]
 
     def save(self, plan: _Plan, back: int) -> None:
-        """Keep the rollups of this plan that changed; forget those older than any window."""
+        """Keep the rollups of this plan that changed; forget those older than any window
+        (nothing written when neither happens: the usual re-render)."""
         fresh = [r for r, _ in plan.rollups.values() if self.stored.get(r.group_key) is not r]
         oldest = (self.midnight - timedelta(days=self.spec.window_back_days + 2)).date().isoformat()
-        self.store.save_rollups(self.spec.feed_id, fresh, prune_before=oldest)
+        if fresh or any(r.day < oldest for r in self.stored.values()):
+            self.store.save_rollups(self.spec.feed_id, fresh, prune_before=oldest)

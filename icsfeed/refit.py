@@ -67,6 +67,9 @@ def refit(config: Config, store: Store, spec: FeedSpec, now: datetime, head: byt
     budget = feed_budget(config, spec)
     fitter = _Fitter(config, store, spec, now, budget, len(head) + len(tail) + NOTE_RESERVE, secret)
     cols = _columns(cached, at, ids, got, flags, fitter)
+    known = parts.get("b_digests")
+    if isinstance(known, dict) and known.get("context") == fitter.context and isinstance(known.get("digests"), dict):
+        fitter.digests = known["digests"]
     size = len(head) + len(tail) + sum(cols.lens)
     if budget.fits(size, len(ids)):
         return None  # within its budget now: the general path lists it whole
