@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,7 @@ def _child(base: Path, tag: str, profile: bool) -> dict[str, Any]:
             if r == ROUNDS - 1 and keep:
                 _copy_db(data, snap.with_name(snap.name + "-after"))
         out[f"{name}_cpu_ms"] = min(cpus) * 1000
+        out[f"{name}_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out[f"{name}_cpu_all_ms"] = [round(c * 1000, 1) for c in cpus]
 
     polled(base / "config")
@@ -89,6 +91,9 @@ def _child(base: Path, tag: str, profile: bool) -> dict[str, Any]:
     _copy_db(data, snap0)
     config = load_config(base / "config", data)
     feeds = {"account": [s.feed_id for s in all_feeds(config) if s.type == "account"], "team": ["team/critical"]}
+    only = os.environ.get("ICSFEED_BENCH_FEEDS")  # "team": the team feed alone (a larger team at more accounts)
+    if only:
+        feeds = {k: v for k, v in feeds.items() if k == only}
     # cold renders (every feed rendered once cold, kept: where the re-render starts from)
     for kind, ids in feeds.items():
         render(base / "config", snap0, ids, f"cold_{kind}", keep=False)
@@ -143,7 +148,8 @@ def main() -> None:
             row += f" | {tag} {r[k]:7.1f} ms {r[k.replace('_cpu_ms', '_cpu_all_ms')]}"
         print(row)
     for tag, r in results.items():
-        print(f"  {tag}: {r['code']}; VEVENTs: account {r['cold_account_events']}, team {r['cold_team_events']}")
+        print(f"  {tag}: {r['code']}; VEVENTs: " + ", ".join(f"{k[5:-7]} {v}" for k, v in r.items() if k.startswith("cold_")
+                                                            and k.endswith("_events")))
     if "--profile" not in sys.argv:
         shutil.rmtree(base, ignore_errors=True)
     else:

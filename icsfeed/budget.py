@@ -45,7 +45,13 @@ from icsfeed.config import BudgetConfig, Config
 from icsfeed.feed_filters import LEVEL_NAMES, is_open
 from icsfeed.render import (
     Listed,
+    _categories_line,
+    _escaped,
+    _line,
     _organizer,
+    _organizer_line,
+    _stamp_text,
+    _text_line,
     clean_text,
     clean_title,
     feed_secret,
@@ -351,6 +357,69 @@ def _assemble(head: bytes, tail: bytes, pieces: list[_Piece], report: dict[str, 
     return FittedFeed(body=body, event_count=len(pieces), parts=parts, report=report)
 
 
+@dataclass(frozen=True)
+class RollupFields:
+    """What a rollup VEVENT says (its texts cleaned already)."""
+
+    uid: str
+    stamp: float
+    day: date
+    summary: str
+    detail: str
+    link: str | None
+    categories: tuple[str, ...]
+    sequence: int
+    created: float
+    color: str
+    #: (email, name) with METHOD:PUBLISH, else None
+    organizer: tuple[str, str] | None
+
+
+def rollup_vevent(f: RollupFields) -> bytes:
+    """A rollup's VEVENT, byte-identical to :func:`rollup_component` (...).to_ical(): the lines
+    in icalendar's order, from render's line helpers (a few µs instead of a millisecond)."""
+    stamp = _stamp_text(f.stamp)
+    day = f"{f.day.year:04}{f.day.month:02}{f.day.day:02}"
+    end = f.day + timedelta(days=1)
+    out = [b"BEGIN:VEVENT\r\n", _line("SUMMARY", _escaped(f.summary)), _line("DTSTART;VALUE=DATE", day),
+           _line("DTEND;VALUE=DATE", f"{end.year:04}{end.month:02}{end.day:02}"), _line("DTSTAMP", stamp),
+           _line("UID", _escaped(f.uid)), _line("SEQUENCE", str(int(f.sequence))), _categories_line(f.categories),
+           _text_line("CLASS", "PUBLIC"), _text_line("COLOR", f.color), _line("CREATED", _stamp_text(f.created)),
+           _line("DESCRIPTION", _escaped(f.detail)), _line("LAST-MODIFIED", stamp)]
+    if f.organizer is not None:
+        out.append(_organizer_line(*f.organizer))
+    out += [_text_line("STATUS", "CONFIRMED"), _text_line("TRANSP", "TRANSPARENT")]
+    if f.link:
+        out.append(_line("URL", f.link))
+    out.append(b"END:VEVENT\r\n")
+    return b"".join(out)
+
+
+def rollup_component(f: RollupFields) -> icalendar.Event:
+    """The rollup as an icalendar component: the reference :func:`rollup_vevent` is tested against."""
+    stamp = datetime.fromtimestamp(f.stamp, timezone.utc)
+    vevent = icalendar.Event()
+    vevent.add("uid", f.uid)
+    vevent.add("dtstamp", stamp)
+    vevent.add("dtstart", f.day)
+    vevent.add("dtend", f.day + timedelta(days=1))
+    vevent.add("summary", f.summary)
+    vevent.add("description", f.detail)
+    if f.link:
+        vevent.add("url", f.link)
+    vevent.add("categories", list(f.categories))
+    vevent.add("status", "CONFIRMED")
+    vevent.add("sequence", f.sequence)
+    vevent.add("created", datetime.fromtimestamp(f.created, timezone.utc))
+    vevent.add("last-modified", stamp)
+    vevent.add("color", f.color)
+    vevent.add("transp", "TRANSPARENT")
+    vevent.add("class", "PUBLIC")
+    if f.organizer is not None:
+        vevent.add("organizer", _organizer(*f.organizer))
+    return vevent
+
+
 def _note(report: dict[str, Any]) -> str:
     said = []
     if report["rollups"]:
@@ -406,6 +475,9 @@ class _Fitter:
         #: content hash by the group's rows and versions: the previous render's (refit), and this one's
         self.digests: dict[str, str] = {}
         self.used: dict[str, str] = {}
+        self._rows: dict[int, Any] = {}
+        self._ahead: list[tuple[GroupKey, list[int]]] = []
+        self._ahead_at = 0
 
     def columns(self, fragments: Sequence[tuple[int, bytes]], attrs: Mapping[int, PartAttrs],
                 flags: Mapping[int, bool]) -> Columns:
@@ -524,9 +596,11 @@ class _Fitter:
                 members.append(p)
         ranked = sorted((g for g in groups.items() if len(g[1]) >= 2),
                         key=lambda g: (-len(g[1]), -sum(map(lens.__getitem__, g[1])), repr(g[0])))
-        for key, members in ranked:
+        self._ahead = ranked
+        for at, (key, members) in enumerate(ranked):
             if self.budget.fits(plan.size, plan.events):
                 break
+            self._ahead_at = at
             rollup = self.rollup(key, members) if exact else self.known(key, members)
             size = len(rollup.vevent) if rollup is not None else self.estimate(members)
             saved = sum(map(lens.__getitem__, members)) - size
@@ -569,7 +643,7 @@ class _Fitter:
         gkey, name = self.group_key(key), self._name(key[0])
         memo = hashlib.sha256(f"{gkey}\x00{name}\x00{[(ids[m], seqs[m]) for m in members]}".encode(
             "utf-8", "surrogatepass")).hexdigest()[:32]
-        digest = self.digests.get(memo)
+        digest = self.used.get(memo) or self.digests.get(memo)
         if digest is None:
             unknown = [ids[m] for m in members if ids[m] not in uids]
             if unknown:
@@ -617,6 +691,18 @@ class _Fitter:
                                                                self.now_ts, vevent)
         return built
 
+    def _event_rows(self, ids: list[int]) -> dict[int, Any]:
+        """The members' rows, read with those of the next groups that may be rolled up (one
+        read for many rollups: a first render makes hundreds)."""
+        rows = self._rows
+        if any(i not in rows for i in ids):
+            wanted = set(ids)
+            for key, members in self._ahead[self._ahead_at:self._ahead_at + 32]:
+                if self.known(key, members) is None:
+                    wanted.update(self.cols.ids[m] for m in members)
+            rows.update(self.store.events_by_id(sorted(i for i in wanted if i not in rows)))
+        return rows
+
     def _name(self, account_key: str) -> str:
         if not account_key:
             return "no account"
@@ -639,7 +725,7 @@ class _Fitter:
         words = f"{len(members)} {state}{level}{_plural(label, len(members))} on {name}"
         link = self.day_link(kind_name, day)
         ids = [self.cols.ids[m] for m in members]
-        rows = self.store.events_by_id(ids)
+        rows = self._event_rows(ids)
         events = sorted((rows[i].event for i in ids if i in rows), key=lambda ev: (str(ev.start), ev.title))
         room = config.feeds.max_detail - len(link or "") - 200
         lines = [f"{words}, {day:%A %d %B %Y} ({self.tz_name}):"]
@@ -655,27 +741,13 @@ class _Fitter:
             lines.append(line)
             used += len(line) + 1
         detail = "\n".join(lines) + (f"\n\n{link}" if link else "")
-        stamp = datetime.fromtimestamp(self.now_ts, timezone.utc)
-        vevent = icalendar.Event()
-        vevent.add("uid", f"rollup-{gkey}@{config.uid_host}")
-        vevent.add("dtstamp", stamp)
-        vevent.add("dtstart", day)
-        vevent.add("dtend", day + timedelta(days=1))
-        vevent.add("summary", f"{kind.icon} {clean_title(words, config.feeds.max_title)}")
-        vevent.add("description", clean_text(detail, config.feeds.max_detail))
-        if link:
-            vevent.add("url", link)
-        vevent.add("categories", [label, *([LEVEL_NAMES[rank]] if rank is not None else [])])
-        vevent.add("status", "CONFIRMED")
-        vevent.add("sequence", sequence)
-        vevent.add("created", datetime.fromtimestamp(created, timezone.utc))
-        vevent.add("last-modified", stamp)
-        vevent.add("color", kind.color)
-        vevent.add("transp", "TRANSPARENT")
-        vevent.add("class", "PUBLIC")
-        if config.feeds.method_publish:
-            vevent.add("organizer", _organizer(config.feeds.organizer_email, config.feeds.organizer_name))
-        return vevent.to_ical()  # type: ignore[no-any-return]
+        feeds = config.feeds
+        return rollup_vevent(RollupFields(
+            uid=f"rollup-{gkey}@{config.uid_host}", stamp=self.now_ts, day=day,
+            summary=f"{kind.icon} {clean_title(words, feeds.max_title)}", detail=clean_text(detail, feeds.max_detail),
+            link=link, categories=(label, *([LEVEL_NAMES[rank]] if rank is not None else [])), sequence=sequence,
+            created=created, color=kind.color,
+            organizer=(feeds.organizer_email, feeds.organizer_name) if feeds.method_publish else None))
 
     def save(self, plan: _Plan, back: int) -> None:
         """Keep the rollups of this plan that changed; forget those older than any window

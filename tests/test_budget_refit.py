@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -22,9 +22,10 @@ from sqlalchemy import text
 from test_render_splice import from_scratch, stored_bodies
 
 import icsfeed.refit as refit_module
+from icsfeed.budget import RollupFields, rollup_component, rollup_vevent
 from icsfeed.config import Config
 from icsfeed.model import Event
-from icsfeed.render import fragment_renderer, render_feeds
+from icsfeed.render import clean_text, clean_title, fragment_renderer, render_feeds
 from icsfeed.routing import all_feeds
 from icsfeed.store import Store
 
@@ -173,3 +174,24 @@ def test_a_title_edit_refits_reading_only_the_changed_row(
     assert [len(ids) for ids in read] in ([1], [1, 1])  # the changed row (and its fragment if it is shown)
     monkeypatch.undo()
     assert stored_bodies(config, store)["account/acme"] == from_scratch(config, store, NOW)["account/acme"]
+
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(summary=texts, detail=texts, link=st.one_of(st.none(), st.just("https://cal.example.com/v?t=a&month=2026-11#d20261120k0")),
+       categories=st.lists(st.sampled_from(["Alert", "critical", "Ticket, open", "a;b", "Maintenance"]), min_size=1,
+                           max_size=2),
+       sequence=st.integers(0, 10_000), stamp=st.floats(1e9, 2e9), created=st.floats(1e9, 2e9),
+       day=st.dates(date(2000, 1, 1), date(2090, 12, 31)),
+       organizer=st.one_of(st.none(), st.just(("ops@example.com", "Ops, Inc.; 24/7"))))
+def test_rollup_vevent_is_icalendars_bytes(summary: str, detail: str, link: str | None, categories: list[str],
+                                           sequence: int, stamp: float, created: float, day: date,
+                                           organizer: tuple[str, str] | None) -> None:
+    """The rollup VEVENT written line by line is what icalendar's component makes of the same fields."""
+    fields = RollupFields(uid="rollup-0123456789abcdef0123456789abcdef@cal.example.com", stamp=float(int(stamp)),
+                          day=day, summary=clean_title(summary, 250), detail=clean_text(detail, 2000), link=link,
+                          categories=tuple(categories), sequence=sequence, created=created, color="crimson",
+                          organizer=organizer)
+    assert rollup_vevent(fields) == rollup_component(fields).to_ical()
