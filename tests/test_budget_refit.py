@@ -22,7 +22,7 @@ from sqlalchemy import text
 from test_render_splice import from_scratch, stored_bodies
 
 import icsfeed.refit as refit_module
-from icsfeed.budget import RollupFields, rollup_component, rollup_vevent
+from icsfeed.budget import _SUMMARY, _URL, ROLLUP_TITLE_MAX, RollupFields, listed_bytes, rollup_component, rollup_vevent
 from icsfeed.config import Config
 from icsfeed.model import Event
 from icsfeed.render import clean_text, clean_title, fragment_renderer, render_feeds
@@ -195,3 +195,18 @@ def test_rollup_vevent_is_icalendars_bytes(summary: str, detail: str, link: str 
                           categories=tuple(categories), sequence=sequence, created=created, color="crimson",
                           organizer=organizer)
     assert rollup_vevent(fields) == rollup_component(fields).to_ical()
+
+
+pieces = st.lists(st.sampled_from([b"\r\n", b"\r\n ", b"\r", b"SUMMARY:", b"URL", b"URL;VALUE=URI:", b":", b"a", b"\xc3\xa9",
+                                   b"BEGIN:VEVENT", b"x" * 80, b" "]), max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(parts=pieces)
+def test_listed_bytes_measures_what_the_patterns_find(parts: list[bytes]) -> None:
+    """listed_bytes (bytes.find) measures the SUMMARY and URL values the budget's patterns match."""
+    fragment = b"".join(parts)
+    summary, link = _SUMMARY.search(fragment), _URL.search(fragment)
+    expected = min(len(summary.group(1)) if summary else 60, ROLLUP_TITLE_MAX + 8) + \
+        (len(link.group(1)) if link else 0) + 12
+    assert listed_bytes(fragment) == expected
