@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from itertools import accumulate
+from itertools import accumulate, compress, count, repeat
+from operator import ge
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -44,7 +46,13 @@ from icsfeed.config import BudgetConfig, Config
 from icsfeed.feed_filters import LEVEL_NAMES, is_open
 from icsfeed.render import (
     Listed,
+    _categories_line,
+    _escaped,
+    _line,
     _organizer,
+    _organizer_line,
+    _stamp_text,
+    _text_line,
     clean_text,
     clean_title,
     feed_secret,
@@ -131,22 +139,66 @@ class FittedFeed:
     report: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class _Part:
-    id: int
-    fragment: bytes
-    attrs: PartAttrs
-    open: bool
-
-
 #: (account key, kind, local day, severity rank, open)
 GroupKey = tuple[str, str, date, "int | None", bool]
+#: an end time that is no end (open-ended rows, ``inf``): always in every window
+END_MAX = 2**62
+
+
+@dataclass
+class Columns:
+    """An over-budget feed's events in feed order, one entry per event in each list: all the
+    plan reads of them (no fragment, no decoded event). Kept with the fitted body (the
+    ``b_`` lists of its parts), so that a re-render reads only the changed events' columns."""
+
+    ids: list[int]
+    #: the VEVENT's length, and what a rollup listing it takes (its title and link, :func:`listed_bytes`)
+    lens: list[int]
+    est: list[int]
+    kinds: list[str]
+    accounts: list[str]
+    #: the local day (the feed's month view timezone) of the start, as a proleptic ordinal
+    days: list[int]
+    ranks: list[int | None]
+    opens: list[bool]
+    recurring: list[bool]
+    #: the end in whole seconds, rounded down (window cuts are whole seconds); END_MAX: none
+    ends: list[int]
+    #: the row's SEQUENCE, and each rollup member's UID (by row id, read when a rollup needs it)
+    seqs: list[int]
+    uids: dict[int, str] = field(default_factory=dict)
+
+
+def listed_bytes(fragment: bytes) -> int:
+    """What listing this VEVENT in a rollup takes, for estimates: its title and link as
+    measured in its own bytes, and the line's frame. (What ``_SUMMARY`` and ``_URL`` find,
+    found by ``bytes.find``: a few times cheaper, and it is done for every event of a feed
+    over its budget.)"""
+    at = fragment.find(b"\r\nSUMMARY:")
+    title = 60 if at < 0 else min(_value_length(fragment, at + 10), ROLLUP_TITLE_MAX + 8)
+    at = fragment.find(b"\r\nURL")
+    colon = -1 if at < 0 else fragment.find(b":", at + 5)
+    return title + (0 if colon < 0 else _value_length(fragment, colon + 1)) + 12
+
+
+def _value_length(fragment: bytes, start: int) -> int:
+    """The length of the (folded) value from ``start``: up to the first CR that does not begin a fold."""
+    end = fragment.find(b"\r", start)
+    while end >= 0 and fragment.startswith(b"\r\n ", end):
+        end = fragment.find(b"\r", end + 3)
+    return (len(fragment) if end < 0 else end) - start
+
+
+def end_seconds(end_ts: float) -> int:
+    """:attr:`Columns.ends` of an end time."""
+    return math.floor(end_ts) if -END_MAX < end_ts < END_MAX else (END_MAX if end_ts > 0 else -END_MAX)
 
 
 @dataclass
 class _Plan:
-    kept: list[_Part]
-    rollups: dict[GroupKey, tuple[StoredRollup, list[_Part]]] = field(default_factory=dict)
+    #: positions in :class:`Columns`
+    kept: list[int]
+    rollups: dict[GroupKey, tuple[StoredRollup, list[int]]] = field(default_factory=dict)
     size: int = 0
     events: int = 0
     dropped: int = 0
@@ -233,38 +285,55 @@ def fit_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, query:
              save: bool = True, versions: Mapping[int, tuple[int, int]] | None = None) -> FittedFeed:
     """The feed's bytes from its events' fragments (row id, VEVENT, in feed order), within its
     budget. ``save``: keep changed rollups and open flags (the render job; False: only read).
-    ``versions``: each event's version (render's feed index), named in the parts."""
+    ``versions``: each event's version (render's feed index), named in the parts (with the
+    plan's columns, :class:`Columns`, for the next render: icsfeed.refit)."""
     attrs = store.query_part_attrs(query) if fragments else {}
     flags = _open_flags(store, [i for i, _ in fragments if i in attrs and attrs[i].is_open is None], save)
-    parts = []
-    for i, fragment in fragments:
-        a = attrs.get(i)
-        if a is None:  # changed between the two reads: shown, never rolled up; the next render knows it
-            a = PartAttrs(i, "", "", None, None, 0.0, float("inf"), True, 0, True)
-        parts.append(_Part(i, fragment, a, a.is_open if a.is_open is not None else flags.get(i, True)))
     budget = feed_budget(config, spec)
-    size = len(head) + len(tail) + sum(len(p.fragment) for p in parts)
-    report = _report(budget, spec, size, len(parts))
-    if budget.fits(size, len(parts)):
-        return _assemble(head, tail, [(p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open, p.id) for p in parts],
-                         report, versions)
+    size = len(head) + len(tail) + sum(len(f) for _, f in fragments)
+    report = _report(budget, spec, size, len(fragments))
+    if budget.fits(size, len(fragments)):
+        pieces: list[_Piece] = []
+        for i, fragment in fragments:
+            a = attrs.get(i) or _UNKNOWN
+            pieces.append((fragment, a.kind, a.severity_rank, a.is_open if a.is_open is not None else flags.get(i, True), i))
+        return _assemble(head, tail, pieces, report, versions)
     fitter = _Fitter(config, store, spec, now, budget, len(head) + len(tail) + NOTE_RESERVE, secret)
-    plan, back = fitter.plan(parts)
-    if save:
-        fitter.save(plan, back)
-    pieces = []
-    emitted: set[GroupKey] = set()
-    member_of = {m.id: key for key, (_, members) in plan.rollups.items() for m in members}
-    for p in plan.kept:
-        key = member_of.get(p.id)
-        if key is None:
-            pieces.append((p.fragment, p.attrs.kind, p.attrs.severity_rank, p.open, p.id))
-        elif key not in emitted:
-            emitted.add(key)
-            pieces.append((plan.rollups[key][0].vevent, key[1], key[3], key[4], None))
-    report.update(rollups=len(plan.rollups), rolled_events=sum(len(m) for _, m in plan.rollups.values()),
-                  window_back_days=back, shrunk=back < spec.window_back_days, left_out=plan.dropped)
-    return _assemble(with_note(head, _note(report)), tail, pieces, report, versions)
+    cols = fitter.columns(fragments, attrs, flags)
+    unknown = {i for i, _ in fragments if i not in attrs}  # changed between the two reads: not kept as known
+    by_position = [f for _, f in fragments]
+    fitted = fitter.fit(cols, head, tail, report, lambda alone: [by_position[p] for p in alone], save, versions,
+                        unknown)
+    assert fitted is not None  # every fragment is at hand
+    return fitted
+
+
+#: the columns of an event whose row changed between the two reads: shown, never rolled up; the next render knows it
+_UNKNOWN = PartAttrs(0, "", "", None, None, 0.0, float("inf"), True, 0, True)
+
+
+#: the plan's columns kept in a fitted feed's parts (icsfeed.refit reads them back): row ids and
+#: versions, then one list per :class:`Columns` field (kinds and accounts by number), and ``b_at``:
+#: where each event's VEVENT is in the body (-1: rolled up or left out)
+PLAN_LISTS = ("b_ids", "b_seqs", "b_mods", "b_lens", "b_est", "b_kind", "b_acct", "b_day", "b_rank", "b_open",
+              "b_rec", "b_end", "b_at")
+
+
+def plan_parts(cols: Columns, at: list[int], versions: Mapping[int, tuple[int, int]],
+               unknown: Collection[int]) -> dict[str, Any]:
+    """The ``b_`` entries of a fitted feed's parts: its plan's columns as of each row's version
+    (an event in ``unknown`` gets a version no row has, so the next render reads it again)."""
+    kinds = {k: n for n, k in enumerate(dict.fromkeys(cols.kinds))}
+    accounts = {a: n for n, a in enumerate(dict.fromkeys(cols.accounts))}
+    known = [versions.get(i, (-1, -1)) for i in cols.ids]
+    mods = [v[1] for v in known]
+    if unknown:
+        mods = [-1 if i in unknown else m for i, m in zip(cols.ids, mods, strict=True)]
+    return {"b_kinds": list(kinds), "b_accts": list(accounts), "b_ids": list(cols.ids), "b_seqs": [v[0] for v in known],
+            "b_mods": mods, "b_lens": cols.lens, "b_est": cols.est, "b_kind": list(map(kinds.__getitem__, cols.kinds)),
+            "b_acct": list(map(accounts.__getitem__, cols.accounts)), "b_day": cols.days,
+            "b_rank": [-1 if r is None else r for r in cols.ranks], "b_open": [1 if o else 0 for o in cols.opens],
+            "b_rec": [1 if r else 0 for r in cols.recurring], "b_end": cols.ends, "b_at": at}
 
 
 def _open_flags(store: Store, unknown: list[int], save: bool) -> dict[int, bool]:
@@ -299,6 +368,69 @@ def _assemble(head: bytes, tail: bytes, pieces: list[_Piece], report: dict[str, 
         parts["seqs"] = [v[0] if v is not None else -1 for v in known]
         parts["mods"] = [v[1] if v is not None else -1 for v in known]
     return FittedFeed(body=body, event_count=len(pieces), parts=parts, report=report)
+
+
+@dataclass(frozen=True)
+class RollupFields:
+    """What a rollup VEVENT says (its texts cleaned already)."""
+
+    uid: str
+    stamp: float
+    day: date
+    summary: str
+    detail: str
+    link: str | None
+    categories: tuple[str, ...]
+    sequence: int
+    created: float
+    color: str
+    #: (email, name) with METHOD:PUBLISH, else None
+    organizer: tuple[str, str] | None
+
+
+def rollup_vevent(f: RollupFields) -> bytes:
+    """A rollup's VEVENT, byte-identical to :func:`rollup_component` (...).to_ical(): the lines
+    in icalendar's order, from render's line helpers (a few µs instead of a millisecond)."""
+    stamp = _stamp_text(f.stamp)
+    day = f"{f.day.year:04}{f.day.month:02}{f.day.day:02}"
+    end = f.day + timedelta(days=1)
+    out = [b"BEGIN:VEVENT\r\n", _line("SUMMARY", _escaped(f.summary)), _line("DTSTART;VALUE=DATE", day),
+           _line("DTEND;VALUE=DATE", f"{end.year:04}{end.month:02}{end.day:02}"), _line("DTSTAMP", stamp),
+           _line("UID", _escaped(f.uid)), _line("SEQUENCE", str(int(f.sequence))), _categories_line(f.categories),
+           _text_line("CLASS", "PUBLIC"), _text_line("COLOR", f.color), _line("CREATED", _stamp_text(f.created)),
+           _line("DESCRIPTION", _escaped(f.detail)), _line("LAST-MODIFIED", stamp)]
+    if f.organizer is not None:
+        out.append(_organizer_line(*f.organizer))
+    out += [_text_line("STATUS", "CONFIRMED"), _text_line("TRANSP", "TRANSPARENT")]
+    if f.link:
+        out.append(_line("URL", f.link))
+    out.append(b"END:VEVENT\r\n")
+    return b"".join(out)
+
+
+def rollup_component(f: RollupFields) -> icalendar.Event:
+    """The rollup as an icalendar component: the reference :func:`rollup_vevent` is tested against."""
+    stamp = datetime.fromtimestamp(f.stamp, timezone.utc)
+    vevent = icalendar.Event()
+    vevent.add("uid", f.uid)
+    vevent.add("dtstamp", stamp)
+    vevent.add("dtstart", f.day)
+    vevent.add("dtend", f.day + timedelta(days=1))
+    vevent.add("summary", f.summary)
+    vevent.add("description", f.detail)
+    if f.link:
+        vevent.add("url", f.link)
+    vevent.add("categories", list(f.categories))
+    vevent.add("status", "CONFIRMED")
+    vevent.add("sequence", f.sequence)
+    vevent.add("created", datetime.fromtimestamp(f.created, timezone.utc))
+    vevent.add("last-modified", stamp)
+    vevent.add("color", f.color)
+    vevent.add("transp", "TRANSPARENT")
+    vevent.add("class", "PUBLIC")
+    if f.organizer is not None:
+        vevent.add("organizer", _organizer(*f.organizer))
+    return vevent
 
 
 def _note(report: dict[str, Any]) -> str:
@@ -353,17 +485,107 @@ class _Fitter:
         self.render_key = render_key(config)
         self.stored = store.rollups_of(spec.feed_id)
         self._built: dict[tuple[str, str], StoredRollup] = {}
-        self._days: dict[int, date] = {}
+        #: content hash by the group's rows and versions: the previous render's (refit), and this one's
+        self.digests: dict[str, str] = {}
+        self.used: dict[str, str] = {}
+        self._rows: dict[int, Any] = {}
+        self._ahead: list[tuple[GroupKey, list[int]]] = []
+        self._ahead_at = 0
 
-    def plan(self, parts: list[_Part]) -> tuple[_Plan, int]:
+    def columns(self, fragments: Sequence[tuple[int, bytes]], attrs: Mapping[int, PartAttrs],
+                flags: Mapping[int, bool]) -> Columns:
+        """The plan's columns of a feed read whole (its fragments and their rows' columns)."""
+        tz = self.tz
+        got = [attrs.get(i) or _UNKNOWN for i, _ in fragments]
+        days: dict[float, int] = {}
+        for a in got:
+            if a.start_ts not in days:
+                days[a.start_ts] = datetime.fromtimestamp(a.start_ts, tz).toordinal()
+        return Columns(
+            ids=[i for i, _ in fragments], lens=[len(f) for _, f in fragments],
+            est=[listed_bytes(f) for _, f in fragments], kinds=[a.kind for a in got],
+            accounts=[a.account_key or "" for a in got], days=[days[a.start_ts] for a in got],
+            ranks=[a.severity_rank for a in got],
+            opens=[a.is_open if a.is_open is not None else flags.get(i, True) for (i, _), a in zip(fragments, got, strict=True)],
+            recurring=[a.recurring for a in got], ends=[end_seconds(a.end_ts) for a in got],
+            seqs=[a.sequence for a in got], uids={a.id: a.uid for a in got if a is not _UNKNOWN})
+
+    def fit(self, cols: Columns, head: bytes, tail: bytes, report: dict[str, Any],
+            fragments_of: Callable[[list[int]], list[bytes | memoryview] | None], save: bool,
+            versions: Mapping[int, tuple[int, int]] | None, unknown: Collection[int] = frozenset(),
+            ) -> FittedFeed | None:
+        """The plan made and the feed assembled: the individually shown VEVENTs by their
+        positions (``fragments_of``; None: one cannot be had, nothing is saved), each rollup
+        stored or made. ``unknown``: rows whose columns were not read as of their version
+        (the next render reads them again)."""
+        self.cols = cols
+        plan, back = self.plan()
+        member_of = {m: key for key, (_, members) in plan.rollups.items() for m in members}
+        alone = [p for p in plan.kept if p not in member_of]
+        fragments = fragments_of(alone)
+        if fragments is None:
+            return None
+        if save:
+            self.save(plan, back)
+        shown = dict(zip(alone, fragments, strict=True))
+        ids, kinds, ranks, opens = cols.ids, cols.kinds, cols.ranks, cols.opens
+        pieces: list[_Piece] = []
+        at = [-1] * len(ids)
+        emitted: set[GroupKey] = set()
+        for p in plan.kept:
+            key = member_of.get(p)
+            if key is None:
+                at[p] = len(pieces)
+                pieces.append((shown[p], kinds[p], ranks[p], bool(opens[p]), ids[p]))  # type: ignore[arg-type]
+            elif key not in emitted:
+                emitted.add(key)
+                pieces.append((plan.rollups[key][0].vevent, key[1], key[3], key[4], None))
+        report.update(rollups=len(plan.rollups), rolled_events=sum(len(m) for _, m in plan.rollups.values()),
+                      window_back_days=back, shrunk=back < self.spec.window_back_days, left_out=plan.dropped)
+        fitted = _assemble(with_note(head, _note(report)), tail, pieces, report, versions)
+        if versions is not None:
+            fitted.parts.update(plan_parts(cols, at, versions, unknown))
+            fitted.parts["b_digests"] = {"context": self.context, "digests": self.used}
+        return fitted
+
+    def plan(self) -> tuple[_Plan, int]:
         """The widest window that fits: each step planned with the sizes of stored rollups and
-        estimates for the others (no event decoded), then the step that fits made exactly."""
+        estimates for the others (no event decoded), then the step that fits made exactly. A
+        step that cannot fit by its count of VEVENTs alone (each group rolled up) is passed by
+        without a plan: the estimate would not fit either. Each step's events and that count
+        come from C-level maps over the columns (a team feed has 100,000s of events)."""
+        cols = self.cols
+        n = len(cols.ids)
+        keep = self.budget.keep_individual
+        # each event's group as a number (the same tuple, the same number), then its key
+        numbers: dict[tuple[Any, ...], int] = {}
+        codes = list(map(numbers.setdefault, zip(cols.accounts, cols.kinds, cols.days, cols.ranks,
+                                                 map(bool, cols.opens), strict=True), count()))
+        day_of: dict[int, date] = {}
+        key_of: dict[int, GroupKey] = {}
+        protected_codes = set()
+        for (account, kind, day, rank, open_), code in numbers.items():
+            d = day_of.get(day)
+            if d is None:
+                d = day_of[day] = date.fromordinal(day)
+            key_of[code] = (account, kind, d, rank, open_)
+            if kind in keep or open_:
+                protected_codes.add(code)
+        ends = cols.ends
+        if any(cols.recurring):  # never rolled up, in every window
+            codes = [-1 if r else c for c, r in zip(codes, cols.recurring, strict=True)]
+            ends = [END_MAX if r else e for e, r in zip(ends, cols.recurring, strict=True)]
+            protected_codes.add(-1)
+        self.codes, self.key_of, self.protected_codes = codes, key_of, protected_codes
+        self.keys = [key_of.get(c) for c in codes]
+        self.protected = [c in protected_codes for c in codes]
         backs = [self.spec.window_back_days, *(s for s in SHRINK_STEPS if s < self.spec.window_back_days)]
-        plan = _Plan(kept=parts)
+        plan = _Plan(kept=list(range(n)))
         for back in backs:
             cut = (self.midnight - timedelta(days=back)).timestamp()
-            kept = [p for p in parts if p.attrs.recurring or p.attrs.end_ts >= cut]
-            if not self.budget.fits_plan(self.roll_up(kept, protect=True, exact=False)):
+            kept = list(compress(range(n), map(ge, ends, repeat(cut))))
+            if self._fewest(kept) > self.budget.max_events or \
+                    not self.budget.fits_plan(self.roll_up(kept, protect=True, exact=False)):
                 plan = _Plan(kept=kept)
                 continue
             plan = self.roll_up(kept, protect=True, exact=True)
@@ -374,30 +596,38 @@ class _Fitter:
             self._drop_last(plan)
         return plan, backs[-1]
 
-    def _day(self, p: _Part) -> date:
-        day = self._days.get(p.id)
-        if day is None:
-            day = self._days[p.id] = datetime.fromtimestamp(p.attrs.start_ts, self.tz).date()
-        return day
+    def _fewest(self, kept: list[int]) -> int:
+        """The fewest VEVENTs ``kept`` can become with the kept kinds individual: every group rolled up."""
+        codes = list(map(self.codes.__getitem__, kept))
+        protected = self.protected_codes
+        alone = sum(map(protected.__contains__, codes))
+        return alone + len(set(codes) - protected)
 
-    def roll_up(self, kept: list[_Part], *, protect: bool, exact: bool) -> _Plan:
+    def roll_up(self, kept: list[int], *, protect: bool, exact: bool) -> _Plan:
         """The biggest groups first, until the feed fits (``exact``: each chosen rollup made,
         else the size of its stored bytes while its content is the same, or an estimate)."""
-        plan = _Plan(kept=kept, size=self.fixed + sum(len(p.fragment) for p in kept), events=len(kept))
-        groups: dict[GroupKey, list[_Part]] = {}
+        lens, keys, protected = self.cols.lens, self.keys, self.protected
+        plan = _Plan(kept=kept, size=self.fixed + sum(map(lens.__getitem__, kept)), events=len(kept))
+        groups: dict[GroupKey, list[int]] = {}
         for p in kept:
-            a = p.attrs
-            if a.recurring or (protect and (a.kind in self.budget.keep_individual or p.open)):
+            key = keys[p]
+            if key is None or (protect and protected[p]):
                 continue
-            groups.setdefault((a.account_key or "", a.kind, self._day(p), a.severity_rank, p.open), []).append(p)
+            members = groups.get(key)
+            if members is None:
+                groups[key] = [p]
+            else:
+                members.append(p)
         ranked = sorted((g for g in groups.items() if len(g[1]) >= 2),
-                        key=lambda g: (-len(g[1]), -sum(len(m.fragment) for m in g[1]), repr(g[0])))
-        for key, members in ranked:
+                        key=lambda g: (-len(g[1]), -sum(map(lens.__getitem__, g[1])), repr(g[0])))
+        self._ahead = ranked
+        for at, (key, members) in enumerate(ranked):
             if self.budget.fits(plan.size, plan.events):
                 break
+            self._ahead_at = at
             rollup = self.rollup(key, members) if exact else self.known(key, members)
             size = len(rollup.vevent) if rollup is not None else self.estimate(members)
-            saved = sum(len(m.fragment) for m in members) - size
+            saved = sum(map(lens.__getitem__, members)) - size
             if saved <= 0 and plan.events <= self.budget.max_events:
                 continue  # only the size is over, and this one would not make it smaller
             if rollup is not None:
@@ -409,16 +639,16 @@ class _Fitter:
     def _drop_last(self, plan: _Plan) -> None:
         """Leave out the VEVENT furthest ahead (a rolled-up day as a whole)."""
         last = plan.kept[-1]
-        key = next((k for k, (_, members) in plan.rollups.items() if any(m.id == last.id for m in members)), None)
+        key = next((k for k, (_, members) in plan.rollups.items() if last in members), None)
         if key is None:
             plan.kept = plan.kept[:-1]
-            plan.size -= len(last.fragment)
+            plan.size -= self.cols.lens[last]
             plan.events -= 1
             plan.dropped += 1
             return
         rollup, members = plan.rollups.pop(key)
-        ids = {m.id for m in members}
-        plan.kept = [p for p in plan.kept if p.id not in ids]
+        gone = set(members)
+        plan.kept = [p for p in plan.kept if p not in gone]
         plan.size -= len(rollup.vevent)
         plan.events -= 1
         plan.dropped += len(members)
@@ -428,14 +658,33 @@ class _Fitter:
         text = f"{self.spec.feed_id}\x00{account}\x00{kind}\x00{day.isoformat()}\x00{rank}\x00{int(open_)}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
-    def _identity(self, key: GroupKey, members: list[_Part]) -> tuple[str, str]:
+    def _identity(self, key: GroupKey, members: list[int]) -> tuple[str, str]:
         """(group key, content hash): the content is what the members are (UID, SEQUENCE) and
-        everything else the VEVENT shows."""
-        content = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, self._name(key[0]), self.tz_name,
-                              sorted((m.attrs.uid, m.attrs.sequence) for m in members)])
-        return self.group_key(key), hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+        everything else the VEVENT shows. A group of the same rows in the same versions has
+        the content hash it had (``digests``, kept in the parts): no UID read for it."""
+        cols = self.cols
+        ids, seqs, uids = cols.ids, cols.seqs, cols.uids
+        gkey, name = self.group_key(key), self._name(key[0])
+        memo = hashlib.sha256(f"{gkey}\x00{name}\x00{[(ids[m], seqs[m]) for m in members]}".encode(
+            "utf-8", "surrogatepass")).hexdigest()[:32]
+        digest = self.used.get(memo) or self.digests.get(memo)
+        if digest is None:
+            unknown = [ids[m] for m in members if ids[m] not in uids]
+            if unknown:
+                uids.update(self.store.uids_by_id(unknown))
+            content = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, name, self.tz_name,
+                                  sorted((uids.get(ids[m], ""), seqs[m]) for m in members)])
+            digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+        self.used[memo] = digest
+        return gkey, digest
 
-    def known(self, key: GroupKey, members: list[_Part]) -> StoredRollup | None:
+    @property
+    def context(self) -> str:
+        """What every content hash of this feed's rollups depends on besides the groups."""
+        text = json.dumps([ROLLUP_FORMAT, self.render_key, self.view, self.tz_name])
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def known(self, key: GroupKey, members: list[int]) -> StoredRollup | None:
         """The group's rollup if it is stored (or made in this render) with this content."""
         gkey, digest = self._identity(key, members)
         stored = self.stored.get(gkey)
@@ -443,18 +692,13 @@ class _Fitter:
             return stored
         return self._built.get((gkey, digest))
 
-    def estimate(self, members: list[_Part]) -> int:
+    def estimate(self, members: list[int]) -> int:
         """About the bytes of a rollup not made yet: its fixed lines, and per listed event its
-        title and link, measured in the event's own fragment."""
-        listed = 0
-        for m in members[:ROLLUP_LIST_MAX]:
-            summary = _SUMMARY.search(m.fragment)
-            link = _URL.search(m.fragment)
-            listed += min(len(summary.group(1)) if summary else 60, ROLLUP_TITLE_MAX + 8)
-            listed += (len(link.group(1)) if link else 0) + 12
+        title and link, measured in the event's own fragment (:func:`listed_bytes`)."""
+        listed = sum(map(self.cols.est.__getitem__, members[:ROLLUP_LIST_MAX]))
         return ROLLUP_BASE_BYTES + len(self.view or "") * 2 + listed * 21 // 20  # escaping and folding
 
-    def rollup(self, key: GroupKey, members: list[_Part]) -> StoredRollup:
+    def rollup(self, key: GroupKey, members: list[int]) -> StoredRollup:
         """The group's VEVENT: the stored one while its content is the same, else made now
         with SEQUENCE one higher than the stored one's."""
         gkey, digest = self._identity(key, members)
@@ -471,6 +715,18 @@ class _Fitter:
                                                                self.now_ts, vevent)
         return built
 
+    def _event_rows(self, ids: list[int]) -> dict[int, Any]:
+        """The members' rows, read with those of the next groups that may be rolled up (one
+        read for many rollups: a first render makes hundreds)."""
+        rows = self._rows
+        if any(i not in rows for i in ids):
+            wanted = set(ids)
+            for key, members in self._ahead[self._ahead_at:self._ahead_at + 32]:
+                if self.known(key, members) is None:
+                    wanted.update(self.cols.ids[m] for m in members)
+            rows.update(self.store.events_by_id(sorted(i for i in wanted if i not in rows)))
+        return rows
+
     def _name(self, account_key: str) -> str:
         if not account_key:
             return "no account"
@@ -482,7 +738,7 @@ class _Fitter:
             return None
         return safe_url(f"{self.view}&month={day:%Y-%m}#d{day:%Y%m%d}k{self.kind_order.get(kind, 0)}")
 
-    def _vevent(self, key: GroupKey, gkey: str, name: str, members: list[_Part], sequence: int,
+    def _vevent(self, key: GroupKey, gkey: str, name: str, members: list[int], sequence: int,
                 created: float) -> bytes:
         _account, kind_name, day, rank, open_ = key
         config = self.config
@@ -492,8 +748,9 @@ class _Fitter:
         state = "open " if open_ and kind_name in ("alert", "ticket") else ""
         words = f"{len(members)} {state}{level}{_plural(label, len(members))} on {name}"
         link = self.day_link(kind_name, day)
-        rows = self.store.events_by_id([m.id for m in members])
-        events = sorted((rows[m.id].event for m in members if m.id in rows), key=lambda ev: (str(ev.start), ev.title))
+        ids = [self.cols.ids[m] for m in members]
+        rows = self._event_rows(ids)
+        events = sorted((rows[i].event for i in ids if i in rows), key=lambda ev: (str(ev.start), ev.title))
         room = config.feeds.max_detail - len(link or "") - 200
         lines = [f"{words}, {day:%A %d %B %Y} ({self.tz_name}):"]
         used = len(lines[0])
@@ -508,30 +765,18 @@ class _Fitter:
             lines.append(line)
             used += len(line) + 1
         detail = "\n".join(lines) + (f"\n\n{link}" if link else "")
-        stamp = datetime.fromtimestamp(self.now_ts, timezone.utc)
-        vevent = icalendar.Event()
-        vevent.add("uid", f"rollup-{gkey}@{config.uid_host}")
-        vevent.add("dtstamp", stamp)
-        vevent.add("dtstart", day)
-        vevent.add("dtend", day + timedelta(days=1))
-        vevent.add("summary", f"{kind.icon} {clean_title(words, config.feeds.max_title)}")
-        vevent.add("description", clean_text(detail, config.feeds.max_detail))
-        if link:
-            vevent.add("url", link)
-        vevent.add("categories", [label, *([LEVEL_NAMES[rank]] if rank is not None else [])])
-        vevent.add("status", "CONFIRMED")
-        vevent.add("sequence", sequence)
-        vevent.add("created", datetime.fromtimestamp(created, timezone.utc))
-        vevent.add("last-modified", stamp)
-        vevent.add("color", kind.color)
-        vevent.add("transp", "TRANSPARENT")
-        vevent.add("class", "PUBLIC")
-        if config.feeds.method_publish:
-            vevent.add("organizer", _organizer(config.feeds.organizer_email, config.feeds.organizer_name))
-        return vevent.to_ical()  # type: ignore[no-any-return]
+        feeds = config.feeds
+        return rollup_vevent(RollupFields(
+            uid=f"rollup-{gkey}@{config.uid_host}", stamp=self.now_ts, day=day,
+            summary=f"{kind.icon} {clean_title(words, feeds.max_title)}", detail=clean_text(detail, feeds.max_detail),
+            link=link, categories=(label, *([LEVEL_NAMES[rank]] if rank is not None else [])), sequence=sequence,
+            created=created, color=kind.color,
+            organizer=(feeds.organizer_email, feeds.organizer_name) if feeds.method_publish else None))
 
     def save(self, plan: _Plan, back: int) -> None:
-        """Keep the rollups of this plan that changed; forget those older than any window."""
+        """Keep the rollups of this plan that changed; forget those older than any window
+        (nothing written when neither happens: the usual re-render)."""
         fresh = [r for r, _ in plan.rollups.values() if self.stored.get(r.group_key) is not r]
         oldest = (self.midnight - timedelta(days=self.spec.window_back_days + 2)).date().isoformat()
-        self.store.save_rollups(self.spec.feed_id, fresh, prune_before=oldest)
+        if fresh or any(r.day < oldest for r in self.stored.values()):
+            self.store.save_rollups(self.spec.feed_id, fresh, prune_before=oldest)

@@ -703,6 +703,11 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
     if reuse is not None and not reuse.valid:
         reuse = None
     versions = getattr(store, "feed_versions", None)  # None: a store from before the covering feed index
+    if previous is not None and versions is not None and kinds is None and "b_ids" in previous.parts:
+        refitted = _refitted(config, store, spec, now, previous, versions(query), key, keys, view, view_key,
+                             save_fragments, secret)
+        if refitted is not None:  # over its budget, planned again from the columns kept with its body
+            return refitted
     if reuse is not None and versions is not None:
         ids, seqs, mods = versions(query)
     else:
@@ -786,6 +791,35 @@ def _spliced(config: Config, store: Store, spec: FeedSpec, reuse: _Reusable, ids
 
     fitted = fit_spliced(config, spec, head, tail, reuse.body, reuse.parts, parts, seqs, mods)
     if fitted is None:  # over its budget now: rolled up by the general path
+        return None
+    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
+                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+
+
+def _refitted(config: Config, store: Store, spec: FeedSpec, now: datetime, previous: PreviousBody,
+              listed: tuple[list[int], list[int], list[int]], key: str, keys: tuple[str, ...], view: str | None,
+              view_key: str | None, save_fragments: bool, secret: bytes | None) -> RenderedFeed | None:
+    """The re-render of a feed over its size budget (icsfeed.refit): the changed rows' columns
+    and fragments read (or rendered), the rest from the previous body and its plan columns.
+    None: not that case (the paths below handle it)."""
+    from icsfeed.refit import refit  # the size budget, which uses this module
+
+    by_id = getattr(store, "part_attrs_by_id", None)  # None: a store from before it
+    if by_id is None:
+        return None
+
+    def fetch(ids: Any) -> dict[int, Any]:
+        found = by_id(ids, keys)
+        missing = [i for i, (_, fragment) in found.items() if fragment is None]
+        if missing:
+            rendered = _render_missing(config, store, spec, missing, key, view, view_key, save_fragments, secret)
+            found.update((i, (found[i][0], rendered.get(i))) for i in missing)
+        return found  # type: ignore[no-any-return]
+
+    head, tail = calendar_header(config, spec)
+    fitted = refit(config, store, spec, now, head, tail, previous.body, previous.parts, *listed, fetch, secret=secret,
+                   save=save_fragments)
+    if fitted is None:
         return None
     return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
                         event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zstandard
-from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, case, delete, null, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -136,6 +136,32 @@ class RollupsMixin:
         return {r[0]: PartAttrs(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8],
                                 None if r[9] is None else bool(r[9]))
                 for r in rows}
+
+    def part_attrs_by_id(self, ids: Sequence[int], keys: Sequence[str]) -> dict[int, tuple[PartAttrs, bytes | None]]:
+        """:meth:`query_part_attrs` of some rows by id, each with its fragment stored under any
+        of ``keys`` (or None): what a re-render of a feed over its budget reads of its changed events."""
+        t = events_table
+        current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
+        out: dict[int, tuple[PartAttrs, bytes | None]] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(list(ids), 500):
+                stmt = select(t.c.id, t.c.uid, t.c.kind, t.c.account_key, t.c.severity_rank, t.c.start_ts, t.c.end_ts,
+                              t.c.recurring, t.c.sequence, t.c.is_open, case((current, t.c.vevent), else_=null())
+                              ).where(t.c.id.in_(chunk))
+                for r in fetch_statement(conn, stmt):
+                    attrs = PartAttrs(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8],
+                                      None if r[9] is None else bool(r[9]))
+                    out[r[0]] = (attrs, self._fragment(r[0], r[10]))  # type: ignore[attr-defined]
+        return out
+
+    def uids_by_id(self, ids: Sequence[int]) -> dict[int, str]:
+        """Row id -> UID (the rollup members' UIDs name a rollup's content)."""
+        t = events_table
+        out: dict[int, str] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(list(ids), 500):
+                out.update(fetch_statement(conn, select(t.c.id, t.c.uid).where(t.c.id.in_(chunk))))
+        return out
 
     def save_open_flags(self, flags: Iterable[tuple[int, bool]]) -> None:
         """Fill ``is_open`` of rows written before it existed (render works it out once)."""
