@@ -149,7 +149,7 @@ class AccountInputs:
         self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
         self._bytes = self._by_kind = None
 
-    def _covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
+    def covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
         """Whether every row of the range and kinds is among those read."""
         if lo >= self.span[0] and hi <= self.span[1]:
             return True
@@ -173,7 +173,7 @@ class AccountInputs:
         versions = self._versions()
         for read in reads:
             lo, hi = read.start.timestamp(), read.end.timestamp()
-            if not self._covered(lo, hi, read.kinds):
+            if not self.covered(lo, hi, read.kinds):
                 return None
             # the rows it selects, not its bounds: a range ending at now + 1 s moves with the clock
             h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
@@ -193,10 +193,17 @@ class AccountInputs:
         return h.hexdigest(), later
 
 
-def still_holds(last: LastInputs | None, digest: str, ctx: AccountContext) -> bool:
-    """Whether the last run's flags are what a run now would make: same digest, same local
-    day, no noted instant passed (and the clock did not go back)."""
-    if last is None or last.digest != digest:
+def recorded(exact: str, facts: str | None) -> str:
+    """What ``insight_inputs.digest`` holds: the first 32 hex digits of the exact digest, then
+    those of the facts digest (insights/facts.py), or dashes for a detector without one."""
+    return exact[:32] + (facts[:32] if facts else "-" * 32)
+
+
+def still_holds(last: LastInputs | None, digest: str, ctx: AccountContext, *, facts: bool = False) -> bool:
+    """Whether the last run's flags are what a run now would make: same digest (the exact one,
+    or with ``facts`` the facts digest), same local day, no noted instant passed (and the
+    clock did not go back)."""
+    if last is None or (last.digest[32:] if facts else last.digest[:32]) != digest[:32]:
         return False
     now = ctx.now.timestamp()
     if not last.run_at <= now < last.valid_until:
