@@ -172,7 +172,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
             if changes.changed:
                 touched |= changes.touched
                 history.forget(sid)
-                inputs.forget(sid)
+                inputs.forget(sid, history.flags())
                 log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
             # what the next run reads: the same rows and the flags just written (re-read), so the
             # same run again would write nothing; the first refresh after an import can skip too

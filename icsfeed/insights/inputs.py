@@ -30,7 +30,7 @@ from icsfeed.config import AccountConfig, Config
 from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.store import Store
-from icsfeed.store.history import LastInputs, VersionRow, account_versions, source_versions
+from icsfeed.store.history import HistoryRow, LastInputs, VersionRow, account_versions, source_versions
 
 _ROOT = Path(icsfeed.__file__).resolve().parent
 #: the code a detector's flags are made by: its digest is part of every input digest, so a new
@@ -68,6 +68,12 @@ def _version(r: VersionRow) -> bytes:
                                r[_KIND].encode(), r[6].encode(), (r[_SOURCE] or "").encode())
 
 
+def _as_version(r: HistoryRow, flag: bool = True) -> VersionRow:
+    """A history row as the versions query gives it (its source for a flag only)."""
+    return (r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
+            r.row.last_modified, r.source if flag else None)
+
+
 class AccountInputs:
     """The versions of an account's rows (read once, by :func:`account_versions`), cut into
     each detector's digest. Covers [span) for every kind, ``wide`` for ``wide_kinds``, and
@@ -86,6 +92,7 @@ class AccountInputs:
         self._bytes: list[bytes] | None = None
         self._by_kind: dict[str, list[int]] | None = None
         self._history: History | None = None
+        self._read: tuple[list[VersionRow], list[bytes]] | None = None  # the history's rows read, as versions
         self._seen: object = None  # the history's flag list the rows were taken from
         self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
             settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
@@ -104,13 +111,14 @@ class AccountInputs:
             return None
         if self._rows is not None and self._seen is flags:
             return self._rows
-        rows = [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
-                 r.row.last_modified, None) for r in h.read]
-        rows += [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
-                  r.row.last_modified, r.source) for r in flags]
-        rows.sort(key=lambda r: (r[_START], r[0]))
-        self._rows, self._bytes, self._by_kind, self._seen = rows, None, None, flags
-        return rows
+        if self._read is None:  # (the rows read never change in a refresh: only flags are re-read)
+            read = [_as_version(r, flag=False) for r in h.read]
+            self._read = (read, [_version(r) for r in read])
+        pairs = sorted([*zip(*self._read, strict=True), *((v, _version(v)) for v in map(_as_version, flags))],
+                       key=lambda p: (p[0][_START], p[0][0]))
+        self._rows, self._bytes = [p[0] for p in pairs], [p[1] for p in pairs]
+        self._by_kind, self._seen = None, flags
+        return self._rows
 
     def rows(self) -> list[VersionRow] | None:
         """The versions, by start then id (None: taken from a history that has not read yet)."""
@@ -140,11 +148,16 @@ class AccountInputs:
             self._bytes = [_version(r) for r in self.rows() or []]
         return self._bytes
 
-    def forget(self, source: str) -> None:
-        """Read the versions of ``source`` again (a detector just wrote its flags)."""
+    def forget(self, source: str, flags: list[HistoryRow] | None = None) -> None:
+        """Read the versions of ``source`` again (a detector just wrote its flags); from
+        ``flags``, every flag of the account just re-read by the history, if given (the rows
+        the versions query would select, no second query)."""
         if self._rows is None or self._history is not None:
             return  # (from the history: it re-reads the source itself)
-        fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
+        if flags is not None:
+            fresh = [_as_version(r) for r in flags if r.source == source]
+        else:
+            fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
         kept = [r for r in self._rows if r[_SOURCE] != source]
         self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
         self._bytes = self._by_kind = None
