@@ -251,7 +251,7 @@ def edited(ev: Event, field: str, url: str) -> Event:
     return replace(ev, account="globex" if ev.account != "globex" else "acme")
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(ops=operations())
 def test_flags_with_reuse_are_the_full_recomputes_after_random_changes(

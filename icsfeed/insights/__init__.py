@@ -30,12 +30,12 @@ from icsfeed.insights.base import (
     source_id,
 )
 from icsfeed.insights.facts import AccountFacts
-from icsfeed.insights.inputs import AccountInputs, inputs_of, recorded, still_holds
+from icsfeed.insights.inputs import AccountInputs, inputs_of, reads_flags, recorded, still_holds
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.routing import affected_feeds
 from icsfeed.store import Store, StoreError, Touched
-from icsfeed.store.history import LastInputs, last_inputs, record_runs, same_events
+from icsfeed.store.history import LastInputs, last_inputs, record_runs, same_events, split_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,10 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                     unchanged.append(sid)  # only fields it does not read changed: the same flags
                     kept[sid] = LastInputs(recorded(read[0], fact), prev.run_at, prev.valid_until)
                     continue
+                before = read  # what it reads but its own section, to tell whether its write changes it
+                if reuse and read is None and reads_flags(detector, ctx):
+                    history.load()
+                    before = inputs.digest(detector, ctx, sid)
                 rows = history.stored().get(sid, [])
                 mine = ctx.stored = [r.row.event for r in rows]
                 try:
@@ -156,7 +160,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 mine = [r.row.event for r in rows]
                 if not any(ev.status != "cancelled" for ev in mine):
                     continue  # switched off and nothing to cancel: leave no trace
-                read = None
+                read = before = None
             if same_events(events, rows):  # the flags as stored: a write would only record the run
                 unchanged.append(sid)
                 if reuse and detector in active and not last:  # (the history's own rows: as the run read them)
@@ -168,15 +172,20 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 continue
             record_runs(store, unchanged, now, kept)  # (in the order the writes would have been made)
             unchanged, kept = [], {}
-            changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
+            write, known = split_unchanged(events, rows)  # (the flags as stored: counted present, not rewritten)
+            changes = store.apply_poll(sid, write, absence="cancel", complete=True, now=now, previous_success=None,
+                                       known=known)
             if changes.changed:
                 touched |= changes.touched
                 history.forget(sid)
                 inputs.forget(sid, history.flags())
                 log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
-            # what the next run reads: the same rows and the flags just written (re-read), so the
-            # same run again would write nothing; the first refresh after an import can skip too
+            # what the next run reads: the same rows and the flags just written (re-read). The same
+            # run again writes nothing (settle keeps what it wrote) unless its write changed what it
+            # reads besides its own section: so the first refresh after an import can skip too
             read = inputs.digest(detector, ctx, sid) if reuse and detector in active else None
+            if read is not None and reads_flags(detector, ctx) and (before is None or before[2] != read[2]):
+                read = None
             if read is not None:
                 kept[sid] = inputs_of(recorded(read[0], facts.digest(detector, ctx, sid)), read[1], ctx)
             elif sid in last:

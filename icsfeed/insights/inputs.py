@@ -171,9 +171,10 @@ class AccountInputs:
         return kinds is not None and kinds <= self.wide_kinds | {INSIGHT_KIND} \
             and lo >= self.wide[0] and hi <= self.wide[1]
 
-    def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float] | None:
+    def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float, str] | None:
         """(digest of what ``detector`` reads for this account, first start after now among
-        those rows), or None when it cannot be told (no reads declared, a range not read)."""
+        those rows, the digest of its reads without its own flags' section), or None when it
+        cannot be told (no reads declared, a range not read)."""
         if detector.reads is None:
             return None
         reads = detector.reads(ctx)
@@ -201,9 +202,17 @@ class AccountInputs:
                 continue
             h.update(b"".join(versions[i] for i in picked))
             later = min(later, min((rows[i][_START] for i in picked if rows[i][_START] > now), default=math.inf))
+        part = h.hexdigest()
         h.update(b"own\0")  # the detector's own flags (settled and kept by them)
         h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[_SOURCE] == source))
-        return h.hexdigest(), later
+        return h.hexdigest(), later, part
+
+
+def reads_flags(detector: Detector, ctx: AccountContext) -> bool:
+    """Whether ``detector``'s reads select flags (its own among them, or others' a later
+    detector writes): then its own write may change what it reads (the summary counts
+    earlier summaries), and a run after it may differ."""
+    return detector.reads is not None and any(r.kinds is None or INSIGHT_KIND in r.kinds for r in detector.reads(ctx))
 
 
 def recorded(exact: str, facts: str | None) -> str:

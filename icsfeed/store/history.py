@@ -203,6 +203,30 @@ def same_events(fresh: Sequence[Any], stored: Sequence[HistoryRow]) -> bool:
     return all(r.gone or r.key in seen for r in stored)
 
 
+def split_unchanged(fresh: Sequence[Any], stored: Sequence[HistoryRow]) -> tuple[list[Any], dict[str, Any]]:
+    """``fresh`` (a complete poll over ``stored``) as (the events to write, ``known``): the
+    events that are a stored, live row's event with the same stored form (by the test of
+    :func:`same_events`) are left out and named in ``known`` instead (stored key -> the
+    row's record digest, NULL for a flag), which :meth:`apply_poll
+    <icsfeed.store.events.EventsMixin.apply_poll>` counts as present and unchanged: the same
+    rows as writing them all, without encoding and hashing every flag of a detector again."""
+    by_key = {r.key: r for r in stored}
+    count: dict[str, int] = {}
+    for ev in fresh:
+        count[str(ev.key)] = count.get(str(ev.key), 0) + 1
+    write: list[Any] = []
+    known: dict[str, Any] = {}
+    for ev in fresh:
+        key = str(ev.key)
+        old = by_key.get(key)
+        if old is not None and not old.gone and count[key] == 1 and (
+                old.row.event is ev or same_value(ev.to_dict(), old.row.event.to_dict())):
+            known[key] = None  # (what every flag is stored with: no record digest)
+        else:
+            write.append(ev)
+    return write, known
+
+
 def same_value(a: Any, b: Any) -> bool:
     """``a`` and ``b`` are written as the same JSON (types and all; a float by its repr)."""
     if type(a) is not type(b):
