@@ -67,12 +67,13 @@ def _window(lo: float, hi: float) -> Any:
 def _read(store: Any, where: Any) -> list[HistoryRow]:
     stmt = select(*_COLUMNS, *_EXTRA).where(where).order_by(_t.c.start_ts, _t.c.id)
     try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
+        with store.engine.connect() as conn:  # the driver's tuples: an account has 1,000s of rows
+            rows = fetch_statement(conn, stmt)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
     decoded = ((store._event_row(r[:_N]), r) for r in rows)
-    return [HistoryRow(row, *r[_N:_N + 7], bool(r[_N + 7]), r[_N + 8]) for row, r in decoded if row is not None]
+    return [HistoryRow(row, *r[_N:_N + 6], bool(r[_N + 6]), bool(r[_N + 7]), r[_N + 8])
+            for row, r in decoded if row is not None]
 
 
 def account_events(store: Any, account_keys: Collection[str], span: tuple[float, float], *,
