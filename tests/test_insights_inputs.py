@@ -141,11 +141,32 @@ def test_unchanged_inputs_skip_the_detector_and_each_change_runs_those_that_read
         assert ran(now + timedelta(seconds=20)) == set()
         return first
 
-    # a changed alert: bursts and the summary (which counts every event) read it
+    # a changed alert title: bursts reads the titles of the alerts a flag lists (those of its
+    # days); the summary (which counts every event) reads no alert's title
     burst = next(ev for ev in by_source["alerts"] if ev.key == "burst13")
     store.apply_poll("alerts", [replace(burst, title="Disk full (updated)")], absence="keep", complete=False,
                      now=NOW.timestamp(), previous_success=None)
-    assert change_runs(NOW + timedelta(minutes=3)) == {"bursts", "summary"}
+    assert change_runs(NOW + timedelta(minutes=3)) == {"bursts"}
+    # ... of an alert on no flag's days, or of a backup, or a backup's detail: none reads it
+    quiet = next(ev for ev in by_source["alerts"] if ev.key == "a3")
+    store.apply_poll("alerts", [replace(quiet, title="CPU (updated)", detail="more")], absence="keep",
+                     complete=False, now=NOW.timestamp(), previous_success=None)
+    run = next(ev for ev in by_source["backups"] if ev.key == "b30")
+    store.apply_poll("backups", [replace(run, title="Backup (updated)", detail="more")], absence="keep",
+                     complete=False, now=NOW.timestamp(), previous_success=None)
+    assert change_runs(NOW + timedelta(minutes=3, seconds=30)) == set()
+    # the same alert ten minutes later (the same day): bursts and the summary count it
+    store.apply_poll("alerts", [replace(quiet, start=quiet.start + timedelta(minutes=10), end=(quiet.end or quiet.start) + timedelta(minutes=10))], absence="keep",
+                     complete=False, now=NOW.timestamp(), previous_success=None)
+    assert change_runs(NOW + timedelta(minutes=3, seconds=40)) == {"bursts", "summary"}
+    # a backup's link (its flag quotes the last good run's) and a ticket's title (its flag's)
+    store.apply_poll("backups", [replace(run, url="https://backups.example/b30")], absence="keep",
+                     complete=False, now=NOW.timestamp(), previous_success=None)
+    assert change_runs(NOW + timedelta(minutes=3, seconds=50)) == {"backups"}
+    tk = by_source["tickets"][1]
+    store.apply_poll("tickets", [replace(tk, title="Still broken (updated)")], absence="keep",
+                     complete=False, now=NOW.timestamp(), previous_success=None)
+    assert change_runs(NOW + timedelta(minutes=3, seconds=55)) == {"stale_tickets", "summary"}
     # a backup row deleted under the store
     with store.engine.begin() as conn:
         conn.execute(delete(events_table).where(and_(events_table.c.source == "backups", events_table.c.key == "b60")))
@@ -181,7 +202,7 @@ HOSTS = ("db01", "db02", None)
 def operations(draw: st.DrawFn) -> list[tuple[str, Any]]:
     ops: list[tuple[str, Any]] = []
     for _ in range(draw(st.integers(3, 9))):
-        what = draw(st.sampled_from(["poll", "poll", "delete", "clock", "refresh"]))
+        what = draw(st.sampled_from(["poll", "poll", "edit", "edit", "delete", "clock", "refresh"]))
         if what == "poll":
             source = draw(st.sampled_from(["alerts", "backups", "tickets"]))
             events = []
@@ -201,6 +222,10 @@ def operations(draw: st.DrawFn) -> list[tuple[str, Any]]:
                 events.append(ev)
             keep = draw(st.booleans())  # the history's events stay, or go by the absence policy
             ops.append(("poll", (source, events, keep, draw(st.sampled_from(["keep", "close", "cancel"])))))
+        elif what == "edit":  # one stored event of the history: its text only, its state, link, time or account
+            source = draw(st.sampled_from(["alerts", "backups", "tickets"]))
+            ops.append(("edit", (source, draw(st.integers(0, 200)),
+                                 draw(st.sampled_from(["title", "title", "detail", "status", "url", "start", "move"])))))
         elif what == "delete":
             ops.append(("delete", (draw(st.sampled_from(["alerts", "backups", "tickets"])), draw(st.integers(0, 30)))))
         elif what == "clock":
@@ -210,7 +235,23 @@ def operations(draw: st.DrawFn) -> list[tuple[str, Any]]:
     return [*ops, ("refresh", None)]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+def edited(ev: Event, field: str, url: str) -> Event:
+    """One stored event with one thing changed: its text only, its state, link, time or account."""
+    if field == "title":
+        return replace(ev, title=f"{ev.title} (updated)")
+    if field == "detail":
+        return replace(ev, detail=f"{ev.detail} more")
+    if field == "status":
+        return replace(ev, status="cancelled" if ev.status != "cancelled" else "confirmed")
+    if field == "url":
+        return replace(ev, url=url)
+    if field == "start":
+        late = timedelta(minutes=50)
+        return replace(ev, start=ev.start + late, end=ev.end + late if ev.end is not None else None)
+    return replace(ev, account="globex" if ev.account != "globex" else "acme")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(ops=operations())
 def test_flags_with_reuse_are_the_full_recomputes_after_random_changes(
@@ -230,6 +271,14 @@ def test_flags_with_reuse_are_the_full_recomputes_after_random_changes(
         if what == "poll":
             source, events, keep, absence = arg
             pair.poll(source, (base[source] if keep else []) + events, now, absence)
+        elif what == "edit":
+            source, i, field = arg
+            i %= len(base[source])
+            ev = edited(base[source][i], field, f"https://origin.example/{source}/{i}/{now.minute}")
+            base[source][i] = ev
+            for store in pair.stores:
+                store.apply_poll(source, [ev], absence="keep", complete=False, now=now.timestamp(),
+                                 previous_success=None)
         elif what == "delete":
             source, i = arg
             for store in pair.stores:

@@ -29,12 +29,13 @@ from icsfeed.insights.base import (
     settle,
     source_id,
 )
-from icsfeed.insights.inputs import AccountInputs, inputs_of, still_holds
+from icsfeed.insights.facts import AccountFacts
+from icsfeed.insights.inputs import AccountInputs, inputs_of, reads_flags, recorded, still_holds
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.routing import affected_feeds
 from icsfeed.store import Store, StoreError, Touched
-from icsfeed.store.history import LastInputs, last_inputs, record_runs, same_events
+from icsfeed.store.history import LastInputs, last_inputs, record_runs, same_events, split_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
     inputs = AccountInputs(store, config, settings, account, (start, end), wide, wide_kinds)
     active = [d for d in DETECTORS if settings.enabled and d.enabled(settings)]
     last = last_inputs(store, [source_id(d.name, account.id) for d in active]) if reuse and active else {}
-    if not last:  # nothing to compare with: digest what the history reads, after runs that wrote nothing
+    if not last:  # nothing to compare with: digest what the history reads, after the runs
         inputs.use(history)
+    facts = AccountFacts(history, inputs.base, inputs.covered)
     touched: set[Touched] = set()
     unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
     kept: dict[str, LastInputs | None] = {}  # what those runs read; None: forget (flags written, or not run)
@@ -126,6 +128,17 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 if read is not None and still_holds(last.get(sid), read[0], ctx):
                     unchanged.append(sid)  # the same rows, day and clock: the same flags
                     continue
+                prev = last.get(sid)
+                fact = facts.digest(detector, ctx, sid) if read is not None and prev is not None else None
+                if read is not None and prev is not None and fact is not None \
+                        and still_holds(prev, fact, ctx, facts=True):
+                    unchanged.append(sid)  # only fields it does not read changed: the same flags
+                    kept[sid] = LastInputs(recorded(read[0], fact), prev.run_at, prev.valid_until)
+                    continue
+                before = read  # what it reads but its own section, to tell whether its write changes it
+                if reuse and read is None and reads_flags(detector, ctx):
+                    history.load()
+                    before = inputs.digest(detector, ctx, sid)
                 rows = history.stored().get(sid, [])
                 mine = ctx.stored = [r.row.event for r in rows]
                 try:
@@ -147,26 +160,36 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 mine = [r.row.event for r in rows]
                 if not any(ev.status != "cancelled" for ev in mine):
                     continue  # switched off and nothing to cancel: leave no trace
-                read = None
+                read = before = None
             if same_events(events, rows):  # the flags as stored: a write would only record the run
                 unchanged.append(sid)
                 if reuse and detector in active and not last:  # (the history's own rows: as the run read them)
                     read = inputs.digest(detector, ctx, sid)
                 if read is not None:
-                    kept[sid] = inputs_of(read[0], read[1], ctx)
+                    kept[sid] = inputs_of(recorded(read[0], facts.digest(detector, ctx, sid)), read[1], ctx)
                 elif sid in last:
                     kept[sid] = None
                 continue
             record_runs(store, unchanged, now, kept)  # (in the order the writes would have been made)
             unchanged, kept = [], {}
-            changes = store.apply_poll(sid, events, absence="cancel", complete=True, now=now, previous_success=None)
-            if sid in last:
-                kept[sid] = None  # what it read is not what the next run reads (its own flags changed)
+            write, known = split_unchanged(events, rows)  # (the flags as stored: counted present, not rewritten)
+            changes = store.apply_poll(sid, write, absence="cancel", complete=True, now=now, previous_success=None,
+                                       known=known)
             if changes.changed:
                 touched |= changes.touched
                 history.forget(sid)
-                inputs.forget(sid)
+                inputs.forget(sid, history.flags())
                 log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
+            # what the next run reads: the same rows and the flags just written (re-read). The same
+            # run again writes nothing (settle keeps what it wrote) unless its write changed what it
+            # reads besides its own section: so the first refresh after an import can skip too
+            read = inputs.digest(detector, ctx, sid) if reuse and detector in active else None
+            if read is not None and reads_flags(detector, ctx) and (before is None or before[2] != read[2]):
+                read = None
+            if read is not None:
+                kept[sid] = inputs_of(recorded(read[0], facts.digest(detector, ctx, sid)), read[1], ctx)
+            elif sid in last:
+                kept[sid] = None
     except StoreError:  # what was left unwritten before the store failed is still recorded, if it can be
         with suppress(StoreError):
             record_runs(store, unchanged, now)

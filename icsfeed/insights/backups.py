@@ -53,6 +53,7 @@ from icsfeed.insights.base import (
     report_days,
     start_dt,
 )
+from icsfeed.insights.facts import TEXT
 from icsfeed.insights.settings import BackupSettings, InsightsSettings
 from icsfeed.model import Event
 
@@ -622,9 +623,11 @@ def _attrs(series: Series, rhythm: Rhythm, flag: str, days: list[str]) -> dict[s
 
 
 def reads(ctx: AccountContext) -> list[Reads]:
-    """The backups of :func:`detect`'s range."""
+    """The backups of :func:`detect`'s range: all but their text (a run's title and detail
+    are in no flag and no rhythm; its link is: the last good backup's)."""
     first_day = ctx.today - timedelta(days=span_days(ctx.config, ctx.account, ctx.settings))
-    return [Reads(ctx.midnight(first_day), ctx.now + timedelta(seconds=1), frozenset(ctx.settings.backups.kinds))]
+    return [Reads(ctx.midnight(first_day), ctx.now + timedelta(seconds=1), frozenset(ctx.settings.backups.kinds),
+                  blind=TEXT)]
 
 
 DETECTOR = Detector(NAME, lambda s: s.backups.enabled, horizon, detect, reads)

@@ -91,6 +91,11 @@ class History:
         if self.wide is not None:
             self._wide = [r for r in rows if r.kind in self.wide_kinds and in_window(r, *self.wide)]
 
+    def load(self) -> None:
+        """Read the span's rows and every flag now (what a facts digest cuts: insights/facts.py)."""
+        self._load()
+        self._load_flags()
+
     def flags(self) -> list[HistoryRow] | None:
         """Every flag of the account's keys as read (and re-read by :meth:`forget`), if read yet."""
         return self._flags
@@ -221,12 +226,15 @@ class AccountContext:
 class Reads:
     """Rows a detector reads: the account's events overlapping [start, end) (the store's window
     test) of ``kinds`` (None: every kind, its flags included). ``earliest``: of these only the
-    first start of a row that does not recur (what bursts take the account's age from)."""
+    first start of a row that does not recur (what bursts take the account's age from).
+    ``blind``: the Event fields the detector never reads of these rows (flags aside: every
+    field of a flag counts), so a change to only those does not run it (insights/facts.py)."""
 
     start: datetime
     end: datetime
     kinds: frozenset[str] | None = None
     earliest: bool = False
+    blind: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,9 @@ class Detector:
     detect: Callable[[AccountContext], list[Event]]
     #: None: not declared, so the detector runs on every refresh
     reads: Callable[[AccountContext], list[Reads]] | None = None
+    #: ranges of its reads whose blind fields it reads after all, given its stored flags (the
+    #: alerts a burst flag lists by title): digested in full (insights/facts.py)
+    sees: Callable[[AccountContext, list[Event]], list[Reads]] | None = None
 
 
 def window_back_days(config: Config, account: AccountConfig) -> int:

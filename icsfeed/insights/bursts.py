@@ -42,6 +42,7 @@ from icsfeed.insights.base import (
     report_days,
     start_dt,
 )
+from icsfeed.insights.facts import COUNTED, flag_ranges
 from icsfeed.insights.settings import BurstSettings, InsightsSettings
 from icsfeed.insights.stats import odds_text, upper_tail
 from icsfeed.model import Event
@@ -418,10 +419,19 @@ def _flag(ctx: AccountContext, s: BurstSettings, counts: Counts, first_i: int, l
 
 
 def reads(ctx: AccountContext) -> list[Reads]:
-    """The alerts of :func:`detect`'s range, and the first start of anything in it (the account's age)."""
+    """The alerts of :func:`detect`'s range, and the first start of anything in it (the
+    account's age). Of the alerts, only when and whether they count: their titles and links
+    are read for the days of a flag only (:func:`sees`)."""
     origin = ctx.today - timedelta(days=span_days(ctx.config, ctx.account, ctx.settings))
     start, end = ctx.midnight(origin), ctx.now + timedelta(seconds=1)
-    return [Reads(start, end, frozenset(ctx.settings.bursts.kinds)), Reads(start, end, earliest=True)]
+    return [Reads(start, end, frozenset(ctx.settings.bursts.kinds), blind=COUNTED),
+            Reads(start, end, earliest=True)]
 
 
-DETECTOR = Detector(NAME, lambda s: s.bursts.enabled, horizon, detect, reads)
+def sees(ctx: AccountContext, flags: list[Event]) -> list[Reads]:
+    """The alerts whose titles and links the flags list: those of the flags' days. With the
+    same counts the same bursts are found, with the days of the flags already stored."""
+    return flag_ranges(ctx, flags, reads(ctx)[0])
+
+
+DETECTOR = Detector(NAME, lambda s: s.bursts.enabled, horizon, detect, reads, sees)

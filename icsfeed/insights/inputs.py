@@ -30,7 +30,7 @@ from icsfeed.config import AccountConfig, Config
 from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.store import Store
-from icsfeed.store.history import LastInputs, VersionRow, account_versions, source_versions
+from icsfeed.store.history import HistoryRow, LastInputs, VersionRow, account_versions, source_versions
 
 _ROOT = Path(icsfeed.__file__).resolve().parent
 #: the code a detector's flags are made by: its digest is part of every input digest, so a new
@@ -68,6 +68,12 @@ def _version(r: VersionRow) -> bytes:
                                r[_KIND].encode(), r[6].encode(), (r[_SOURCE] or "").encode())
 
 
+def _as_version(r: HistoryRow, flag: bool = True) -> VersionRow:
+    """A history row as the versions query gives it (its source for a flag only)."""
+    return (r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
+            r.row.last_modified, r.source if flag else None)
+
+
 class AccountInputs:
     """The versions of an account's rows (read once, by :func:`account_versions`), cut into
     each detector's digest. Covers [span) for every kind, ``wide`` for ``wide_kinds``, and
@@ -86,6 +92,7 @@ class AccountInputs:
         self._bytes: list[bytes] | None = None
         self._by_kind: dict[str, list[int]] | None = None
         self._history: History | None = None
+        self._read: tuple[list[VersionRow], list[bytes]] | None = None  # the history's rows read, as versions
         self._seen: object = None  # the history's flag list the rows were taken from
         self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
             settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
@@ -104,13 +111,14 @@ class AccountInputs:
             return None
         if self._rows is not None and self._seen is flags:
             return self._rows
-        rows = [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
-                 r.row.last_modified, None) for r in h.read]
-        rows += [(r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
-                  r.row.last_modified, r.source) for r in flags]
-        rows.sort(key=lambda r: (r[_START], r[0]))
-        self._rows, self._bytes, self._by_kind, self._seen = rows, None, None, flags
-        return rows
+        if self._read is None:  # (the rows read never change in a refresh: only flags are re-read)
+            read = [_as_version(r, flag=False) for r in h.read]
+            self._read = (read, [_version(r) for r in read])
+        pairs = sorted([*zip(*self._read, strict=True), *((v, _version(v)) for v in map(_as_version, flags))],
+                       key=lambda p: (p[0][_START], p[0][0]))
+        self._rows, self._bytes = [p[0] for p in pairs], [p[1] for p in pairs]
+        self._by_kind, self._seen = None, flags
+        return self._rows
 
     def rows(self) -> list[VersionRow] | None:
         """The versions, by start then id (None: taken from a history that has not read yet)."""
@@ -140,16 +148,21 @@ class AccountInputs:
             self._bytes = [_version(r) for r in self.rows() or []]
         return self._bytes
 
-    def forget(self, source: str) -> None:
-        """Read the versions of ``source`` again (a detector just wrote its flags)."""
+    def forget(self, source: str, flags: list[HistoryRow] | None = None) -> None:
+        """Read the versions of ``source`` again (a detector just wrote its flags); from
+        ``flags``, every flag of the account just re-read by the history, if given (the rows
+        the versions query would select, no second query)."""
         if self._rows is None or self._history is not None:
             return  # (from the history: it re-reads the source itself)
-        fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
+        if flags is not None:
+            fresh = [_as_version(r) for r in flags if r.source == source]
+        else:
+            fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
         kept = [r for r in self._rows if r[_SOURCE] != source]
         self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
         self._bytes = self._by_kind = None
 
-    def _covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
+    def covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
         """Whether every row of the range and kinds is among those read."""
         if lo >= self.span[0] and hi <= self.span[1]:
             return True
@@ -158,9 +171,10 @@ class AccountInputs:
         return kinds is not None and kinds <= self.wide_kinds | {INSIGHT_KIND} \
             and lo >= self.wide[0] and hi <= self.wide[1]
 
-    def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float] | None:
+    def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float, str] | None:
         """(digest of what ``detector`` reads for this account, first start after now among
-        those rows), or None when it cannot be told (no reads declared, a range not read)."""
+        those rows, the digest of its reads without its own flags' section), or None when it
+        cannot be told (no reads declared, a range not read)."""
         if detector.reads is None:
             return None
         reads = detector.reads(ctx)
@@ -173,7 +187,7 @@ class AccountInputs:
         versions = self._versions()
         for read in reads:
             lo, hi = read.start.timestamp(), read.end.timestamp()
-            if not self._covered(lo, hi, read.kinds):
+            if not self.covered(lo, hi, read.kinds):
                 return None
             # the rows it selects, not its bounds: a range ending at now + 1 s moves with the clock
             h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
@@ -188,15 +202,30 @@ class AccountInputs:
                 continue
             h.update(b"".join(versions[i] for i in picked))
             later = min(later, min((rows[i][_START] for i in picked if rows[i][_START] > now), default=math.inf))
+        part = h.hexdigest()
         h.update(b"own\0")  # the detector's own flags (settled and kept by them)
         h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[_SOURCE] == source))
-        return h.hexdigest(), later
+        return h.hexdigest(), later, part
 
 
-def still_holds(last: LastInputs | None, digest: str, ctx: AccountContext) -> bool:
-    """Whether the last run's flags are what a run now would make: same digest, same local
-    day, no noted instant passed (and the clock did not go back)."""
-    if last is None or last.digest != digest:
+def reads_flags(detector: Detector, ctx: AccountContext) -> bool:
+    """Whether ``detector``'s reads select flags (its own among them, or others' a later
+    detector writes): then its own write may change what it reads (the summary counts
+    earlier summaries), and a run after it may differ."""
+    return detector.reads is not None and any(r.kinds is None or INSIGHT_KIND in r.kinds for r in detector.reads(ctx))
+
+
+def recorded(exact: str, facts: str | None) -> str:
+    """What ``insight_inputs.digest`` holds: the first 32 hex digits of the exact digest, then
+    those of the facts digest (insights/facts.py), or dashes for a detector without one."""
+    return exact[:32] + (facts[:32] if facts else "-" * 32)
+
+
+def still_holds(last: LastInputs | None, digest: str, ctx: AccountContext, *, facts: bool = False) -> bool:
+    """Whether the last run's flags are what a run now would make: same digest (the exact one,
+    or with ``facts`` the facts digest), same local day, no noted instant passed (and the
+    clock did not go back)."""
+    if last is None or (last.digest[32:] if facts else last.digest[:32]) != digest[:32]:
         return False
     now = ctx.now.timestamp()
     if not last.run_at <= now < last.valid_until:

@@ -30,6 +30,7 @@ from icsfeed.insights.base import (
     robust_level,
     start_dt,
 )
+from icsfeed.insights.facts import COUNTED
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.insights.tickets import open_tickets, tickets_read
 from icsfeed.model import Event
@@ -58,8 +59,9 @@ def _first(ctx: AccountContext) -> date:
 
 
 def reads(ctx: AccountContext) -> list[Reads]:
-    """Every event (flags too) of the weeks the summaries count, and the open tickets."""
-    return [Reads(ctx.midnight(_first(ctx)), ctx.midnight(this_monday(ctx))), tickets_read(ctx)]
+    """Every event (flags too) of the weeks the summaries count — of those but flags and
+    tickets, only when, what kind and whether they count — and the open tickets in full."""
+    return [Reads(ctx.midnight(_first(ctx)), ctx.midnight(this_monday(ctx)), blind=COUNTED), tickets_read(ctx)]
 
 
 def detect(ctx: AccountContext) -> list[Event]:

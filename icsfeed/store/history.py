@@ -67,12 +67,13 @@ def _window(lo: float, hi: float) -> Any:
 def _read(store: Any, where: Any) -> list[HistoryRow]:
     stmt = select(*_COLUMNS, *_EXTRA).where(where).order_by(_t.c.start_ts, _t.c.id)
     try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
+        with store.engine.connect() as conn:  # the driver's tuples: an account has 1,000s of rows
+            rows = fetch_statement(conn, stmt)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
     decoded = ((store._event_row(r[:_N]), r) for r in rows)
-    return [HistoryRow(row, *r[_N:_N + 7], bool(r[_N + 7]), r[_N + 8]) for row, r in decoded if row is not None]
+    return [HistoryRow(row, *r[_N:_N + 6], bool(r[_N + 6]), bool(r[_N + 7]), r[_N + 8])
+            for row, r in decoded if row is not None]
 
 
 def account_events(store: Any, account_keys: Collection[str], span: tuple[float, float], *,
@@ -201,6 +202,30 @@ def same_events(fresh: Sequence[Any], stored: Sequence[HistoryRow]) -> bool:
         if old.row.event is not ev and not same_value(ev.to_dict(), old.row.event.to_dict()):
             return False
     return all(r.gone or r.key in seen for r in stored)
+
+
+def split_unchanged(fresh: Sequence[Any], stored: Sequence[HistoryRow]) -> tuple[list[Any], dict[str, Any]]:
+    """``fresh`` (a complete poll over ``stored``) as (the events to write, ``known``): the
+    events that are a stored, live row's event with the same stored form (by the test of
+    :func:`same_events`) are left out and named in ``known`` instead (stored key -> the
+    row's record digest, NULL for a flag), which :meth:`apply_poll
+    <icsfeed.store.events.EventsMixin.apply_poll>` counts as present and unchanged: the same
+    rows as writing them all, without encoding and hashing every flag of a detector again."""
+    by_key = {r.key: r for r in stored}
+    count: dict[str, int] = {}
+    for ev in fresh:
+        count[str(ev.key)] = count.get(str(ev.key), 0) + 1
+    write: list[Any] = []
+    known: dict[str, Any] = {}
+    for ev in fresh:
+        key = str(ev.key)
+        old = by_key.get(key)
+        if old is not None and not old.gone and count[key] == 1 and (
+                old.row.event is ev or same_value(ev.to_dict(), old.row.event.to_dict())):
+            known[key] = None  # (what every flag is stored with: no record digest)
+        else:
+            write.append(ev)
+    return write, known
 
 
 def same_value(a: Any, b: Any) -> bool:
