@@ -486,13 +486,7 @@ def _update_fragments(conn: Any, rows: list[tuple[bytes | None, str, int]]) -> N
     ``conn``'s transaction (the values are bytes, str and int, stored as the Core update did)."""
     mark = _mark(conn)
     sql = f"UPDATE {events_table.name} SET vevent = {mark}, vevent_key = {mark} WHERE id = {mark}"
-    cursor = conn.connection.cursor()
-    try:
-        cursor.executemany(sql, rows)
-    except conn.dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy's, like any statement's
-        raise DBAPIError.instance(sql, rows[:1], exc, conn.dialect.loaded_dbapi.Error) from None
-    finally:
-        cursor.close()
+    _executemany(conn, sql, rows)
 
 
 class _StoredRow(NamedTuple):
@@ -642,6 +636,12 @@ def _insert_rows(conn: Any, batch: _Batch) -> None:
     marks = ", ".join([_mark(conn)] * len(batch.columns))
     sql = f"INSERT INTO {events_table.name} ({', '.join(batch.columns)}) VALUES ({marks})"
     rows = batch.rows
+    _executemany(conn, sql, rows)
+
+
+def _executemany(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """``sql`` for each row, one executemany on the DB-API cursor of ``conn``'s transaction
+    (no SQLAlchemy per-row processing); a driver error is raised as SQLAlchemy's."""
     cursor = conn.connection.cursor()
     try:
         cursor.executemany(sql, rows)
