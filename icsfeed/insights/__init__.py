@@ -114,7 +114,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
     last = last_inputs(store, [source_id(d.name, account.id) for d in active]) if reuse and active else {}
     if not last:  # nothing to compare with: digest what the history reads, after the runs
         inputs.use(history)
-    facts = AccountFacts(history, inputs.base, inputs.covered)
+    facts = AccountFacts(inputs, history, store)
     touched: set[Touched] = set()
     unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
     kept: dict[str, LastInputs | None] = {}  # what those runs read; None: forget (flags written, or not run)

@@ -113,9 +113,17 @@ class History:
         out: dict[str, list[HistoryRow]] = {}
         for r in flags:
             if r.account_key == self.own_key and in_window(r, 0.0, 1e11):  # as a query of all time cuts
-                out.setdefault(r.row.event.source, []).append(r)
+                out.setdefault(r.source, []).append(r)  # (the column: its event's source)
         self._stored = (flags, out)
         return out
+
+    def own(self, source: str) -> list[HistoryRow]:
+        """The flags of one source as :meth:`stored` gives them, without reading every flag of
+        the account when they are not read yet (a facts digest needs one detector's only)."""
+        if self._flags is not None:
+            return self.stored().get(source, [])
+        return [r for r in source_events(self.store, source) if r.kind == INSIGHT_KIND
+                and r.account_key == self.own_key and in_window(r, 0.0, 1e11)]
 
     def in_span(self, start: datetime, end: datetime) -> bool:
         """Whether [start, end) is answered from the events read first (see :meth:`indexed`)."""

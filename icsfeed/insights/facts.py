@@ -6,121 +6,131 @@ title (bench_scale.py's 1% row: 1% of the titles of every account) does not touc
 rhythm, an alert count or a week's counts. So a detector's :class:`Reads
 <icsfeed.insights.base.Reads>` name the fields it is ``blind`` to, and a run also leaves a
 second digest (the *facts* digest) of the same rows, in which each row of such a read counts
-by its id, times, kind and state and the value of every Event field but the blind ones;
-every flag, the detector's own flags and the ranges it ``sees`` after all (bursts: the alerts
-its flags list by title) count by version, as in the exact digest. A refresh whose exact
-digest differs but whose facts digest is the last run's (same local day, before any noted
-instant, inputs.still_holds) would compute the same flags: the same rows by id with the same
-values of every field the detector reads. It needs the rows decoded (the history's own),
-so it is computed only when the exact digest did not hold, or after a run.
+by its id, times, kind and state and its stored facts for that blind set (icsfeed/store/facts.py:
+a digest of every Event field but the blind ones, written with the row); every flag, the
+detector's own flags and the ranges it ``sees`` after all (bursts: the alerts its flags list
+by title) count by version, as in the exact digest. A refresh whose exact digest differs but
+whose facts digest is the last run's (same local day, before any noted instant,
+inputs.still_holds) would compute the same flags: the same rows by id with the same values of
+every field the detector reads. Both digests are cut from the same versions query, so telling
+that only a title changed decodes no row (rows written before the facts were stored are
+decoded once, and their facts written back).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
-from bisect import bisect_left
-from collections.abc import Callable
-from dataclasses import fields
 from datetime import date, datetime, timedelta
 
 from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History, Reads
+from icsfeed.insights.inputs import END, FACTS, GONE, KIND, RECURRING, SOURCE, START, AccountInputs
 from icsfeed.model import Event
-from icsfeed.store.history import HistoryRow
+from icsfeed.store import Store, StoreError
+from icsfeed.store.facts import COUNTED, FACT_SETS, TEXT, facts_part, row_facts
+from icsfeed.store.history import VersionRow, fill_facts
 
-#: what a title or text change alone touches (every detector reading a row's counts, times or
-#: attributes but not its text)
-TEXT = frozenset({"title", "detail"})
-#: all but when a row is, what kind and whether it counts (status, recurrence): what a count reads
-COUNTED = TEXT | {"url", "severity", "attrs"}
-#: the Event fields, in a fixed order (a row's facts are their values but the blind ones)
-_FIELDS = tuple(f.name for f in fields(Event))
-#: id, start, end, recurring, gone, SEQUENCE, last modified (as inputs._NUMBERS) / id, start, end, recurring, gone
-_VERSION = struct.Struct("<qdd??qd")
+__all__ = ["COUNTED", "TEXT", "AccountFacts", "flag_ranges"]
+
+log = logging.getLogger(__name__)
+
+#: id, start, end, recurring, gone: where a row is and whether it is still reported
 _PLACE = struct.Struct("<qdd??")
 
 
-def _exact(r: HistoryRow) -> bytes:
-    """A row by its stored version (the same facts as the exact digest's)."""
-    return b"v%s%s\0%s\0%s\0" % (
-        _VERSION.pack(r.row.id, r.start_ts, r.end_ts, bool(r.recurring), bool(r.gone), r.row.sequence,
-                      r.row.last_modified),
-        r.kind.encode(), r.content_hash.encode(), (r.source if r.kind == INSIGHT_KIND else "").encode())
-
-
-def _facts(r: HistoryRow, blind: frozenset[str]) -> bytes:
-    """A row by where it is, its state and every field of its event but the ``blind`` ones
-    (repr keeps types apart: 1 and 1.0, True and 1; attrs come in their stored, sorted order)."""
-    ev = r.row.event
-    values = tuple(getattr(ev, name) for name in _FIELDS if name not in blind)
-    return b"f%s%s\0%s\0" % (_PLACE.pack(r.row.id, r.start_ts, r.end_ts, bool(r.recurring), bool(r.gone)),
-                             r.kind.encode(), repr(values).encode("utf-8", "surrogatepass"))
+def _place(r: VersionRow, facts: str) -> bytes:
+    """A row as a blind read counts it: where and what kind it is, and its facts for that read."""
+    return b"f%s%s\0%s\0" % (_PLACE.pack(r[0], r[START], r[END], bool(r[RECURRING]), bool(r[GONE])),
+                             r[KIND].encode(), facts.encode())
 
 
 class AccountFacts:
-    """The history's rows (read and decoded once per refresh) cut into facts digests.
+    """Facts digests cut from the account's versions (:class:`AccountInputs`, read once per
+    refresh); ``history`` decodes only what the versions cannot say: the detector's own flags
+    for ``sees``, and rows stored without facts."""
 
-    ``covered(lo, hi, kinds)`` says whether a range is all among the rows read (the exact
-    digest's test, inputs.AccountInputs.covered: both read the same ranges)."""
-
-    def __init__(self, history: History, base: bytes, covered: Callable[[float, float, frozenset[str] | None], bool]) -> None:
+    def __init__(self, inputs: AccountInputs, history: History, store: Store) -> None:
+        self.inputs = inputs
         self.history = history
-        self.base = base
-        self.covered = covered
-        self._rows: list[HistoryRow] | None = None
-        self._starts: list[float] = []
-        self._seen: object = None
-        self._cache: dict[tuple[int, frozenset[str]], bytes] = {}
+        self.store = store
+        self._worked_out: dict[int, str] = {}  # row id -> facts of a row stored without them
+        self._seen: object = None  # the versions list the cache below was cut from
+        self._bytes: dict[frozenset[str], list[bytes | None]] = {}
 
-    def _all(self) -> list[HistoryRow]:
-        """Every row read and every flag, by (start, id) as the versions query orders them."""
-        h = self.history
-        h.load()
-        flags = h.flags()
-        assert flags is not None and h.read is not None
-        if self._rows is None or self._seen is not flags:
-            self._rows = sorted([*h.read, *flags], key=lambda r: (r.start_ts, r.row.id))
-            self._starts = [r.start_ts for r in self._rows]
-            self._seen = flags
-        return self._rows
-
-    def _bytes(self, r: HistoryRow, blind: frozenset[str]) -> bytes:
-        if not blind or r.kind == INSIGHT_KIND:
-            return _exact(r)
-        key = (r.row.id, blind)  # (the rows read do not change within a refresh; flags count exactly)
-        out = self._cache.get(key)
+    def _per_row(self, rows: list[VersionRow], versions: list[bytes], blind: frozenset[str]) -> list[bytes | None]:
+        """Each row as a read blind to ``blind`` counts it (None: cannot be told), cached for
+        the versions list (a write re-reads the versions: a new list)."""
+        if self._seen is not rows:
+            self._seen, self._bytes = rows, {}
+        out = self._bytes.get(blind)
         if out is None:
-            out = self._cache[key] = _facts(r, blind)
+            if any(r[FACTS] is None and r[KIND] != INSIGHT_KIND and r[0] not in self._worked_out for r in rows):
+                self._work_out(rows)
+            out = []
+            for r, version in zip(rows, versions, strict=True):
+                if r[KIND] == INSIGHT_KIND:
+                    out.append(version)  # a flag counts by its version
+                    continue
+                stored = r[FACTS] or self._worked_out.get(r[0])
+                part = facts_part(stored, blind) if stored else None
+                out.append(_place(r, part) if part is not None else None)
+            self._bytes[blind] = out
         return out
+
+    def _work_out(self, rows: list[VersionRow]) -> None:
+        """The facts of rows stored before they were kept, from the decoded history (by the
+        function that writes them), written back so the next refresh reads them."""
+        self.history.load()
+        by_id = {r.row.id: r for r in self.history.read or []}
+        fill = []
+        for r in rows:
+            if r[FACTS] is None and r[KIND] != INSIGHT_KIND and r[0] in by_id:
+                h = by_id[r[0]]
+                facts = self._worked_out[r[0]] = row_facts(h.row.event.to_dict())
+                fill.append((facts, r[0], h.content_hash))
+        try:
+            fill_facts(self.store, fill)
+        except StoreError as exc:  # worked out again next time: nothing is lost
+            log.warning("could not keep the facts of %d rows: %s", len(fill), exc)
 
     def digest(self, detector: Detector, ctx: AccountContext, source: str) -> str | None:
         """The facts digest of what ``detector`` reads now, or None when it has no blind
-        reads (the exact digest says it all) or cannot be told (a range not read)."""
+        reads (the exact digest says it all) or it cannot be told (a range not read, a blind
+        set the rows keep no facts for)."""
         if detector.reads is None:
             return None
         reads = detector.reads(ctx)
-        if not any(read.blind for read in reads):
+        if not any(read.blind for read in reads) or any(read.blind and read.blind not in FACT_SETS for read in reads):
             return None
-        rows = self._all()
-        mine = [r for r in rows if r.source == source and r.kind == INSIGHT_KIND]
+        inputs = self.inputs
+        rows = inputs.rows()
+        if rows is None:
+            return None
+        versions = inputs.versions()
         if detector.sees is not None:
-            reads = [*reads, *detector.sees(ctx, [r.row.event for r in mine])]
-        h = hashlib.sha256(self.base + b"facts\0" + detector.name.encode() + b"\0" + ctx.today.isoformat().encode())
+            reads = [*reads, *detector.sees(ctx, [r.row.event for r in self.history.own(source)])]
+        h = hashlib.sha256(inputs.base + b"facts\0" + detector.name.encode() + b"\0" + ctx.today.isoformat().encode())
         for read in reads:
-            lo, hi = read.start.timestamp(), read.end.timestamp()
-            if not self.covered(lo, hi, read.kinds):
+            picked = inputs.picked(read)
+            if picked is None:
                 return None
             h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest,
                            sorted(read.blind))).encode())
-            end = bisect_left(self._starts, hi)
-            picked = [r for r in rows[:end] if (read.kinds is None or r.kind in read.kinds)
-                      and (r.end_ts >= lo or r.recurring)]
             if read.earliest:
-                h.update(repr(min((r.start_ts for r in picked if not r.recurring), default=None)).encode())
+                h.update(repr(min((rows[i][START] for i in picked if not rows[i][RECURRING]), default=None)).encode())
                 continue
-            h.update(b"".join(self._bytes(r, read.blind) for r in picked))
+            if not read.blind:
+                h.update(b"".join(versions[i] for i in picked))
+                continue
+            per_row = self._per_row(rows, versions, read.blind)
+            parts = [per_row[i] for i in picked]
+            if None in parts:
+                return None
+            h.update(b"".join(parts))  # type: ignore[arg-type]
         h.update(b"own\0")
-        h.update(b"".join(_exact(r) for r in mine))
+        h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[KIND] == INSIGHT_KIND
+                          and r[SOURCE] == source))
         return h.hexdigest()
 
 

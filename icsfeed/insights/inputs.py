@@ -27,7 +27,7 @@ from pathlib import Path
 
 import icsfeed
 from icsfeed.config import AccountConfig, Config
-from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History
+from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History, Reads
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.store import Store
 from icsfeed.store.history import HistoryRow, LastInputs, VersionRow, account_versions, source_versions
@@ -51,7 +51,7 @@ CODE_DIGEST = _code_digest()
 
 
 # positions in a VersionRow (history.VERSION_COLUMNS)
-_KIND, _START, _END, _RECURRING, _SOURCE = 1, 2, 3, 4, 9
+KIND, START, END, RECURRING, GONE, SOURCE, FACTS = 1, 2, 3, 4, 5, 9, 10
 
 
 #: id, start, end, recurring, gone, SEQUENCE, last modified (packing is ~10× cheaper than repr)
@@ -59,19 +59,20 @@ _NUMBERS = struct.Struct("<qdd??qd")
 
 
 def _start(r: VersionRow) -> float:
-    return float(r[_START])
+    return float(r[START])
 
 
 def _version(r: VersionRow) -> bytes:
     """A row's version as digested: its numbers packed, then kind, content hash and flag source."""
-    return b"%s%s\0%s\0%s\0" % (_NUMBERS.pack(r[0], r[_START], r[_END], bool(r[_RECURRING]), bool(r[5]), r[7], r[8]),
-                               r[_KIND].encode(), r[6].encode(), (r[_SOURCE] or "").encode())
+    return b"%s%s\0%s\0%s\0" % (_NUMBERS.pack(r[0], r[START], r[END], bool(r[RECURRING]), bool(r[5]), r[7], r[8]),
+                               r[KIND].encode(), r[6].encode(), (r[SOURCE] or "").encode())
 
 
 def _as_version(r: HistoryRow, flag: bool = True) -> VersionRow:
-    """A history row as the versions query gives it (its source for a flag only)."""
+    """A history row as the versions query gives it (its source for a flag only, its facts
+    for the other rows only)."""
     return (r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
-            r.row.last_modified, r.source if flag else None)
+            r.row.last_modified, r.source if flag else None, None if flag else r.facts)
 
 
 class AccountInputs:
@@ -115,7 +116,7 @@ class AccountInputs:
             read = [_as_version(r, flag=False) for r in h.read]
             self._read = (read, [_version(r) for r in read])
         pairs = sorted([*zip(*self._read, strict=True), *((v, _version(v)) for v in map(_as_version, flags))],
-                       key=lambda p: (p[0][_START], p[0][0]))
+                       key=lambda p: (p[0][START], p[0][0]))
         self._rows, self._bytes = [p[0] for p in pairs], [p[1] for p in pairs]
         self._by_kind, self._seen = None, flags
         return self._rows
@@ -138,12 +139,15 @@ class AccountInputs:
         if self._by_kind is None:
             self._by_kind = {}
             for i, r in enumerate(rows):
-                self._by_kind.setdefault(r[_KIND], []).append(i)
+                self._by_kind.setdefault(r[KIND], []).append(i)
         found = [self._by_kind.get(k, []) for k in sorted(kinds)]
         return found[0] if len(found) == 1 else sorted(i for part in found for i in part)
 
-    def _versions(self) -> list[bytes]:
+    def versions(self) -> list[bytes]:
         """Each row's version as digested, in the order of :meth:`rows`."""
+        return self._versions()
+
+    def _versions(self) -> list[bytes]:
         if self._bytes is None:
             self._bytes = [_version(r) for r in self.rows() or []]
         return self._bytes
@@ -158,8 +162,8 @@ class AccountInputs:
             fresh = [_as_version(r) for r in flags if r.source == source]
         else:
             fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
-        kept = [r for r in self._rows if r[_SOURCE] != source]
-        self._rows = sorted(kept + fresh, key=lambda r: (r[_START], r[0]))
+        kept = [r for r in self._rows if r[SOURCE] != source]
+        self._rows = sorted(kept + fresh, key=lambda r: (r[START], r[0]))
         self._bytes = self._by_kind = None
 
     def covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
@@ -170,6 +174,18 @@ class AccountInputs:
             return True  # every flag is read
         return kinds is not None and kinds <= self.wide_kinds | {INSIGHT_KIND} \
             and lo >= self.wide[0] and hi <= self.wide[1]
+
+    def picked(self, read: Reads) -> list[int] | None:
+        """Positions in :meth:`rows` of the rows ``read`` selects (the store's window test), in
+        order; None when they cannot be told (a range not read, rows not read yet)."""
+        rows = self.rows()
+        lo, hi = read.start.timestamp(), read.end.timestamp()
+        if rows is None or not self.covered(lo, hi, read.kinds):
+            return None
+        candidates = self._of_kinds(read.kinds)
+        # rows are by start, so none from the first starting at ``hi`` on
+        end = bisect_left(rows, hi, key=_start)
+        return [i for i in candidates if i < end and (rows[i][END] >= lo or rows[i][RECURRING])]
 
     def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float, str] | None:
         """(digest of what ``detector`` reads for this account, first start after now among
@@ -186,25 +202,20 @@ class AccountInputs:
             return None
         versions = self._versions()
         for read in reads:
-            lo, hi = read.start.timestamp(), read.end.timestamp()
-            if not self.covered(lo, hi, read.kinds):
+            picked = self.picked(read)
+            if picked is None:
                 return None
             # the rows it selects, not its bounds: a range ending at now + 1 s moves with the clock
             h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
-            kinds = read.kinds
-            candidates = self._of_kinds(kinds)
-            # the store's window test; rows are by start, so none from the first starting at ``hi`` on
-            end = bisect_left(rows, hi, key=_start)
-            picked = [i for i in candidates if i < end and (rows[i][_END] >= lo or rows[i][_RECURRING])]
             if read.earliest:
-                first = min((rows[i][_START] for i in picked if not rows[i][_RECURRING]), default=None)
+                first = min((rows[i][START] for i in picked if not rows[i][RECURRING]), default=None)
                 h.update(repr(first).encode())
                 continue
             h.update(b"".join(versions[i] for i in picked))
-            later = min(later, min((rows[i][_START] for i in picked if rows[i][_START] > now), default=math.inf))
+            later = min(later, min((rows[i][START] for i in picked if rows[i][START] > now), default=math.inf))
         part = h.hexdigest()
         h.update(b"own\0")  # the detector's own flags (settled and kept by them)
-        h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[_SOURCE] == source))
+        h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[SOURCE] == source))
         return h.hexdigest(), later, part
 
 

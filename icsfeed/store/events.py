@@ -21,6 +21,7 @@ from icsfeed.feed_filters import is_open
 from icsfeed.model import Event, severity_rank
 from icsfeed.store.codec import Codec, UndecodableBlob, source_group
 from icsfeed.store.database import StoreError, chunks, db_reason, storable_text
+from icsfeed.store.facts import row_facts
 from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table
 from icsfeed.tokens import event_uid
 
@@ -162,19 +163,19 @@ class EventsMixin:
                         changes.duplicates += 1
                         log.warning("source %s returned key %r more than once; the last one wins", source_id, key[:80])
                     record_digest = mapped_digests.get(mapped_key)
-                    blob, digest = _json_bytes(ev)
+                    blob, digest, facts = _json_bytes(ev)
                     old = existing.get(key)
                     mapped = (ev.account, ev.kind, ev.severity)
                     mapped = mapped_as.setdefault(mapped, mapped)  # one tuple per distinct, not per event
                     if old is None:
                         row = _row_tuple(self.uid_host, ev, digest, now, sequence=0, created=now, blob=blob,
-                                         fragment=fragment, record_digest=record_digest)
+                                         fragment=fragment, record_digest=record_digest, facts=facts)
                         slot = new_rows.add(row, before[1] if before is not None and before[0] == _NEW else None)
                         entries[key] = (_NEW, slot, mapped)
                     elif old.content_hash != digest:
                         values = self._row_values(ev, digest, now, sequence=old.sequence + 1, blob=blob,
                                                   fragment=fragment, created_for_fragment=old.created,
-                                                  record_digest=record_digest)
+                                                  record_digest=record_digest, facts=facts)
                         entries[key] = (_UPDATED, {"_id": old.id, **values}, mapped)
                     else:
                         entries[key] = (_UNCHANGED, record_digest, None)
@@ -268,9 +269,9 @@ class EventsMixin:
             if new_ev is ev:
                 gone_only.append(row.id)
                 continue
-            blob, digest = _json_bytes(new_ev)
+            blob, digest, facts = _json_bytes(new_ev)
             values = self._row_values(new_ev, digest, now, sequence=row.sequence + 1, blob=blob,
-                                      fragment=fragment, created_for_fragment=row.created)
+                                      fragment=fragment, created_for_fragment=row.created, facts=facts)
             values["gone"] = True
             updates.append({"_id": row.id, **values})
             changes.touched.add(Touched(_account_key(ev.account), ev.kind, severity_rank(ev.severity)))
@@ -305,10 +306,11 @@ class EventsMixin:
     def _row_values(self, ev: Event, digest: str, now: float, *, sequence: int,
                     created: float | None = None, blob: str | bytes | None = None,
                     fragment: Fragmenter | None = None, created_for_fragment: float | None = None,
-                    record_digest: str | None = None) -> dict[str, Any]:
+                    record_digest: str | None = None, facts: str | None = None) -> dict[str, Any]:
         """A row's values by column (updates; :func:`_row_tuple`, which new rows take as they are)."""
         row = _row_tuple(self.uid_host, ev, digest, now, sequence=sequence, created=created, blob=blob,
-                         fragment=fragment, created_for_fragment=created_for_fragment, record_digest=record_digest)
+                         fragment=fragment, created_for_fragment=created_for_fragment, record_digest=record_digest,
+                         facts=facts)
         return dict(zip(ROW_COLUMNS if created is not None else ROW_COLUMNS[:-1], row, strict=True))
 
     def record_digests(self, source_id: str) -> dict[str, str]:
@@ -515,9 +517,14 @@ INSERT_BATCH = 2000
 def _row_tuple(uid_host: str, ev: Event, digest: str, now: float, *, sequence: int,
              created: float | None = None, blob: str | bytes | None = None,
              fragment: Fragmenter | None = None, created_for_fragment: float | None = None,
-             record_digest: str | None = None) -> tuple[Any, ...]:
+             record_digest: str | None = None, facts: str | None = None) -> tuple[Any, ...]:
     """A row's values in the order of :data:`ROW_COLUMNS` (``created`` last, left out when
-    None): a tuple, as the insert's executemany takes it, without a dict per row."""
+    None): a tuple, as the insert's executemany takes it, without a dict per row. ``blob``,
+    ``digest`` and ``facts`` are :func:`_json_bytes` of ``ev`` (worked out here when no blob
+    is given)."""
+    if blob is None or facts is None:
+        made, _, facts = _json_bytes(ev)
+        blob = made if blob is None else blob
     start_ts = to_ts(ev.start)
     key = str(ev.key)
     uid = event_uid(ev.source, key, uid_host)
@@ -531,15 +538,15 @@ def _row_tuple(uid_host: str, ev: Event, digest: str, now: float, *, sequence: i
     row = (ev.source, key, uid, ev.kind, _account_key(ev.account), severity_rank(ev.severity), start_ts,
            # an ongoing event (a firing alert) reaches its last sighting: feed windows include it
            to_ts(ev.end) if ev.end is not None else max(start_ts, to_ts(ev.seen or ev.start)),
-           bool(ev.rrule), blob if blob is not None else _json_bytes(ev)[0], digest, sequence, now,
-           False, vevent, vevent_key, is_open(ev), record_digest)
+           bool(ev.rrule), blob, digest, sequence, now,
+           False, vevent, vevent_key, is_open(ev), record_digest, facts)
     return row if created is None else (*row, created)
 
 
 #: the columns of a row as :func:`_row_tuple` gives them (``created`` last)
 ROW_COLUMNS = ("source", "key", "uid", "kind", "account_key", "severity_rank", "start_ts", "end_ts", "recurring",
                "data", "content_hash", "sequence", "last_modified", "gone", "vevent", "vevent_key", "is_open",
-               "record_digest", "created")
+               "record_digest", "facts", "created")
 _DATA, _VEVENT = ROW_COLUMNS.index("data"), ROW_COLUMNS.index("vevent")
 #: what a poll found of one key (apply_poll's entries)
 _NEW, _UPDATED, _UNCHANGED = 0, 1, 2
@@ -696,22 +703,24 @@ _JSON_ASCII = json.JSONEncoder(sort_keys=True, default=str).encode
 
 def _encoded(ev: Event) -> tuple[str, str]:
     """The stored JSON of an event as text, and its content hash (see :func:`_json_bytes`)."""
-    raw, digest = _json_bytes(ev)
+    raw, digest, _ = _json_bytes(ev)
     return raw.decode("utf-8"), digest
 
 
-def _json_bytes(ev: Event) -> tuple[bytes, str]:
-    """The stored JSON of an event (UTF-8) and its content hash (the same as
+def _json_bytes(ev: Event) -> tuple[bytes, str, str]:
+    """The stored JSON of an event (UTF-8), its content hash (the same as
     ``Event.content_hash``), from one serialisation, as the codec takes it (no second
-    encoding). JSON with lone surrogates is kept ASCII-escaped: SQLite cannot store them
-    raw, and json.loads gives the same text back."""
+    encoding), and its facts (icsfeed/store/facts.py) from the same dict. JSON with lone
+    surrogates is kept ASCII-escaped: SQLite cannot store them raw, and json.loads gives the
+    same text back."""
     as_dict = ev.to_dict()
     try:
         raw = _JSON(as_dict).encode("utf-8")
     except UnicodeEncodeError:
         text = _JSON(as_dict)
-        return _JSON_ASCII(as_dict).encode("ascii"), hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return raw, hashlib.sha256(raw).hexdigest()
+        return (_JSON_ASCII(as_dict).encode("ascii"), hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+                row_facts(as_dict))
+    return raw, hashlib.sha256(raw).hexdigest(), row_facts(as_dict)
 
 
 def _utf8(data: str | bytes) -> bytes:

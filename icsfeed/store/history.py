@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, null, or_, select
+from sqlalchemy import and_, bindparam, case, null, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, db_reason
@@ -31,7 +31,7 @@ _t = events_table
 _inputs = insight_inputs_table
 #: read besides the decoded row: what the refresh filters and writes by
 _EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone,
-          _t.c.content_hash)
+          _t.c.content_hash, _t.c.facts)
 _N = len(_EVENT_ROW_COLUMNS)
 #: the decoder's columns without the stored VEVENT fragments (half the bytes of a row; no
 #: detector reads them): NULL in their place
@@ -53,6 +53,8 @@ class HistoryRow:
     gone: bool
     #: the stored content's hash (with the row's SEQUENCE: its version, icsfeed/insights/inputs.py)
     content_hash: str = ""
+    #: the stored facts digests (icsfeed/store/facts.py); None: a row written before they were kept
+    facts: str | None = None
 
 
 def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
@@ -72,7 +74,7 @@ def _read(store: Any, where: Any) -> list[HistoryRow]:
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
     decoded = ((store._event_row(r[:_N]), r) for r in rows)
-    return [HistoryRow(row, *r[_N:_N + 6], bool(r[_N + 6]), bool(r[_N + 7]), r[_N + 8])
+    return [HistoryRow(row, *r[_N:_N + 6], bool(r[_N + 6]), bool(r[_N + 7]), r[_N + 8], r[_N + 9])
             for row, r in decoded if row is not None]
 
 
@@ -102,10 +104,11 @@ def source_events(store: Any, source: str) -> list[HistoryRow]:
 
 
 #: a row's version as the insight inputs digest it (icsfeed/insights/inputs.py), read without
-#: decoding anything: where and what kind it is, its content hash, SEQUENCE and state, and for a
-#: flag its source (NULL for other rows: the strings a read makes are most of its cost)
+#: decoding anything: where and what kind it is, its content hash, SEQUENCE and state, for a
+#: flag its source (NULL for other rows: the strings a read makes are most of its cost), and its
+#: facts (icsfeed/insights/facts.py; NULL for a flag, whose facts are its version)
 VERSION_COLUMNS = ("id", "kind", "start_ts", "end_ts", "recurring", "gone", "content_hash", "sequence",
-                   "last_modified", "flag_source")
+                   "last_modified", "flag_source", "facts")
 _VERSION = (_t.c.id, _t.c.kind, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone, _t.c.content_hash,
             _t.c.sequence, _t.c.last_modified)
 #: a row of VERSION_COLUMNS, as the DB-API driver gives it (a bool may be 0/1)
@@ -114,7 +117,8 @@ VersionRow = tuple[Any, ...]
 
 def _versions(store: Any, where: Any, flag_kind: str) -> list[VersionRow]:
     flag_source = case((_t.c.kind == flag_kind, _t.c.source), else_=null())
-    stmt = select(*_VERSION, flag_source).where(where).order_by(_t.c.start_ts, _t.c.id)
+    facts = case((_t.c.kind == flag_kind, null()), else_=_t.c.facts)
+    stmt = select(*_VERSION, flag_source, facts).where(where).order_by(_t.c.start_ts, _t.c.id)
     try:
         with store.engine.connect() as conn:  # plain tuples from the driver: an account has 1,000s
             return fetch_statement(conn, stmt)
@@ -139,6 +143,20 @@ def source_versions(store: Any, source: str, account_keys: Collection[str], flag
     """The versions of one source's ``flag_kind`` rows of the accounts (a detector's flags, just written)."""
     return _versions(store, and_(_t.c.source == source, _t.c.kind == flag_kind,
                                  _t.c.account_key.in_(sorted(account_keys))), flag_kind)
+
+
+def fill_facts(store: Any, rows: Sequence[tuple[str, int, str]]) -> None:
+    """Keep the facts (icsfeed/store/facts.py) worked out for rows stored without them:
+    (facts, id, content hash), written only where the row still has that content and none."""
+    if not rows:
+        return
+    stmt = (update(_t).where(and_(_t.c.id == bindparam("_id"), _t.c.content_hash == bindparam("_hash"),
+                                  _t.c.facts.is_(None))).values(facts=bindparam("_facts")))
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(stmt, [{"_facts": f, "_id": i, "_hash": h} for f, i, h in rows])
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot keep the rows' facts: {db_reason(exc)}") from None
 
 
 @dataclass(frozen=True)

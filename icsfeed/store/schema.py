@@ -59,6 +59,9 @@ events_table = Table(
     #: digest of the origin record (and the source's settings) the event was mapped from
     #: (icsfeed.sources.mapping); NULL for every write that did not map one (push, absence)
     Column("record_digest", String(32)),
+    #: digests of the stored event without the fields some insight detectors never read
+    #: (icsfeed.store.facts, migration 0014); NULL: written before it, worked out when read
+    Column("facts", String(64)),
     UniqueConstraint("source", "key", name="uq_events_source_key"),
     # covering indexes of a feed's event list (migration 0013): a re-render reads every event's
     # (id, sequence, last_modified) in feed order (start_ts, id) from the index alone
