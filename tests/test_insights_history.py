@@ -358,7 +358,8 @@ def test_a_refresh_with_nothing_changed_decodes_each_row_once_and_rewrites_no_fl
     rows = world.store.query_events(FeedQuery(0.0, 1e11, account_keys=frozenset({"acme", "acme corp", "10042"})))
     decoded: list[str] = []
     original = store_events.stored_event
-    monkeypatch.setattr(store_events, "stored_event", lambda data: (decoded.append(data), original(data))[1])
+    monkeypatch.setattr(store_events, "stored_event",
+                        lambda data, codec=None: (decoded.append(data), original(data, codec))[1])
     polls: list[str] = []
     apply_poll = Store.apply_poll
     monkeypatch.setattr(Store, "apply_poll", lambda self, sid, *a, **k: (polls.append(sid), apply_poll(self, sid, *a, **k))[1])

@@ -123,7 +123,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
             sid = source_id(detector.name, account.id)
             events: list[Event] = []
             if detector in active:
-                ctx = AccountContext(config, settings, account, when, history)
+                ctx = AccountContext(config, settings, account, when, history, counted=facts.counted if reuse else None)
                 read = inputs.digest(detector, ctx, sid) if reuse and last else None
                 if read is not None and still_holds(last.get(sid), read[0], ctx):
                     unchanged.append(sid)  # the same rows, day and clock: the same flags
@@ -139,7 +139,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 if reuse and read is None and reads_flags(detector, ctx):
                     history.load()
                     before = inputs.digest(detector, ctx, sid)
-                rows = history.stored().get(sid, [])
+                rows = history.own(sid)
                 mine = ctx.stored = [r.row.event for r in rows]
                 try:
                     events = detector.detect(ctx)
@@ -156,7 +156,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 fresh = {ev.key for ev in events}
                 events += [ev for ev in mine if ev.key not in fresh and _day(ev) < keep_before]
             else:
-                rows = history.stored().get(sid, [])
+                rows = history.own(sid)
                 mine = [r.row.event for r in rows]
                 if not any(ev.status != "cancelled" for ev in mine):
                     continue  # switched off and nothing to cancel: leave no trace

@@ -28,7 +28,7 @@ from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.render import VIEW_LINK_ATTR
 from icsfeed.store import EventRow, FeedQuery, Store, to_ts
-from icsfeed.store.history import HistoryRow, account_events, in_window, kind_events, source_events
+from icsfeed.store.history import HistoryRow, account_events, in_window, kind_events, source_events, wide_events
 from icsfeed.urls import safe_url
 
 INSIGHT_KIND = "insight"
@@ -68,6 +68,8 @@ class History:
         self.wide_kinds = wide_kinds
         self._base: list[tuple[float, float, EventRow]] | None = None
         self._wide: list[HistoryRow] = []
+        self._wide_only: list[HistoryRow] | None = None  # the wide kinds read alone, before the span
+        self._decoded: dict[int, tuple[str, Event]] = {}  # flags read: id -> (content hash, event)
         #: every row the first read returned (the account's events of the span and wide kinds)
         self.read: list[HistoryRow] | None = None
         self._flags: list[HistoryRow] | None = None  # every insight row of the keys, by (start_ts, id)
@@ -102,7 +104,7 @@ class History:
 
     def _load_flags(self) -> list[HistoryRow]:
         if self._flags is None:
-            self._flags = kind_events(self.store, self.keys | {self.own_key}, INSIGHT_KIND)
+            self._flags = self._keep(kind_events(self.store, self.keys | {self.own_key}, INSIGHT_KIND))
         return self._flags
 
     def stored(self) -> dict[str, list[HistoryRow]]:
@@ -117,13 +119,34 @@ class History:
         self._stored = (flags, out)
         return out
 
+    def _keep(self, rows: list[HistoryRow]) -> list[HistoryRow]:
+        """Note each flag read by id and content hash (:meth:`events`); returns ``rows``."""
+        self._decoded.update((r.row.id, (r.content_hash, r.row.event)) for r in rows)
+        return rows
+
+    def events(self, versions: list[tuple[int, str]]) -> dict[int, Event]:
+        """Stored events by (row id, content hash): the ones read in this refresh with that
+        content as read, the others read by id (the flags a summary lists, when it counts the
+        rest from the versions: mostly the flags a detector just read as its own)."""
+        out: dict[int, Event] = {}
+        missing = []
+        for i, content in versions:
+            held = self._decoded.get(i)
+            if held is not None and held[0] == content:
+                out[i] = held[1]
+            else:
+                missing.append(i)
+        if missing:
+            out.update((i, row.event) for i, row in self.store.events_by_id(missing).items())
+        return out
+
     def own(self, source: str) -> list[HistoryRow]:
         """The flags of one source as :meth:`stored` gives them, without reading every flag of
         the account when they are not read yet (a facts digest needs one detector's only)."""
         if self._flags is not None:
             return self.stored().get(source, [])
-        return [r for r in source_events(self.store, source) if r.kind == INSIGHT_KIND
-                and r.account_key == self.own_key and in_window(r, 0.0, 1e11)]
+        return self._keep([r for r in source_events(self.store, source) if r.kind == INSIGHT_KIND
+                           and r.account_key == self.own_key and in_window(r, 0.0, 1e11)])
 
     def in_span(self, start: datetime, end: datetime) -> bool:
         """Whether [start, end) is answered from the events read first (see :meth:`indexed`)."""
@@ -154,8 +177,14 @@ class History:
             return [r for _, _, r in self.indexed(start, end, kinds)]
         if self.wide is not None and kinds is not None and kinds <= self.wide_kinds \
                 and lo >= self.wide[0] and hi <= self.wide[1]:  # what the store's query would return
-            self._load()
-            return [r.row for r in self._wide if r.kind in kinds and in_window(r, lo, hi)]
+            if self._base is not None:
+                rows = self._wide
+            else:  # only these kinds are asked for (yet): the span's other rows are not read for them
+                if self._wide_only is None:
+                    self._wide_only = wide_events(self.store, self.keys, self.wide_kinds, self.wide,
+                                                  exclude_kind=INSIGHT_KIND)
+                rows = self._wide_only
+            return [r.row for r in rows if r.kind in kinds and in_window(r, lo, hi)]
         key = (lo, hi, kinds)
         if key not in self._other:
             self._other[key] = self._query(lo, hi, kinds)
@@ -166,7 +195,8 @@ class History:
         one counts. What holds no insight (a year of tickets) is kept: only flags were written."""
         if self._flags is not None:
             keys = self.keys | {self.own_key}
-            fresh = [r for r in source_events(self.store, source) if r.kind == INSIGHT_KIND and r.account_key in keys]
+            fresh = self._keep([r for r in source_events(self.store, source)
+                                if r.kind == INSIGHT_KIND and r.account_key in keys])
             kept = [r for r in self._flags if r.source != source]
             self._flags = sorted(kept + fresh, key=lambda r: (r.start_ts, r.row.id))
         self._insights = None
@@ -197,6 +227,9 @@ class AccountContext:
     #: the first instant after ``now`` at which the detector's verdicts on the same rows may
     #: change (a run falls due, a ticket goes stale): see :meth:`until`
     changes_at: float = math.inf
+    #: the account's row versions with their traits (insights/facts.py, AccountFacts.counted),
+    #: for a detector that only counts (the summary); None, or None returned: from the history
+    counted: Callable[[], list[Any] | None] | None = None
 
     def until(self, when: datetime) -> None:
         """Note that a comparison with ``now`` flips at ``when`` (later than now): until then,

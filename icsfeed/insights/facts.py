@@ -25,10 +25,10 @@ import struct
 from datetime import date, datetime, timedelta
 
 from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History, Reads
-from icsfeed.insights.inputs import END, FACTS, GONE, KIND, RECURRING, SOURCE, START, AccountInputs
+from icsfeed.insights.inputs import END, FACTS, GONE, KIND, RECURRING, SOURCE, START, TRAITS, AccountInputs
 from icsfeed.model import Event
 from icsfeed.store import Store, StoreError
-from icsfeed.store.facts import COUNTED, FACT_SETS, TEXT, facts_part, row_facts
+from icsfeed.store.facts import COUNTED, FACT_SETS, TEXT, facts_part, row_facts, row_traits
 from icsfeed.store.history import VersionRow, fill_facts
 
 __all__ = ["COUNTED", "TEXT", "AccountFacts", "flag_ranges"]
@@ -54,7 +54,7 @@ class AccountFacts:
         self.inputs = inputs
         self.history = history
         self.store = store
-        self._worked_out: dict[int, str] = {}  # row id -> facts of a row stored without them
+        self._worked_out: dict[int, tuple[str, int]] = {}  # row id -> facts, traits of a row stored without them
         self._seen: object = None  # the versions list the cache below was cut from
         self._bytes: dict[frozenset[str], list[bytes | None]] = {}
 
@@ -66,33 +66,52 @@ class AccountFacts:
         out = self._bytes.get(blind)
         if out is None:
             if any(r[FACTS] is None and r[KIND] != INSIGHT_KIND and r[0] not in self._worked_out for r in rows):
-                self._work_out(rows)
+                self._work_out(rows, blind=True)
             out = []
             for r, version in zip(rows, versions, strict=True):
                 if r[KIND] == INSIGHT_KIND:
                     out.append(version)  # a flag counts by its version
                     continue
-                stored = r[FACTS] or self._worked_out.get(r[0])
+                stored = r[FACTS] or self._worked_out.get(r[0], ("", 0))[0]
                 part = facts_part(stored, blind) if stored else None
                 out.append(_place(r, part) if part is not None else None)
             self._bytes[blind] = out
         return out
 
-    def _work_out(self, rows: list[VersionRow]) -> None:
-        """The facts of rows stored before they were kept, from the decoded history (by the
-        function that writes them), written back so the next refresh reads them."""
+    def _work_out(self, rows: list[VersionRow], *, blind: bool) -> None:
+        """The facts and traits of rows stored before they were kept (``blind``: the facts of
+        every row but flags are needed, else the traits of every row), from the decoded history
+        (by the functions that write them), written back so the next refresh reads them."""
         self.history.load()
-        by_id = {r.row.id: r for r in self.history.read or []}
+        by_id = {r.row.id: r for r in [*(self.history.read or []), *(self.history.flags() or [])]}
         fill = []
         for r in rows:
-            if r[FACTS] is None and r[KIND] != INSIGHT_KIND and r[0] in by_id:
+            missing = (r[FACTS] is None and r[KIND] != INSIGHT_KIND) if blind else r[TRAITS] is None
+            if missing and r[0] in by_id and r[0] not in self._worked_out:
                 h = by_id[r[0]]
-                facts = self._worked_out[r[0]] = row_facts(h.row.event.to_dict())
-                fill.append((facts, r[0], h.content_hash))
+                ev = h.row.event
+                made = self._worked_out[r[0]] = (row_facts(ev.to_dict()),
+                                                 row_traits(ev.status, not isinstance(ev.start, datetime), ev.end is None))
+                fill.append((*made, r[0], h.content_hash))
         try:
             fill_facts(self.store, fill)
         except StoreError as exc:  # worked out again next time: nothing is lost
             log.warning("could not keep the facts of %d rows: %s", len(fill), exc)
+
+    def counted(self) -> list[VersionRow] | None:
+        """The account's versions (:meth:`AccountInputs.rows`) with every row's traits, for a
+        count that reads nothing else (the summary's weeks); None when they are not read."""
+        rows = self.inputs.rows()
+        if rows is None:
+            return None
+        if any(r[TRAITS] is None for r in rows):
+            self._work_out(rows, blind=False)
+            worked = self._worked_out
+            rows = [r if r[TRAITS] is not None else (*r[:TRAITS], worked[r[0]][1]) for r in rows if
+                    r[TRAITS] is not None or r[0] in worked]
+            if len(rows) != len(self.inputs.rows() or []):
+                return None  # a row that could not be read: counted from the history instead
+        return rows
 
     def digest(self, detector: Detector, ctx: AccountContext, source: str) -> str | None:
         """The facts digest of what ``detector`` reads now, or None when it has no blind

@@ -51,7 +51,7 @@ CODE_DIGEST = _code_digest()
 
 
 # positions in a VersionRow (history.VERSION_COLUMNS)
-KIND, START, END, RECURRING, GONE, SOURCE, FACTS = 1, 2, 3, 4, 5, 9, 10
+KIND, START, END, RECURRING, GONE, CONTENT, SOURCE, FACTS, TRAITS = 1, 2, 3, 4, 5, 6, 9, 10, 11
 
 
 #: id, start, end, recurring, gone, SEQUENCE, last modified (packing is ~10× cheaper than repr)
@@ -72,7 +72,7 @@ def _as_version(r: HistoryRow, flag: bool = True) -> VersionRow:
     """A history row as the versions query gives it (its source for a flag only, its facts
     for the other rows only)."""
     return (r.row.id, r.kind, r.start_ts, r.end_ts, r.recurring, r.gone, r.content_hash, r.row.sequence,
-            r.row.last_modified, r.source if flag else None, None if flag else r.facts)
+            r.row.last_modified, r.source if flag else None, None if flag else r.facts, r.traits)
 
 
 class AccountInputs:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 from icsfeed.config import BUILTIN_KINDS, AccountConfig, Config
 from icsfeed.insights.base import (
@@ -31,9 +31,12 @@ from icsfeed.insights.base import (
     start_dt,
 )
 from icsfeed.insights.facts import COUNTED
+from icsfeed.insights.inputs import CONTENT, END, KIND, RECURRING, START, TRAITS
 from icsfeed.insights.settings import InsightsSettings
 from icsfeed.insights.tickets import open_tickets, tickets_read
 from icsfeed.model import Event
+from icsfeed.store.facts import ALL_DAY, CANCELLED, OPEN_ENDED
+from icsfeed.store.history import VersionRow
 
 NAME = "summary"
 
@@ -81,23 +84,54 @@ def detect(ctx: AccountContext) -> list[Event]:
     return [ev for ev in out if ev is not None]
 
 
-#: (start, end as the history cut it, local day, event) of the events a summary counts
-Pool = list[tuple[float, float, date, Event]]
+#: (start, end as the history cut it, local day, kind, the event or its (row id, content
+#: hash)) of the events a summary counts: only the flags it lists are needed whole
+Ref = Event | tuple[int, str]
+Item = tuple[float, float, date, str, Ref]
+Pool = list[Item]
 
 
-def _start(item: tuple[float, float, date, Event]) -> float:
+def _start(item: Item) -> float:
     return item[0]
 
 
 def _pool(ctx: AccountContext, first: date, monday: date) -> Pool | None:
     """The events of every summary from ``first`` to ``monday`` read once (each summary cuts
     its weeks from them as its own read of the history would), or None when the history
-    does not hold that range in memory."""
+    does not hold that range in memory. From the account's versions when the refresh has
+    them (:attr:`AccountContext.counted`): when, what kind and whether each counts, no row
+    decoded."""
     start, end = ctx.midnight(first), ctx.midnight(monday)
     if not ctx.history.in_span(start, end):
         return None
-    return [(s, e, ctx.local_day(r.event.start), r.event) for s, e, r in ctx.history.indexed(start, end)
+    versions = ctx.counted() if ctx.counted is not None else None
+    if versions is not None:
+        return _counted_pool(ctx, versions, start.timestamp(), end.timestamp())
+    return [(s, e, ctx.local_day(r.event.start), r.event.kind, r.event) for s, e, r in ctx.history.indexed(start, end)
             if r.event.status != "cancelled" and not r.event.rrule]
+
+
+def _counted_pool(ctx: AccountContext, versions: list[VersionRow], lo: float, hi: float) -> Pool:
+    """:func:`_pool` from the versions: the rows :meth:`History.indexed
+    <icsfeed.insights.base.History.indexed>` gives for [lo, hi) (those in the history's span,
+    each cut by its start and its end, or its start when it has none), but the cancelled and
+    recurring ones, each with its local day (a date's own day)."""
+    slo, shi = ctx.history.span
+    tz = ctx.tz
+    days: dict[float, date] = {}
+    out: Pool = []
+    for r in versions:
+        s, traits = r[START], r[TRAITS]
+        if traits & CANCELLED or r[RECURRING] or not (s < shi and r[END] >= slo):
+            continue
+        e = s if traits & OPEN_ENDED else r[END]
+        if not (s < hi and e >= lo):
+            continue
+        day = days.get(s)
+        if day is None:
+            day = days[s] = datetime.fromtimestamp(s, timezone.utc if traits & ALL_DAY else tz).date()
+        out.append((s, e, day, r[KIND], (r[0], r[CONTENT])))
+    return out
 
 
 def _key(ctx: AccountContext, monday: date) -> str:
@@ -112,24 +146,25 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | N
         lo, hi = ctx.midnight(first).timestamp(), ctx.midnight(monday).timestamp()
         # by start: what starts three days before ``first`` is on no day from it (no UTC offset is a day)
         a, b = bisect_left(pool, lo - 3 * 86400.0, key=_start), bisect_left(pool, hi, key=_start)
-        days = [(day, ev) for st, en, day, ev in pool[a:b] if st < hi and en >= lo and first <= day < monday]
+        days = [(day, kind, ev) for st, en, day, kind, ev in pool[a:b] if st < hi and en >= lo and first <= day < monday]
     else:
         rows = [r for r in ctx.history.rows(ctx.midnight(first), ctx.midnight(monday))
                 if r.event.status != "cancelled" and not r.event.rrule]
-        days = [(ctx.local_day(r.event.start), r.event) for r in rows]
-        days = [(day, ev) for day, ev in days if first <= day < monday]
+        found: list[tuple[date, str, Ref]] = [(ctx.local_day(r.event.start), r.event.kind, r.event) for r in rows]
+        days = [(day, kind, ev) for day, kind, ev in found if first <= day < monday]
     if not days:
         return None  # nothing in the week or the weeks before: no history to sum up
-    coverage = min((day for day, _ in days), default=week_start)
+    coverage = min((day for day, _, _ in days), default=week_start)
     # counts[0]: the week itself; counts[k]: k weeks before it
     counts: dict[int, Counter[str]] = {k: Counter() for k in range(s.baseline_weeks + 1)}
-    flags: list[Event] = []
-    for day, ev in days:
+    listed: list[Ref] = []
+    for day, kind, ev in days:
         k = ((monday - day).days - 1) // 7
-        if ev.kind != INSIGHT_KIND:
-            counts[k][ev.kind] += 1
-        elif k == 0 and ev.attrs.get("insight") != NAME:
-            flags.append(ev)
+        if kind != INSIGHT_KIND:
+            counts[k][kind] += 1
+        elif k == 0:
+            listed.append(ev)
+    flags = [ev for ev in _events(ctx, listed) if ev.attrs.get("insight") != NAME]
     week = counts[0]
     baseline = [k for k in range(1, s.baseline_weeks + 1) if monday - timedelta(days=7 * (k + 1)) >= coverage]
     kinds = sorted({*week, *(kind for k in baseline for kind in counts[k])}, key=_kind_order)
@@ -168,6 +203,13 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | N
         ctx, NAME, _key(ctx, monday), title, monday, monday, "\n".join(lines), severity="info",
         attrs=attrs,
     )
+
+
+def _events(ctx: AccountContext, items: list[Ref]) -> list[Event]:
+    """The events of a pool's items, in order (those given by version read at once)."""
+    versions = [i for i in items if isinstance(i, tuple)]
+    found = ctx.history.events(versions) if versions else {}
+    return [i if isinstance(i, Event) else found[i[0]] for i in items if isinstance(i, Event) or i[0] in found]
 
 
 def _kind_order(kind: str) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from icsfeed.feed_filters import is_open
 from icsfeed.model import Event, severity_rank
 from icsfeed.store.codec import Codec, UndecodableBlob, source_group
 from icsfeed.store.database import StoreError, chunks, db_reason, storable_text
-from icsfeed.store.facts import row_facts
+from icsfeed.store.facts import row_facts, row_traits
 from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table
 from icsfeed.tokens import event_uid
 
@@ -539,14 +539,15 @@ def _row_tuple(uid_host: str, ev: Event, digest: str, now: float, *, sequence: i
            # an ongoing event (a firing alert) reaches its last sighting: feed windows include it
            to_ts(ev.end) if ev.end is not None else max(start_ts, to_ts(ev.seen or ev.start)),
            bool(ev.rrule), blob, digest, sequence, now,
-           False, vevent, vevent_key, is_open(ev), record_digest, facts)
+           False, vevent, vevent_key, is_open(ev), record_digest, facts,
+           row_traits(ev.status, not isinstance(ev.start, datetime), ev.end is None))
     return row if created is None else (*row, created)
 
 
 #: the columns of a row as :func:`_row_tuple` gives them (``created`` last)
 ROW_COLUMNS = ("source", "key", "uid", "kind", "account_key", "severity_rank", "start_ts", "end_ts", "recurring",
                "data", "content_hash", "sequence", "last_modified", "gone", "vevent", "vevent_key", "is_open",
-               "record_digest", "facts", "created")
+               "record_digest", "facts", "traits", "created")
 _DATA, _VEVENT = ROW_COLUMNS.index("data"), ROW_COLUMNS.index("vevent")
 #: what a poll found of one key (apply_poll's entries)
 _NEW, _UPDATED, _UNCHANGED = 0, 1, 2

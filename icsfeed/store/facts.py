@@ -7,8 +7,9 @@ again after a poll is then a question of these digests, not of the rows' content
 a title change leaves them as they were. They are worked out from the very dict whose JSON
 is stored (one per blind set, in :data:`FACT_SETS` order) and kept in ``events.facts`` with
 the content hash, so the insight refresh digests an account's rows without decoding any.
-A row written before migration 0014 has NULL there: its facts are worked out from the
-decoded event by the same function (:func:`row_facts`) and written back.
+Beside them, ``events.traits`` keeps the few things a count reads of a row that no other
+column says (:func:`row_traits`). A row written before migration 0014 has NULL in both: they
+are worked out from the decoded event by the same functions and written back.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def _digest(as_dict: Mapping[str, Any], blind: frozenset[str]) -> str:
 def row_facts(as_dict: Mapping[str, Any]) -> str:
     """The ``facts`` column of a row whose stored JSON is ``as_dict``'s (``Event.to_dict``)."""
     return "".join(_digest(as_dict, blind) for blind in FACT_SETS)
+
+
+#: ``events.traits`` bits: what a count of rows reads of each besides its columns (when it
+#: starts, ends, recurs, what kind): so the summary counts weeks from the versions, no row decoded
+CANCELLED, ALL_DAY, OPEN_ENDED = 1, 2, 4
+
+
+def row_traits(status: str, all_day: bool, open_ended: bool) -> int:
+    """The ``traits`` column of a row: cancelled at the origin, a date (not a time), no end."""
+    return (CANCELLED if status == "cancelled" else 0) | (ALL_DAY if all_day else 0) | (OPEN_ENDED if open_ended else 0)
 
 
 def facts_part(facts: str, blind: frozenset[str]) -> str | None:

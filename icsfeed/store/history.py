@@ -31,7 +31,7 @@ _t = events_table
 _inputs = insight_inputs_table
 #: read besides the decoded row: what the refresh filters and writes by
 _EXTRA = (_t.c.source, _t.c.key, _t.c.kind, _t.c.account_key, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone,
-          _t.c.content_hash, _t.c.facts)
+          _t.c.content_hash, _t.c.facts, _t.c.traits)
 _N = len(_EVENT_ROW_COLUMNS)
 #: the decoder's columns without the stored VEVENT fragments (half the bytes of a row; no
 #: detector reads them): NULL in their place
@@ -55,6 +55,8 @@ class HistoryRow:
     content_hash: str = ""
     #: the stored facts digests (icsfeed/store/facts.py); None: a row written before they were kept
     facts: str | None = None
+    #: the stored traits (icsfeed/store/facts.py), None as ``facts``
+    traits: int | None = None
 
 
 def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
@@ -74,7 +76,7 @@ def _read(store: Any, where: Any) -> list[HistoryRow]:
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
     decoded = ((store._event_row(r[:_N]), r) for r in rows)
-    return [HistoryRow(row, *r[_N:_N + 6], bool(r[_N + 6]), bool(r[_N + 7]), r[_N + 8], r[_N + 9])
+    return [HistoryRow(row, *r[_N:_N + 6], bool(r[_N + 6]), bool(r[_N + 7]), r[_N + 8], r[_N + 9], r[_N + 10])
             for row, r in decoded if row is not None]
 
 
@@ -91,6 +93,16 @@ def account_events(store: Any, account_keys: Collection[str], span: tuple[float,
     return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind != exclude_kind, windows))
 
 
+def wide_events(store: Any, account_keys: Collection[str], kinds: Collection[str],
+                wide: tuple[float, float], *, exclude_kind: str) -> list[HistoryRow]:
+    """The accounts' events of ``kinds`` (but ``exclude_kind``) in the ``wide`` window: what
+    :func:`account_events` reads of them there, alone (a detector that reads only them)."""
+    if not account_keys or not kinds:
+        return []
+    return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind.in_(sorted(kinds)),
+                             _t.c.kind != exclude_kind, _window(*wide)))
+
+
 def kind_events(store: Any, account_keys: Collection[str], kind: str) -> list[HistoryRow]:
     """Every event of one kind (the account's flags) the accounts have, at any time."""
     if not account_keys:
@@ -105,10 +117,10 @@ def source_events(store: Any, source: str) -> list[HistoryRow]:
 
 #: a row's version as the insight inputs digest it (icsfeed/insights/inputs.py), read without
 #: decoding anything: where and what kind it is, its content hash, SEQUENCE and state, for a
-#: flag its source (NULL for other rows: the strings a read makes are most of its cost), and its
-#: facts (icsfeed/insights/facts.py; NULL for a flag, whose facts are its version)
+#: flag its source (NULL for other rows: the strings a read makes are most of its cost), its
+#: facts (icsfeed/insights/facts.py; NULL for a flag, whose facts are its version) and traits
 VERSION_COLUMNS = ("id", "kind", "start_ts", "end_ts", "recurring", "gone", "content_hash", "sequence",
-                   "last_modified", "flag_source", "facts")
+                   "last_modified", "flag_source", "facts", "traits")
 _VERSION = (_t.c.id, _t.c.kind, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c.gone, _t.c.content_hash,
             _t.c.sequence, _t.c.last_modified)
 #: a row of VERSION_COLUMNS, as the DB-API driver gives it (a bool may be 0/1)
@@ -118,7 +130,7 @@ VersionRow = tuple[Any, ...]
 def _versions(store: Any, where: Any, flag_kind: str) -> list[VersionRow]:
     flag_source = case((_t.c.kind == flag_kind, _t.c.source), else_=null())
     facts = case((_t.c.kind == flag_kind, null()), else_=_t.c.facts)
-    stmt = select(*_VERSION, flag_source, facts).where(where).order_by(_t.c.start_ts, _t.c.id)
+    stmt = select(*_VERSION, flag_source, facts, _t.c.traits).where(where).order_by(_t.c.start_ts, _t.c.id)
     try:
         with store.engine.connect() as conn:  # plain tuples from the driver: an account has 1,000s
             return fetch_statement(conn, stmt)
@@ -145,16 +157,17 @@ def source_versions(store: Any, source: str, account_keys: Collection[str], flag
                                  _t.c.account_key.in_(sorted(account_keys))), flag_kind)
 
 
-def fill_facts(store: Any, rows: Sequence[tuple[str, int, str]]) -> None:
-    """Keep the facts (icsfeed/store/facts.py) worked out for rows stored without them:
-    (facts, id, content hash), written only where the row still has that content and none."""
+def fill_facts(store: Any, rows: Sequence[tuple[str, int, int, str]]) -> None:
+    """Keep the facts and traits (icsfeed/store/facts.py) worked out for rows stored without
+    them: (facts, traits, id, content hash), written only where the row still has that
+    content and none."""
     if not rows:
         return
     stmt = (update(_t).where(and_(_t.c.id == bindparam("_id"), _t.c.content_hash == bindparam("_hash"),
-                                  _t.c.facts.is_(None))).values(facts=bindparam("_facts")))
+                                  _t.c.facts.is_(None))).values(facts=bindparam("_facts"), traits=bindparam("_traits")))
     try:
         with store.engine.begin() as conn:
-            conn.execute(stmt, [{"_facts": f, "_id": i, "_hash": h} for f, i, h in rows])
+            conn.execute(stmt, [{"_facts": f, "_traits": t, "_id": i, "_hash": h} for f, t, i, h in rows])
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot keep the rows' facts: {db_reason(exc)}") from None
 

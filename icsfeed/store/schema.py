@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -62,6 +63,8 @@ events_table = Table(
     #: digests of the stored event without the fields some insight detectors never read
     #: (icsfeed.store.facts, migration 0014); NULL: written before it, worked out when read
     Column("facts", String(64)),
+    #: cancelled / a date / no end, as bits (icsfeed.store.facts.row_traits; migration 0014)
+    Column("traits", SmallInteger),
     UniqueConstraint("source", "key", name="uq_events_source_key"),
     # covering indexes of a feed's event list (migration 0013): a re-render reads every event's
     # (id, sequence, last_modified) in feed order (start_ts, id) from the index alone
