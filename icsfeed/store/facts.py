@@ -14,32 +14,40 @@ are worked out from the decoded event by the same functions and written back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import fields
+from hashlib import blake2b
 from typing import Any
+
+from icsfeed.model import Event
 
 #: what a title or text change alone touches (every detector reading a row's counts, times or
 #: attributes but not its text)
 TEXT = frozenset({"title", "detail"})
 #: all but when a row is, what kind and whether it counts (status, recurrence): what a count reads
 COUNTED = TEXT | {"url", "severity", "attrs"}
-#: the blind sets a row's ``facts`` column holds a digest for, in its order
+#: the blind sets a row's ``facts`` column holds a digest for, in its order (each hides more
+#: than the one before it: row_facts digests them as a chain)
 FACT_SETS: tuple[frozenset[str], ...] = (TEXT, COUNTED)
 #: hex digits per digest in the column
 WIDTH = 32
 
 _JSON = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
-
-
-def _digest(as_dict: Mapping[str, Any], blind: frozenset[str]) -> str:
-    text = _JSON({k: v for k, v in as_dict.items() if k not in blind})
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:WIDTH]
+#: what a COUNTED-blind read sees of a row (plain values: str, float or None), then what a
+#: TEXT-blind read sees besides (url, severity and the attrs mapping)
+_SEEN_BY_COUNTS = tuple(sorted({f.name for f in fields(Event)} - COUNTED))
+_SEEN_BY_TEXT_BLIND = tuple(sorted(COUNTED - TEXT))
 
 
 def row_facts(as_dict: Mapping[str, Any]) -> str:
-    """The ``facts`` column of a row whose stored JSON is ``as_dict``'s (``Event.to_dict``)."""
-    return "".join(_digest(as_dict, blind) for blind in FACT_SETS)
+    """The ``facts`` column of a row whose stored JSON is ``as_dict``'s (``Event.to_dict``):
+    a digest per blind set of the values it does not hide. A poll writes it with every row
+    (≈ 5 µs: the plain values by repr, the rest by the stored JSON's encoder)."""
+    get = as_dict.get
+    counted = repr([get(k) for k in _SEEN_BY_COUNTS]).encode()
+    text = counted + b"\0" + _JSON([get(k) for k in _SEEN_BY_TEXT_BLIND]).encode("utf-8", "surrogatepass")
+    return blake2b(text, digest_size=WIDTH // 2).hexdigest() + blake2b(counted, digest_size=WIDTH // 2).hexdigest()
 
 
 #: ``events.traits`` bits: what a count of rows reads of each besides its columns (when it
