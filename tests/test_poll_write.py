@@ -29,6 +29,7 @@ from icsfeed.store import Store
 from icsfeed.store.codec import MAGIC
 from icsfeed.store.database import sqlite_path
 from icsfeed.store.events import EventRow, _encoded, _json_bytes, _storable
+from icsfeed.store.facts import row_facts
 from icsfeed.store.schema import dictionaries_table, events_table
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -128,10 +129,12 @@ def test_rows_written_in_encoded_batches_are_the_rows_of_one_batch(make_env: Cal
        key=st.text(min_size=1))
 def test_stored_json_is_json_dumps_of_the_event(title: str, detail: str, attrs: dict[str, Any], key: str) -> None:
     """The shared encoder gives json.dumps's text, and its hash, for any text (lone surrogates
-    ASCII-escaped, their hash taken of the raw text as before)."""
+    ASCII-escaped, their hash taken of the raw text as before), and the row's facts are those
+    of the stored JSON read back."""
     ev = Event(source="s", key=key, kind="alert", title=title or "t", start=NOW, end=None, detail=detail, attrs=attrs)
-    raw, digest = _json_bytes(ev)
+    raw, digest, facts = _json_bytes(ev)
     text = json.dumps(ev.to_dict(), sort_keys=True, default=str, ensure_ascii=False)
+    assert facts == row_facts(json.loads(raw))  # what a refresh works out for a row stored without them
     assert digest == ev.content_hash()
     try:
         assert raw == text.encode("utf-8")
