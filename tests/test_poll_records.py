@@ -331,3 +331,45 @@ class _RenderValueMapping:
         self.end, self.detail, self.url = slow(m.end), slow(m.detail), slow(m.url)
         self.account, self.severity, self.status = slow(m.account), slow(m.severity), slow(m.status)
         self.attrs = [(name, (lambda s: lambda record: render_value(record, s))(spec)) for name, spec in m.attrs.items()]
+
+
+def test_a_poll_naming_most_rows_unchanged_reads_only_the_mapped_rows_and_stores_the_same(
+        worlds: Any, monkeypatch: Any) -> None:
+    """A 1% change of a full dump (``apply_poll``'s sparse path: most rows ``known``) reads the
+    full stored columns of the events it maps only, a batch at a time (here batches of 7, so a
+    key sent twice, edits, moves and drops fall in different batches), and stores exactly what
+    the poll that maps every record stores."""
+    import icsfeed.store.events as store_events
+
+    monkeypatch.setattr(store_events, "SPARSE_BATCH", 7)
+    read_keys: list[int] = []
+    stored_rows = store_events._stored_rows
+
+    def counting(conn: Any, source_id: str, keys: Any = None) -> Any:
+        rows = stored_rows(conn, source_id, keys)
+        if keys is not None:
+            read_keys.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store_events, "_stored_rows", counting)
+    fast, slow = worlds()
+    base = [record(i) for i in range(60)]
+    answers = [
+        base,
+        [record(i, " (edited)") if i % 13 == 0 else r for i, r in enumerate(base)],  # 5 edited
+        [*[r for i, r in enumerate(base) if i not in (8, 40)], record(70), record(71)],  # 2 dropped, 2 new
+        [*base, record(9, " (again)"), record(33, " (again)")],  # two keys sent twice, far apart
+        base,  # the dropped come back, the edits go back
+    ]
+    for step, records in enumerate(answers):
+        now = 2000.0 + 100 * step
+        read_keys.clear()
+        got = fast.poll(records, now)
+        want = slow.poll(records, now)
+        assert report_counts(got) == report_counts(want), step
+        assert fast.rows() == slow.rows(), step
+        if step in (1, 2):  # the sparse path, and only the mapped keys' rows read whole
+            assert read_keys and sum(read_keys) <= 5, (step, read_keys)
+        if step == 2:  # the dropped rows were found by the light read of every row, and cancelled
+            rows = fast.rows()
+            assert rows["8"]["gone"] and rows["40"]["gone"] and not rows["9"]["gone"]

@@ -7,10 +7,11 @@ import hashlib
 import json
 import logging
 import marshal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from datetime import time as dtime
+from itertools import islice
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
@@ -142,7 +143,17 @@ class EventsMixin:
         t = events_table
         try:
             with self.engine.begin() as conn:
-                existing = {row.key: row for row in _stored_rows(conn, source_id)}
+                # a poll that names most of its stored rows unchanged by their records (``known``:
+                # a 1% change of a full dump) maps few events: the rows' full columns are read for
+                # those keys only, a batch at a time, and only key, id and state for the rest
+                present: Mapping[str, Any]
+                existing: dict[str, _StoredRow]
+                if known and len(known) >= SPARSE_SHARE * len(present := _present_rows(conn, source_id)):
+                    existing = {}
+                    events = _fetching_stored(events, lambda keys: existing.update(
+                        (row.key, row) for row in _stored_rows(conn, source_id, keys)))
+                else:
+                    existing = present = {row.key: row for row in _stored_rows(conn, source_id)}
                 # 1. every row worked out and encoded before the transaction's first write: SQLite
                 # takes its one write lock there and holds it to the commit, so a poller beside this
                 # one (another source) renders and encodes while this one writes, not after it.
@@ -181,7 +192,7 @@ class EventsMixin:
                         entries[key] = (_UNCHANGED, record_digest, None)
                 unmapped = {k: d for k, d in (known or {}).items() if k not in entries}
                 for key, record_digest in unmapped.items():
-                    row = existing.get(key)
+                    row = present.get(key)
                     if row is None or row.gone or row.record_digest != record_digest:
                         raise StoreError(f"the stored events of {source_id} changed during its poll")
                 changes.unchanged += len(unmapped)
@@ -216,7 +227,7 @@ class EventsMixin:
                 if redigested:
                     self._bulk_update(conn, redigested)
                 if complete:
-                    missing = [row for key, row in existing.items()
+                    missing = [row for key, row in present.items()
                                if key not in entries and key not in unmapped and not row.gone]
                     gone_updates: list[dict[str, Any]] = []
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, gone_updates,
@@ -510,6 +521,24 @@ _STORED_ROW_SQL = (f"SELECT {', '.join(_StoredRow._fields)} FROM {events_table.n
                    "{mark}")
 
 
+class _PresentRow(NamedTuple):
+    """What a poll that maps few of its events needs of every stored row: whether a record
+    named unchanged is the one stored, and which rows the poll left out (``_present_rows``)."""
+
+    key: str
+    id: int
+    gone: bool
+    record_digest: str | None
+
+
+_PRESENT_ROW_SQL = f"SELECT {', '.join(_PresentRow._fields)} FROM {events_table.name} WHERE source = {{mark}}"
+#: a poll naming at least this share of its stored rows unchanged (``known``) reads the full
+#: stored columns of the events it maps only (``apply_poll``)
+SPARSE_SHARE = 0.5
+#: events taken, and their stored rows read, at a time by such a poll
+SPARSE_BATCH = 500
+
+
 #: new rows a poll writes at a time (their JSON and fragments are not all held at once)
 INSERT_BATCH = 2000
 
@@ -677,11 +706,33 @@ def _fetch_all(conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, 
         cursor.close()
 
 
-def _stored_rows(conn: Any, source_id: str) -> list[_StoredRow]:
-    """Every stored event of a source, read through the DB-API cursor of ``conn``'s
-    transaction: a poll reads all of them, and SQLAlchemy's row objects cost more than
-    the query (``gone`` is 0/1 on SQLite, a bool on PostgreSQL: both test as truth)."""
-    return [_StoredRow._make(r) for r in _fetch_all(conn, _STORED_ROW_SQL.format(mark=_mark(conn)), (source_id,))]
+def _stored_rows(conn: Any, source_id: str, keys: Sequence[str] | None = None) -> list[_StoredRow]:
+    """Every stored event of a source (or those of ``keys``), read through the DB-API cursor
+    of ``conn``'s transaction: a poll reads all of them, and SQLAlchemy's row objects cost
+    more than the query (``gone`` is 0/1 on SQLite, a bool on PostgreSQL: both test as truth)."""
+    mark = _mark(conn)
+    if keys is None:
+        return [_StoredRow._make(r) for r in _fetch_all(conn, _STORED_ROW_SQL.format(mark=mark), (source_id,))]
+    out = []
+    for chunk in chunks(sorted(set(keys)), SPARSE_BATCH):
+        sql = _STORED_ROW_SQL.format(mark=mark) + f" AND key IN ({', '.join([mark] * len(chunk))})"
+        out += [_StoredRow._make(r) for r in _fetch_all(conn, sql, (source_id, *chunk))]
+    return out
+
+
+def _present_rows(conn: Any, source_id: str) -> dict[str, _PresentRow]:
+    """Key -> (key, id, gone, record digest) of every stored event of a source (a tenth of
+    what :func:`_stored_rows` reads of each)."""
+    return {r[0]: _PresentRow._make(r) for r in _fetch_all(conn, _PRESENT_ROW_SQL.format(mark=_mark(conn)), (source_id,))}
+
+
+def _fetching_stored(events: Iterable[Event], fetch: Callable[[list[str]], None]) -> Iterator[Event]:
+    """``events`` as they come, SPARSE_BATCH at a time, after ``fetch`` of their stored keys
+    (as ``apply_poll`` stores them, :func:`_storable`)."""
+    it = iter(events)
+    while batch := list(islice(it, SPARSE_BATCH)):
+        fetch([str(_storable(ev).key) for ev in batch])
+        yield from batch
 
 
 def _storable(ev: Event) -> Event:
