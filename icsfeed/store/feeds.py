@@ -7,14 +7,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, bindparam, case, cast, func, select, update
+from sqlalchemy import BigInteger, and_, bindparam, case, cast, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.codec import UndecodableBlob, pack_body, unpack_body
 from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
 from icsfeed.store.events import FeedQuery
-from icsfeed.store.schema import events_table, feeds_table
+from icsfeed.store.schema import events_table, feed_segments_table, feeds_table
+from icsfeed.store.segments import Segments, decode_list, encode_list, split
 
 log = logging.getLogger("icsfeed.store")
 
@@ -34,12 +35,67 @@ class StoredFeed:
 
 
 def _feed_statement(with_body: bool, gz: bool) -> Any:
-    f = feeds_table
+    f, s = feeds_table, feed_segments_table
     cols = [f.c.feed_id, f.c.etag, f.c.last_modified, f.c.rendered_at, f.c.event_count,
             f.c.render_seconds, f.c.render_key, f.c.window_day]
-    if with_body:
-        cols.append(f.c.body_gz if gz else f.c.body)
+    if with_body and gz:
+        cols.append(f.c.body_gz)
+    elif with_body:  # the body whole (before 0015), or its segments: one statement, one snapshot
+        cols += [f.c.body, f.c.body_head, f.c.body_tail, f.c.segments, s.c.digest, s.c.blob]
+        return select(*cols).select_from(f.outerjoin(s, s.c.feed_id == f.c.feed_id)) \
+            .where(f.c.feed_id == bindparam("feed_id"))
     return select(*cols).where(f.c.feed_id == bindparam("feed_id"))
+
+
+class StoredSegments:
+    """A feed's stored body as its segments (icsfeed.store.segments), each decompressed only
+    when asked for: what a re-render starts from (it reads the segments it changes)."""
+
+    def __init__(self, etag: str, segments: Segments, blobs: dict[str, bytes]) -> None:
+        self.etag = etag
+        self.segments = segments
+        self._blobs = blobs
+        self._raw: dict[int, bytes] = {}
+
+    def raw(self, j: int) -> bytes:
+        """The bytes of segment ``j``. Raises UndecodableBlob."""
+        got = self._raw.get(j)
+        if got is None:
+            digest = self.segments.digests[j]
+            blob = self._blobs.get(digest)
+            if blob is None:
+                raise UndecodableBlob(f"segment {digest} is missing")
+            got = self._raw[j] = unpack_body(blob)
+            if len(got) != self.segments.lengths[j]:
+                raise UndecodableBlob(f"segment {digest} is {len(got)} bytes, listed as {self.segments.lengths[j]}")
+        return got
+
+    def by_digest(self, digest: str) -> bytes:
+        """The bytes of the stored segment ``digest``. Raises UndecodableBlob."""
+        blob = self._blobs.get(digest)
+        if blob is None:
+            raise UndecodableBlob(f"segment {digest} is missing")
+        return unpack_body(blob)
+
+    def body(self) -> bytes:
+        """The whole body. Raises UndecodableBlob."""
+        segs = self.segments
+        return b"".join([segs.head, *map(self.raw, range(len(segs.digests))), segs.tail])
+
+
+def _segments_of(rows: list[Any]) -> StoredSegments | None:
+    """The stored segments of get_feed's rows (None: a body stored whole). Raises UndecodableBlob."""
+    first = rows[0]
+    if first.segments is None:
+        return None
+    try:
+        digests, lengths = decode_list(first.segments)
+    except ValueError as exc:
+        raise UndecodableBlob(str(exc)) from None
+    blobs = {r.digest: bytes(r.blob) for r in rows if r.digest is not None}
+    segments = Segments(head=bytes(first.body_head or b""), tail=bytes(first.body_tail or b""),
+                        digests=digests, lengths=lengths)
+    return StoredSegments(first.etag, segments, blobs)
 
 
 #: get_feed's statements by (with_body, gz)
@@ -137,9 +193,14 @@ class FeedsMixin:
 
     def save_feed(self, feed_id: str, body: bytes, body_gz: bytes, etag: str, *, event_count: int,
                   now: float, render_seconds: float, render_key: str, window_day: str,
-                  generation: int | None = None) -> bool:
+                  generation: int | None = None, segments: Segments | None = None) -> bool:
         """Store a rendered feed, compare-and-set; returns True when its bytes changed
         (Last-Modified moves then).
+
+        The body is stored as segments (icsfeed.store.segments): ``segments``, the body as
+        render cut it (the bytes of every segment the feed's stored body does not have yet;
+        ``body`` may then be empty), else ``body`` cut here. Only segments the stored body
+        lacks are written, those it no longer lists deleted, in the same transaction.
 
         ``generation`` is the feed's dirty generation read before the render
         (:meth:`feed_render_generations`). Several processes may render the same feed: the
@@ -161,32 +222,73 @@ class FeedsMixin:
                              feed_id, generation, old.body_gen)
                     return False
                 changed = old.etag != etag
+                if changed and not self._save_segments(conn, feed_id, segments if segments is not None else split(body)):
+                    return False
                 clean: Any = False if generation is None else case(
                     (func.coalesce(f.c.dirty_gen, 0) == generation, False), else_=f.c.dirty)
                 values = {"rendered_at": now, "render_seconds": render_seconds, "event_count": event_count,
                           "dirty": clean, "render_key": render_key, "window_day": window_day,
                           "body_gen": generation}
-                if changed:  # the body compressed (icsfeed.store.codec); get_feed gives it back as it was
-                    values.update(body=pack_body(body), body_gz=body_gz, etag=etag, last_modified=now)
+                if changed:  # its segments written above; get_feed gives the body back as it was
+                    values.update(body_gz=body_gz, etag=etag, last_modified=now)
                 conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store feed {feed_id}: {db_reason(exc)}") from None
         self.saves += 1
         return changed
 
+    def _save_segments(self, conn: Any, feed_id: str, segments: Segments) -> bool:
+        """Make the feed's stored segments those ``segments`` lists (and its row name them):
+        False when one it needs is neither stored nor given (the body it was spliced from is
+        gone: not saved, the feed stays dirty)."""
+        s = feed_segments_table
+        stored = set(conn.execute(select(s.c.digest).where(s.c.feed_id == feed_id)).scalars())
+        wanted = set(segments.digests)
+        new = wanted - stored
+        if not new <= segments.raw.keys():
+            log.warning("render of %s not saved: %d of its segments are neither stored nor given", feed_id,
+                        len(new - segments.raw.keys()))
+            return False
+        gone = stored - wanted
+        if gone:
+            conn.execute(delete(s).where(and_(s.c.feed_id == feed_id, s.c.digest.in_(sorted(gone)))))
+        if new:
+            conn.execute(insert(s), [{"feed_id": feed_id, "digest": d, "blob": pack_body(segments.raw[d])}
+                                     for d in sorted(new)])
+        conn.execute(update(feeds_table).where(feeds_table.c.feed_id == feed_id).values(
+            body=None, body_head=segments.head, body_tail=segments.tail,
+            segments=encode_list(segments.digests, segments.lengths)))
+        return True
+
+    def feed_segments(self, feed_id: str) -> StoredSegments | None:
+        """The feed's stored body as segments, decompressed when asked for (what a re-render
+        starts from); None when never rendered or stored whole (before migration 0015).
+        Raises UndecodableBlob for a segment list that cannot be read."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(_FEED_STATEMENTS[(True, False)], {"feed_id": feed_id}).all()
+        if not rows or rows[0].etag is None:
+            return None
+        return _segments_of(rows)
+
     def get_feed(self, feed_id: str, *, with_body: bool = True, gz: bool = False) -> StoredFeed | None:
         """A rendered feed (body, or the gzip body when ``gz``), or None if never rendered.
 
-        Every feed request makes this lookup, so its statements are built once."""
+        Every feed request makes this lookup, so its statements are built once. The body is
+        the one stored whole (before migration 0015) or its segments joined."""
         stmt = _FEED_STATEMENTS[(with_body, gz)]
         with self.engine.connect() as conn:
-            row = conn.execute(stmt, {"feed_id": feed_id}).first()
+            rows = conn.execute(stmt, {"feed_id": feed_id}).all()
+        row = rows[0] if rows else None
         if row is None or row.etag is None:
             return None
         body = b""
         if with_body:
             try:
-                body = unpack_body(row[-1]) if not gz else bytes(row[-1] or b"")
+                if gz:
+                    body = bytes(row.body_gz or b"")
+                else:
+                    segmented = _segments_of(rows)
+                    body = segmented.body() if segmented is not None else unpack_body(row.body)
             except UndecodableBlob as exc:
                 log.error("the stored body of feed %s cannot be read (%s): marked for a new render", feed_id, exc)
                 self._forget_body(feed_id)
@@ -203,7 +305,9 @@ class FeedsMixin:
         f = feeds_table
         try:
             with self.engine.begin() as conn:
-                conn.execute(update(f).where(f.c.feed_id == feed_id).values(body=None, body_gz=None, etag=None))
+                conn.execute(update(f).where(f.c.feed_id == feed_id).values(
+                    body=None, body_gz=None, etag=None, body_head=None, body_tail=None, segments=None))
+                conn.execute(delete(feed_segments_table).where(feed_segments_table.c.feed_id == feed_id))
                 self._mark_dirty(conn, [feed_id])
         except SQLAlchemyError as exc:  # a read-only database: it stays unreadable until a render can write
             log.warning("cannot mark feed %s for a new render: %s", feed_id, db_reason(exc))
