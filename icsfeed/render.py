@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import unicodedata
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -909,6 +909,7 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
     starts, ends = reuse.starts, reuse.ends
     patches = [(starts[n], ends[n], changed[n][0]) for n in sorted(changed)]
     try:
+        stored.preload({bisect_right(firsts, n) - 1 for n in changed})  # one read of the segments changed
         segments = splice(old, raw_of, patches)
     except (_Misplaced, UndecodableBlob):
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,20 +48,30 @@ def _feed_statement(with_body: bool, gz: bool) -> Any:
 
 
 class StoredSegments:
-    """A feed's stored body as its segments (icsfeed.store.segments), each decompressed only
-    when asked for: what a re-render starts from (it reads the segments it changes)."""
+    """A feed's stored body as its segments (icsfeed.store.segments), each read and
+    decompressed only when asked for: what a re-render starts from (it reads the segments it
+    changes). ``load``: the stored blobs of some digests (those it finds)."""
 
-    def __init__(self, etag: str, segments: Segments, blobs: dict[str, bytes]) -> None:
+    def __init__(self, etag: str, segments: Segments, blobs: dict[str, bytes],
+                 load: Callable[[list[str]], dict[str, bytes]] | None = None) -> None:
         self.etag = etag
         self.segments = segments
         self._blobs = blobs
+        self._load = load
         self._raw: dict[int, bytes] = {}
+
+    def preload(self, positions: Iterable[int]) -> None:
+        """Read the blobs of these segments in one go (before :meth:`raw` asks for each)."""
+        wanted = sorted({self.segments.digests[j] for j in positions} - self._blobs.keys())
+        if wanted and self._load is not None:
+            self._blobs.update(self._load(wanted))
 
     def raw(self, j: int) -> bytes:
         """The bytes of segment ``j``. Raises UndecodableBlob."""
         got = self._raw.get(j)
         if got is None:
             digest = self.segments.digests[j]
+            self.preload([j])
             blob = self._blobs.get(digest)
             if blob is None:
                 raise UndecodableBlob(f"segment {digest} is missing")
@@ -72,6 +82,8 @@ class StoredSegments:
 
     def by_digest(self, digest: str) -> bytes:
         """The bytes of the stored segment ``digest``. Raises UndecodableBlob."""
+        if digest not in self._blobs:
+            self.preload([self.segments.digests.index(digest)])
         blob = self._blobs.get(digest)
         if blob is None:
             raise UndecodableBlob(f"segment {digest} is missing")
@@ -80,11 +92,13 @@ class StoredSegments:
     def body(self) -> bytes:
         """The whole body. Raises UndecodableBlob."""
         segs = self.segments
+        self.preload(range(len(segs.digests)))
         return b"".join([segs.head, *map(self.raw, range(len(segs.digests))), segs.tail])
 
 
-def _segments_of(rows: list[Any]) -> StoredSegments | None:
-    """The stored segments of get_feed's rows (None: a body stored whole). Raises UndecodableBlob."""
+def _segments_of(rows: list[Any], load: Callable[[list[str]], dict[str, bytes]] | None = None) -> StoredSegments | None:
+    """The stored segments of get_feed's rows (None: a body stored whole), or of the feed row
+    alone with ``load`` to read the blobs. Raises UndecodableBlob."""
     first = rows[0]
     if first.segments is None:
         return None
@@ -92,10 +106,14 @@ def _segments_of(rows: list[Any]) -> StoredSegments | None:
         digests, lengths = decode_list(first.segments)
     except ValueError as exc:
         raise UndecodableBlob(str(exc)) from None
-    blobs = {r.digest: bytes(r.blob) for r in rows if r.digest is not None}
+    blobs = {r.digest: bytes(r.blob) for r in rows if r.digest is not None} if load is None else {}
     segments = Segments(head=bytes(first.body_head or b""), tail=bytes(first.body_tail or b""),
                         digests=digests, lengths=lengths)
-    return StoredSegments(first.etag, segments, blobs)
+    return StoredSegments(first.etag, segments, blobs, load)
+
+
+_SEGMENTED_ROW = select(feeds_table.c.etag, feeds_table.c.body_head, feeds_table.c.body_tail,
+                        feeds_table.c.segments).where(feeds_table.c.feed_id == bindparam("feed_id"))
 
 
 #: get_feed's statements by (with_body, gz)
@@ -215,14 +233,15 @@ class FeedsMixin:
                 # a row to compare with (and SQLite's write lock), then that row locked on PostgreSQL:
                 # what is read here stays true until the commit
                 insert_missing(conn, f, [{"feed_id": feed_id, "dirty": True, "dirty_gen": 0}])
-                old = conn.execute(select(f.c.etag, f.c.body_gen).where(f.c.feed_id == feed_id)
+                old = conn.execute(select(f.c.etag, f.c.body_gen, f.c.segments).where(f.c.feed_id == feed_id)
                                    .with_for_update()).one()
                 if generation is not None and old.body_gen is not None and old.body_gen > generation:
                     log.info("render of %s from generation %d not saved: one from generation %d was",
                              feed_id, generation, old.body_gen)
                     return False
                 changed = old.etag != etag
-                if changed and not self._save_segments(conn, feed_id, segments if segments is not None else split(body)):
+                if changed and not self._save_segments(conn, feed_id, segments if segments is not None else split(body),
+                                                       old.segments):
                     return False
                 clean: Any = False if generation is None else case(
                     (func.coalesce(f.c.dirty_gen, 0) == generation, False), else_=f.c.dirty)
@@ -237,12 +256,18 @@ class FeedsMixin:
         self.saves += 1
         return changed
 
-    def _save_segments(self, conn: Any, feed_id: str, segments: Segments) -> bool:
+    def _save_segments(self, conn: Any, feed_id: str, segments: Segments, listed: str | None) -> bool:
         """Make the feed's stored segments those ``segments`` lists (and its row name them):
         False when one it needs is neither stored nor given (the body it was spliced from is
-        gone: not saved, the feed stays dirty)."""
+        gone: not saved, the feed stays dirty). ``listed``: the row's list now (the stored
+        segments are the ones it names: both are written together)."""
         s = feed_segments_table
-        stored = set(conn.execute(select(s.c.digest).where(s.c.feed_id == feed_id)).scalars())
+        try:
+            stored = set(decode_list(listed)[0]) if listed is not None else None
+        except ValueError:
+            stored = None
+        if stored is None:  # stored whole until now (or an unreadable list): whatever rows there are
+            stored = set(conn.execute(select(s.c.digest).where(s.c.feed_id == feed_id)).scalars())
         wanted = set(segments.digests)
         new = wanted - stored
         if not new <= segments.raw.keys():
@@ -261,14 +286,23 @@ class FeedsMixin:
         return True
 
     def feed_segments(self, feed_id: str) -> StoredSegments | None:
-        """The feed's stored body as segments, decompressed when asked for (what a re-render
-        starts from); None when never rendered or stored whole (before migration 0015).
-        Raises UndecodableBlob for a segment list that cannot be read."""
+        """The feed's stored body as segments, each read and decompressed when asked for
+        (what a re-render starts from: it reads the few it changes); None when never rendered
+        or stored whole (before migration 0015). Raises UndecodableBlob for a segment list
+        that cannot be read, and later for a segment no longer stored (a render elsewhere
+        replaced the body meanwhile: render_feeds then renders from the events)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(_FEED_STATEMENTS[(True, False)], {"feed_id": feed_id}).all()
-        if not rows or rows[0].etag is None:
+            row = conn.execute(_SEGMENTED_ROW, {"feed_id": feed_id}).first()
+        if row is None or row.etag is None:
             return None
-        return _segments_of(rows)
+        return _segments_of([row], lambda digests: self._segment_blobs(feed_id, digests))
+
+    def _segment_blobs(self, feed_id: str, digests: list[str]) -> dict[str, bytes]:
+        s = feed_segments_table
+        with self.engine.connect() as conn:
+            rows = fetch_statement(conn, select(s.c.digest, s.c.blob).where(
+                and_(s.c.feed_id == feed_id, s.c.digest.in_(digests))))
+        return {d: bytes(b) for d, b in rows}
 
     def get_feed(self, feed_id: str, *, with_body: bool = True, gz: bool = False) -> StoredFeed | None:
         """A rendered feed (body, or the gzip body when ``gz``), or None if never rendered.
