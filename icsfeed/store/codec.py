@@ -53,8 +53,8 @@ MIN_SAMPLES = 16
 #: replaced by one trained on a batch at least ``RETRAIN_FACTOR`` times as large
 MAX_SAMPLES, RETRAIN_FACTOR = 300, 4
 DICT_SIZE = 16 * 1024
-#: the columns with dictionaries
-FIELDS = ("data", "vevent")
+#: the columns with dictionaries (``segment``: feed_segments.blob, icsfeed.store.feeds)
+FIELDS = ("data", "vevent", "segment")
 
 
 class UndecodableBlob(ValueError):

@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, and_, bindparam, case, cast, delete, func, in
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from icsfeed.store.codec import UndecodableBlob, pack_body, unpack_body
+from icsfeed.store.codec import Codec, UndecodableBlob, unpack_body
 from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
 from icsfeed.store.events import FeedQuery
 from icsfeed.store.schema import events_table, feed_segments_table, feeds_table
@@ -47,16 +47,21 @@ def _feed_statement(with_body: bool, gz: bool) -> Any:
     return select(*cols).where(f.c.feed_id == bindparam("feed_id"))
 
 
+#: the source group (icsfeed.store.codec) of feed segments' dictionaries: one for all feeds
+SEGMENT_GROUP = "feeds"
+
+
 class StoredSegments:
     """A feed's stored body as its segments (icsfeed.store.segments), each read and
     decompressed only when asked for: what a re-render starts from (it reads the segments it
     changes). ``load``: the stored blobs of some digests (those it finds)."""
 
-    def __init__(self, etag: str, segments: Segments, blobs: dict[str, bytes],
+    def __init__(self, etag: str, segments: Segments, blobs: dict[str, bytes], decode: Callable[[bytes], bytes],
                  load: Callable[[list[str]], dict[str, bytes]] | None = None) -> None:
         self.etag = etag
         self.segments = segments
         self._blobs = blobs
+        self._decode = decode
         self._load = load
         self._raw: dict[int, bytes] = {}
 
@@ -75,7 +80,7 @@ class StoredSegments:
             blob = self._blobs.get(digest)
             if blob is None:
                 raise UndecodableBlob(f"segment {digest} is missing")
-            got = self._raw[j] = unpack_body(blob)
+            got = self._raw[j] = self._decode(blob)
             if len(got) != self.segments.lengths[j]:
                 raise UndecodableBlob(f"segment {digest} is {len(got)} bytes, listed as {self.segments.lengths[j]}")
         return got
@@ -87,7 +92,7 @@ class StoredSegments:
         blob = self._blobs.get(digest)
         if blob is None:
             raise UndecodableBlob(f"segment {digest} is missing")
-        return unpack_body(blob)
+        return self._decode(blob)
 
     def body(self) -> bytes:
         """The whole body. Raises UndecodableBlob."""
@@ -96,7 +101,8 @@ class StoredSegments:
         return b"".join([segs.head, *map(self.raw, range(len(segs.digests))), segs.tail])
 
 
-def _segments_of(rows: list[Any], load: Callable[[list[str]], dict[str, bytes]] | None = None) -> StoredSegments | None:
+def _segments_of(rows: list[Any], decode: Callable[[bytes], bytes],
+                 load: Callable[[list[str]], dict[str, bytes]] | None = None) -> StoredSegments | None:
     """The stored segments of get_feed's rows (None: a body stored whole), or of the feed row
     alone with ``load`` to read the blobs. Raises UndecodableBlob."""
     first = rows[0]
@@ -109,7 +115,7 @@ def _segments_of(rows: list[Any], load: Callable[[list[str]], dict[str, bytes]] 
     blobs = {r.digest: bytes(r.blob) for r in rows if r.digest is not None} if load is None else {}
     segments = Segments(head=bytes(first.body_head or b""), tail=bytes(first.body_tail or b""),
                         digests=digests, lengths=lengths)
-    return StoredSegments(first.etag, segments, blobs, load)
+    return StoredSegments(first.etag, segments, blobs, decode, load)
 
 
 _SEGMENTED_ROW = select(feeds_table.c.etag, feeds_table.c.body_head, feeds_table.c.body_tail,
@@ -159,6 +165,7 @@ class FeedsMixin:
 
     engine: Engine
     saves: int
+    codec: Codec
     _feed_conditions: Any
 
     def feed_versions(self, query: FeedQuery) -> tuple[list[int], list[int], list[int]]:
@@ -277,9 +284,12 @@ class FeedsMixin:
         gone = stored - wanted
         if gone:
             conn.execute(delete(s).where(and_(s.c.feed_id == feed_id, s.c.digest.in_(sorted(gone)))))
-        if new:
-            conn.execute(insert(s), [{"feed_id": feed_id, "digest": d, "blob": pack_body(segments.raw[d])}
-                                     for d in sorted(new)])
+        if new:  # compressed with the segments' dictionary (one for every feed: their VEVENTs are alike)
+            names = sorted(new)
+            blobs = self.codec.encode_values(conn, "segment", [SEGMENT_GROUP] * len(names),
+                                             [segments.raw[d] for d in names])
+            conn.execute(insert(s), [{"feed_id": feed_id, "digest": d, "blob": b}
+                                     for d, b in zip(names, blobs, strict=True)])
         conn.execute(update(feeds_table).where(feeds_table.c.feed_id == feed_id).values(
             body=None, body_head=segments.head, body_tail=segments.tail,
             segments=encode_list(segments.digests, segments.lengths)))
@@ -295,7 +305,7 @@ class FeedsMixin:
             row = conn.execute(_SEGMENTED_ROW, {"feed_id": feed_id}).first()
         if row is None or row.etag is None:
             return None
-        return _segments_of([row], lambda digests: self._segment_blobs(feed_id, digests))
+        return _segments_of([row], self.codec.decode, lambda digests: self._segment_blobs(feed_id, digests))
 
     def _segment_blobs(self, feed_id: str, digests: list[str]) -> dict[str, bytes]:
         s = feed_segments_table
@@ -321,7 +331,7 @@ class FeedsMixin:
                 if gz:
                     body = bytes(row.body_gz or b"")
                 else:
-                    segmented = _segments_of(rows)
+                    segmented = _segments_of(rows, self.codec.decode)
                     body = segmented.body() if segmented is not None else unpack_body(row.body)
             except UndecodableBlob as exc:
                 log.error("the stored body of feed %s cannot be read (%s): marked for a new render", feed_id, exc)

@@ -26,7 +26,7 @@ from itertools import accumulate, compress, repeat
 from operator import add
 
 #: a segment ends after a VEVENT whose UID's crc32 is 0 modulo this (its mean length in VEVENTs)
-SEGMENT_EVENTS = 16
+SEGMENT_EVENTS = 8
 #: ... or once it has this many bytes (a run of VEVENTs without such a UID, or large ones)
 MAX_SEGMENT = 64 * 1024
 
@@ -193,6 +193,15 @@ def splice(old: Segments, raw_of: Callable[[int], bytes],
             lengths += old.lengths[j:k]
             j = k
             continue
+        same = _patched_alike(raw_of(j), offs[j], offs[j + 1], patches, p)
+        if same is not None:  # the usual case: the segment keeps its bounds (see _patched_alike)
+            piece, p = same
+            d = digest(piece)
+            digests.append(d)
+            lengths.append(len(piece))
+            raw.setdefault(d, piece)
+            j += 1
+            continue
         buf = bytearray()
         done = 0
         k = j
@@ -220,3 +229,37 @@ def splice(old: Segments, raw_of: Callable[[int], bytes],
                 break
         j = k
     return Segments(head=old.head, tail=old.tail, digests=digests, lengths=lengths, raw=raw)
+
+
+def _patched_alike(seg: bytes, base: int, stop: int, patches: list[tuple[int, int, bytes]],
+                   p: int) -> tuple[bytes, int] | None:
+    """Segment ``seg`` (at ``base`` up to ``stop`` in the old body) with the patches from
+    ``p`` on that fall in it applied, and the next patch's index, when that is a segment of
+    its own with the same bounds: each patched VEVENT is a cut exactly when the one it
+    replaces was (the same UID, as a re-render's changed event keeps), and the segment stays
+    under ``MAX_SEGMENT`` bytes before and after. Then the cuts :func:`split` would make of
+    the new body are the old ones around it (no VEVENT inside hits; its last one ends it as
+    before). None: any other case (the cuts are made again)."""
+    if len(seg) >= MAX_SEGMENT:
+        return None
+    pieces: list[bytes] = []
+    at = 0
+    size = len(seg)
+    while p < len(patches) and patches[p][0] < stop:
+        start, end, new = patches[p]
+        old = seg[start - base:end - base]
+        if _vevent_hit(old) != _vevent_hit(new):
+            return None
+        pieces += [seg[at:start - base], new]
+        size += len(new) - len(old)
+        at = end - base
+        p += 1
+    if size >= MAX_SEGMENT:
+        return None
+    pieces.append(seg[at:])
+    return b"".join(pieces), p
+
+
+def _vevent_hit(vevent: bytes) -> bool:
+    """Whether a VEVENT ends a segment by its UID (:func:`cuts`)."""
+    return _hit(_uid_of(_UID_LINE.search(vevent)))

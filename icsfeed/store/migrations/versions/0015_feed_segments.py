@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from icsfeed.store.codec import pack_body, unpack_body
+from icsfeed.store.codec import Codec, pack_body
 from icsfeed.store.segments import decode_list
 
 revision: str = "0015"
@@ -38,13 +38,15 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
+    codec = Codec(None)  # segments are compressed with dictionaries (field "segment"), kept
+    codec.load(conn)
     rows = conn.execute(sa.text("SELECT feed_id, body_head, body_tail, segments FROM feeds "
                                 "WHERE segments IS NOT NULL")).all()
     for feed_id, head, tail, listed in rows:
         blobs = dict(conn.execute(sa.text("SELECT digest, blob FROM feed_segments WHERE feed_id = :f"),
                                   {"f": feed_id}).all())
         digests, _ = decode_list(listed)
-        body = bytes(head or b"") + b"".join(unpack_body(blobs[d]) for d in digests) + bytes(tail or b"")
+        body = bytes(head or b"") + b"".join(codec.decode(blobs[d]) for d in digests) + bytes(tail or b"")
         conn.execute(sa.text("UPDATE feeds SET body = :body WHERE feed_id = :f"),
                      {"body": pack_body(body), "f": feed_id})
     with op.batch_alter_table("feeds") as batch:
