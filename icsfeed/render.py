@@ -1081,6 +1081,9 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
                 except UndecodableBlob as exc:  # a stored segment of the previous body: start from the events
                     log.warning("the stored body of %s cannot be read (%s): rendered from its events", spec.feed_id,
                                 exc)
+                    drop = getattr(store, "drop_feed_body", None)
+                    if drop is not None:  # none of its stored segments is taken as it is
+                        drop(spec.feed_id)
                     feed = build_feed(config, store, spec, now, key=base_key, secret=secret)
                 # no gzip here: the web layer compresses on the first request for an ETag
                 _save_feed(store, spec.feed_id, feed, event_count=feed.event_count, now=now.timestamp(),

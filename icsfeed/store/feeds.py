@@ -247,8 +247,9 @@ class FeedsMixin:
                              feed_id, generation, old.body_gen)
                     return False
                 changed = old.etag != etag
-                if changed and not self._save_segments(conn, feed_id, segments if segments is not None else split(body),
-                                                       old.segments):
+                # a body stored whole (before 0015) is stored as segments by its next render, changed or not
+                if (changed or old.segments is None) and not self._save_segments(
+                        conn, feed_id, segments if segments is not None else split(body), old.segments):
                     return False
                 clean: Any = False if generation is None else case(
                     (func.coalesce(f.c.dirty_gen, 0) == generation, False), else_=f.c.dirty)
@@ -342,6 +343,12 @@ class FeedsMixin:
             etag=row.etag, last_modified=row.last_modified, rendered_at=row.rendered_at,
             event_count=row.event_count or 0, render_seconds=row.render_seconds or 0.0,
             render_key=row.render_key, window_day=row.window_day)
+
+    def drop_feed_body(self, feed_id: str) -> None:
+        """Drop a stored body found unreadable (a segment a re-render could not read): the
+        feed is marked for a render, which stores every segment again."""
+        log.error("the stored body of feed %s cannot be read: marked for a new render", feed_id)
+        self._forget_body(feed_id)
 
     def _forget_body(self, feed_id: str) -> None:
         """An unreadable body is dropped with its ETag and the feed marked dirty: the next render
