@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, bindparam, case, cast, delete, func, insert, select, update
+from sqlalchemy import BigInteger, and_, bindparam, case, cast, delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.codec import Codec, UndecodableBlob, unpack_body
 from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
-from icsfeed.store.events import FeedQuery
+from icsfeed.store.events import FeedQuery, _executemany, _fetch_all, _mark
 from icsfeed.store.schema import events_table, feed_segments_table, feeds_table
 from icsfeed.store.segments import Segments, decode_list, encode_list, split
 
@@ -114,7 +115,7 @@ def _segments_of(rows: list[Any], decode: Callable[[bytes], bytes],
         raise UndecodableBlob(str(exc)) from None
     blobs = {r.digest: bytes(r.blob) for r in rows if r.digest is not None} if load is None else {}
     segments = Segments(head=bytes(first.body_head or b""), tail=bytes(first.body_tail or b""),
-                        digests=digests, lengths=lengths)
+                        digests=digests, lengths=lengths, based_on=(first.segments, digests))
     return StoredSegments(first.etag, segments, blobs, decode, load)
 
 
@@ -270,10 +271,13 @@ class FeedsMixin:
         gone: not saved, the feed stays dirty). ``listed``: the row's list now (the stored
         segments are the ones it names: both are written together)."""
         s = feed_segments_table
-        try:
-            stored = set(decode_list(listed)[0]) if listed is not None else None
-        except ValueError:
-            stored = None
+        if listed is not None and segments.based_on is not None and segments.based_on[0] == listed:
+            stored = set(segments.based_on[1])  # the list the render read and spliced: already parsed
+        else:
+            try:
+                stored = set(decode_list(listed)[0]) if listed is not None else None
+            except ValueError:
+                stored = None
         if stored is None:  # stored whole until now (or an unreadable list): whatever rows there are
             stored = set(conn.execute(select(s.c.digest).where(s.c.feed_id == feed_id)).scalars())
         wanted = set(segments.digests)
@@ -283,14 +287,16 @@ class FeedsMixin:
                         len(new - segments.raw.keys()))
             return False
         gone = stored - wanted
+        mark = _mark(conn)  # by the DB-API cursor: a re-render writes and deletes a hundred of them
         if gone:
-            conn.execute(delete(s).where(and_(s.c.feed_id == feed_id, s.c.digest.in_(sorted(gone)))))
+            _executemany(conn, f"DELETE FROM feed_segments WHERE feed_id = {mark} AND digest = {mark}",
+                         [(feed_id, d) for d in sorted(gone)])
         if new:  # compressed with the segments' dictionary (one for every feed: their VEVENTs are alike)
             names = sorted(new)
             blobs = self.codec.encode_values(conn, "segment", [SEGMENT_GROUP] * len(names),
                                              [segments.raw[d] for d in names])
-            conn.execute(insert(s), [{"feed_id": feed_id, "digest": d, "blob": b}
-                                     for d, b in zip(names, blobs, strict=True)])
+            _executemany(conn, f"INSERT INTO feed_segments (feed_id, digest, blob) VALUES ({mark}, {mark}, {mark})",
+                         list(zip(repeat(feed_id), names, blobs, strict=False)))
         conn.execute(update(feeds_table).where(feeds_table.c.feed_id == feed_id).values(
             body=None, body_head=segments.head, body_tail=segments.tail,
             segments=encode_list(segments.digests, segments.lengths)))
@@ -309,11 +315,16 @@ class FeedsMixin:
         return _segments_of([row], self.codec.decode, lambda digests: self._segment_blobs(feed_id, digests))
 
     def _segment_blobs(self, feed_id: str, digests: list[str]) -> dict[str, bytes]:
-        s = feed_segments_table
+        """The stored blobs of these segments of the feed (those there are), by the DB-API cursor."""
+        out: dict[str, bytes] = {}
         with self.engine.connect() as conn:
-            rows = fetch_statement(conn, select(s.c.digest, s.c.blob).where(
-                and_(s.c.feed_id == feed_id, s.c.digest.in_(digests))))
-        return {d: bytes(b) for d, b in rows}
+            mark = _mark(conn)
+            for at in range(0, len(digests), 500):
+                chunk = digests[at:at + 500]
+                sql = (f"SELECT digest, blob FROM feed_segments WHERE feed_id = {mark} "
+                       f"AND digest IN ({', '.join([mark] * len(chunk))})")
+                out.update((d, bytes(b)) for d, b in _fetch_all(conn, sql, (feed_id, *chunk)))
+        return out
 
     def get_feed(self, feed_id: str, *, with_body: bool = True, gz: bool = False) -> StoredFeed | None:
         """A rendered feed (body, or the gzip body when ``gz``), or None if never rendered.

@@ -60,6 +60,9 @@ class Segments:
     digests: list[str]
     lengths: list[int]
     raw: dict[str, bytes] = field(default_factory=dict)
+    #: the stored list (its text, its digests) these segments were read from or spliced from:
+    #: the saver compares it with the row's (then need not parse the row's list again)
+    based_on: tuple[str, list[str]] | None = None
 
     @property
     def etag(self) -> str:
@@ -228,7 +231,7 @@ def splice(old: Segments, raw_of: Callable[[int], bytes],
             if done == len(buf):  # a cut on an old segment's end: the old cuts hold from here
                 break
         j = k
-    return Segments(head=old.head, tail=old.tail, digests=digests, lengths=lengths, raw=raw)
+    return Segments(head=old.head, tail=old.tail, digests=digests, lengths=lengths, raw=raw, based_on=old.based_on)
 
 
 def _patched_alike(seg: bytes, base: int, stop: int, patches: list[tuple[int, int, bytes]],
