@@ -39,7 +39,7 @@ from icsfeed.routing import FeedSpec, all_feeds, view_url
 from icsfeed.store import EventRow, FeedQuery, Store, StoreError
 from icsfeed.store.codec import UndecodableBlob
 from icsfeed.store.feeds import StoredSegments, micros
-from icsfeed.store.segments import Segments, splice, split
+from icsfeed.store.segments import Segments, lens_check, splice, split
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -94,6 +94,8 @@ def _joiner(segments: Segments, raw_of: Callable[[str], bytes]) -> Callable[[], 
 def _rendered(fitted: Any) -> RenderedFeed:
     """The RenderedFeed of a fitted body (icsfeed.budget): cut into segments, its ETag theirs."""
     segments = split(fitted.body)
+    if fitted.parts is not None:
+        segments.check = lens_check(fitted.parts.get("lens"))
     return RenderedFeed(body=fitted.body, etag=segments.etag, event_count=fitted.event_count, parts=fitted.parts,
                         report=fitted.report, segments=segments)
 
@@ -887,8 +889,8 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
     from icsfeed.budget import fit_spliced
 
     old = stored.segments
-    if old.head != head or old.tail != tail:
-        return None
+    if old.head != head or old.tail != tail or not old.check or old.check != lens_check(reuse.parts["lens"]):
+        return None  # parts that are not the ones saved with these segments: checked over the whole body
     bounds = reuse.bounds
     offs = list(accumulate(old.lengths, initial=len(old.head)))
     # each segment's first VEVENT (and the end): the segments cut the body at VEVENT boundaries
@@ -913,6 +915,7 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
         segments = splice(old, raw_of, patches)
     except (_Misplaced, UndecodableBlob):
         return None
+    segments.check = lens_check(fitted.parts["lens"])
     return RenderedFeed(body=None, etag=segments.etag, event_count=fitted.event_count, parts=fitted.parts,
                         report=fitted.report, segments=segments, raw_of=stored.by_digest)
 

@@ -117,10 +117,12 @@ def test_the_etag_is_a_function_of_the_bytes() -> None:
 
 def test_segment_lists_read_back_and_bad_ones_raise() -> None:
     digests = [segments.digest(bytes([i])) for i in range(5)]
-    text_ = segments.encode_list(digests, [1, 2, 3, 4, 5])
-    assert segments.decode_list(text_) == (digests, [1, 2, 3, 4, 5])
-    assert segments.decode_list(segments.encode_list([], [])) == ([], [])
-    for bad in ("", "1,2;abc", "x;" + digests[0], "1;" + digests[0] + "z"):
+    text_ = segments.encode_list(digests, [1, 2, 3, 4, 5], "0badcafe")
+    assert segments.decode_list(text_) == (digests, [1, 2, 3, 4, 5], "0badcafe")
+    assert segments.decode_list(segments.encode_list([], [])) == ([], [], "")
+    assert segments.lens_check([1, 2, 3]) != segments.lens_check([2, 1, 3]) != ""
+    assert segments.lens_check([1, "2"]) == segments.lens_check([2 ** 70]) == ""
+    for bad in ("", "1,2;abc;", "x;" + digests[0] + ";", "1;" + digests[0] + "z;", "1;" + digests[0]):
         with pytest.raises(ValueError):
             segments.decode_list(bad)
 

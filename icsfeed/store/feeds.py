@@ -110,12 +110,12 @@ def _segments_of(rows: list[Any], decode: Callable[[bytes], bytes],
     if first.segments is None:
         return None
     try:
-        digests, lengths = decode_list(first.segments)
+        digests, lengths, check = decode_list(first.segments)
     except ValueError as exc:
         raise UndecodableBlob(str(exc)) from None
     blobs = {r.digest: bytes(r.blob) for r in rows if r.digest is not None} if load is None else {}
     segments = Segments(head=bytes(first.body_head or b""), tail=bytes(first.body_tail or b""),
-                        digests=digests, lengths=lengths, based_on=(first.segments, digests))
+                        digests=digests, lengths=lengths, based_on=(first.segments, digests), check=check)
     return StoredSegments(first.etag, segments, blobs, decode, load)
 
 
@@ -299,7 +299,7 @@ class FeedsMixin:
                          list(zip(repeat(feed_id), names, blobs, strict=False)))
         conn.execute(update(feeds_table).where(feeds_table.c.feed_id == feed_id).values(
             body=None, body_head=segments.head, body_tail=segments.tail,
-            segments=encode_list(segments.digests, segments.lengths)))
+            segments=encode_list(segments.digests, segments.lengths, segments.check)))
         return True
 
     def feed_segments(self, feed_id: str) -> StoredSegments | None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from bisect import bisect_left, bisect_right
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, repeat
-from operator import add
+from itertools import accumulate
 
-#: a segment ends after a VEVENT whose UID's crc32 is 0 modulo this (its mean length in VEVENTs)
+#: a segment's mean length in VEVENTs (of UIDs that are hashes: see HIT_DIGITS)
 SEGMENT_EVENTS = 8
 #: ... or once it has this many bytes (a run of VEVENTs without such a UID, or large ones)
 MAX_SEGMENT = 64 * 1024
@@ -60,6 +60,9 @@ class Segments:
     digests: list[str]
     lengths: list[int]
     raw: dict[str, bytes] = field(default_factory=dict)
+    #: :func:`lens_check` of the VEVENT lengths of the parts saved with the body (render's,
+    #: icsfeed.budget): a re-render splices segments only with parts that match it
+    check: str = ""
     #: the stored list (its text, its digests) these segments were read from or spliced from:
     #: the saver compares it with the row's (then need not parse the row's list again)
     based_on: tuple[str, list[str]] | None = None
@@ -75,49 +78,55 @@ class Segments:
 
 def cuts(data: bytes | bytearray, start: int = 0, stop: int | None = None) -> list[int]:
     """Where segments end in ``data[start:stop]``, a run of whole VEVENTs that starts at a cut:
-    the offset after each segment's last VEVENT. A VEVENT ends a segment when the crc32 of its
-    first ``UID`` line's value (of b"" without one) is 0 modulo ``SEGMENT_EVENTS``, or when the
-    segment has reached ``MAX_SEGMENT`` bytes with it. The run's last VEVENT ends a segment
-    only by these rules (the caller decides about the body's end).
+    the offset after each segment's last VEVENT. A VEVENT ends a segment when it has a ``UID``
+    line whose value starts with one of ``HIT_DIGITS`` (a UID is a hash in hex, so 1 VEVENT in
+    ``SEGMENT_EVENTS``), or when the segment has reached ``MAX_SEGMENT`` bytes with it. The
+    run's last VEVENT ends a segment only by these rules (the caller decides about the body's
+    end).
 
-    By C-level splits and maps, not a Python step per VEVENT: the VEVENTs' lengths and UIDs
-    come from one split and a regex search per piece, the cuts from the few UIDs that hit."""
+    One regex scan finds the VEVENTs that hit (a C-level search, no Python step per VEVENT);
+    VEVENTs are walked one by one only where a segment would pass ``MAX_SEGMENT``."""
     stop = len(data) if stop is None else stop
-    run = data[start:stop]
-    pieces = run.split(_END)
-    pieces.pop()  # what follows the last END:VEVENT line (nothing, in a run of whole VEVENTs)
-    if not pieces:
-        return []
-    ends = list(accumulate(map(add, map(len, pieces), repeat(len(_END))), initial=start))
-    del ends[0]
-    hits = compress(range(len(pieces)), map(_hit, map(_uid_of, map(_UID_LINE.search, pieces))))
+    find = data.find
     out: list[int] = []
     seg_start = start
-    for h in hits:
-        while ends[h] - seg_start >= MAX_SEGMENT:  # a segment reached its size before this UID's cut
-            i = bisect_left(ends, seg_start + MAX_SEGMENT)
-            if i >= h:
-                break
-            out.append(ends[i])
-            seg_start = ends[i]
-        out.append(ends[h])
-        seg_start = ends[h]
-    while ends[-1] - seg_start >= MAX_SEGMENT:  # after the last UID's cut
-        i = bisect_left(ends, seg_start + MAX_SEGMENT)
-        out.append(ends[i])
-        seg_start = ends[i]
+    for match in _HIT.finditer(data, start, stop):
+        end = find(_END, match.end(), stop)
+        if end < 0:
+            break
+        end += len(_END)
+        if end == seg_start:  # a second hit in the VEVENT that just ended a segment
+            continue
+        if end - seg_start > MAX_SEGMENT:
+            seg_start = _walk(data, seg_start, end, out)
+            if seg_start == end:
+                continue
+        out.append(end)
+        seg_start = end
+    if stop - seg_start >= MAX_SEGMENT:
+        _walk(data, seg_start, stop, out)
     return out
 
 
-_UID_LINE = re.compile(rb"\r\nUID:([^\r\n]*)")
+def _walk(data: bytes | bytearray, seg_start: int, stop: int, out: list[int]) -> int:
+    """The size cuts between ``seg_start`` (a cut) and ``stop``, VEVENT by VEVENT, added to
+    ``out``; returns the last cut."""
+    find = data.find
+    pos = seg_start
+    while True:
+        end = find(_END, pos, stop)
+        if end < 0:
+            return seg_start
+        end += len(_END)
+        if end - seg_start >= MAX_SEGMENT:
+            out.append(end)
+            seg_start = end
+        pos = end
 
 
-def _uid_of(match: re.Match[bytes] | None) -> bytes:
-    return match.group(1) if match is not None else b""
-
-
-def _hit(uid: bytes) -> bool:
-    return zlib.crc32(uid) % SEGMENT_EVENTS == 0
+#: a UID line whose value starts with one of these ends a segment (2 of 16 hex digits)
+HIT_DIGITS = b"01"
+_HIT = re.compile(rb"\r\nUID:[" + HIT_DIGITS + rb"]")
 
 
 def split(body: bytes) -> Segments:
@@ -154,19 +163,30 @@ def body_etag(body: bytes) -> str:
     return split(body).etag
 
 
-def encode_list(digests: list[str], lengths: list[int]) -> str:
+def lens_check(lens: object) -> str:
+    """A checksum of a body's VEVENT lengths as its parts list them ("" for a list that is not
+    one of ints): the row keeps it with the segments, so parts that no longer describe the
+    body they were saved with are not trusted where the re-render does not read the bytes."""
+    try:
+        return f"{zlib.crc32(array('q', lens)):08x}"  # type: ignore[arg-type]
+    except (TypeError, OverflowError, ValueError):
+        return ""
+
+
+def encode_list(digests: list[str], lengths: list[int], check: str = "") -> str:
     """The feed row's list of segments: their lengths joined by commas, ``;``, their digests
-    one after another (32 hex digits each)."""
-    return f"{','.join(map(str, lengths))};{''.join(digests)}"
+    one after another (32 hex digits each), ``;``, the parts' :func:`lens_check`."""
+    return f"{','.join(map(str, lengths))};{''.join(digests)};{check}"
 
 
-def decode_list(text: str) -> tuple[list[str], list[int]]:
+def decode_list(text: str) -> tuple[list[str], list[int], str]:
     """:func:`encode_list` read back; raises ValueError for anything else."""
+    text, _, check = text.rpartition(";")
     counts, sep, names = text.partition(";")
     lengths = list(map(int, counts.split(","))) if counts else []
     if not sep or len(names) != 32 * len(lengths) or (names and not names.isalnum()):
         raise ValueError(f"not a list of segments: {text[:80]!r}")
-    return [names[i:i + 32] for i in range(0, len(names), 32)], lengths
+    return [names[i:i + 32] for i in range(0, len(names), 32)], lengths, check
 
 
 def splice(old: Segments, raw_of: Callable[[int], bytes],
@@ -231,7 +251,8 @@ def splice(old: Segments, raw_of: Callable[[int], bytes],
             if done == len(buf):  # a cut on an old segment's end: the old cuts hold from here
                 break
         j = k
-    return Segments(head=old.head, tail=old.tail, digests=digests, lengths=lengths, raw=raw, based_on=old.based_on)
+    return Segments(head=old.head, tail=old.tail, digests=digests, lengths=lengths, raw=raw, based_on=old.based_on,
+                    check=old.check)
 
 
 def _patched_alike(seg: bytes, base: int, stop: int, patches: list[tuple[int, int, bytes]],
@@ -265,4 +286,4 @@ def _patched_alike(seg: bytes, base: int, stop: int, patches: list[tuple[int, in
 
 def _vevent_hit(vevent: bytes) -> bool:
     """Whether a VEVENT ends a segment by its UID (:func:`cuts`)."""
-    return _hit(_uid_of(_UID_LINE.search(vevent)))
+    return _HIT.search(vevent) is not None

@@ -45,7 +45,7 @@ def downgrade() -> None:
     for feed_id, head, tail, listed in rows:
         blobs = dict(conn.execute(sa.text("SELECT digest, blob FROM feed_segments WHERE feed_id = :f"),
                                   {"f": feed_id}).all())
-        digests, _ = decode_list(listed)
+        digests = decode_list(listed)[0]
         body = bytes(head or b"") + b"".join(codec.decode(blobs[d]) for d in digests) + bytes(tail or b"")
         conn.execute(sa.text("UPDATE feeds SET body = :body WHERE feed_id = :f"),
                      {"body": pack_body(body), "f": feed_id})
