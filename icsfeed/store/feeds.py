@@ -36,15 +36,13 @@ class StoredFeed:
 
 
 def _feed_statement(with_body: bool, gz: bool) -> Any:
-    f, s = feeds_table, feed_segments_table
+    f = feeds_table
     cols = [f.c.feed_id, f.c.etag, f.c.last_modified, f.c.rendered_at, f.c.event_count,
             f.c.render_seconds, f.c.render_key, f.c.window_day]
     if with_body and gz:
         cols.append(f.c.body_gz)
-    elif with_body:  # the body whole (before 0015), or its segments: one statement, one snapshot
-        cols += [f.c.body, f.c.body_head, f.c.body_tail, f.c.segments, s.c.digest, s.c.blob]
-        return select(*cols).select_from(f.outerjoin(s, s.c.feed_id == f.c.feed_id)) \
-            .where(f.c.feed_id == bindparam("feed_id"))
+    elif with_body:  # the body whole (before 0015), or the list of its segments (read next)
+        cols += [f.c.body, f.c.body_head, f.c.body_tail, f.c.segments]
     return select(*cols).where(f.c.feed_id == bindparam("feed_id"))
 
 
@@ -72,12 +70,17 @@ class StoredSegments:
         if wanted and self._load is not None:
             self._blobs.update(self._load(wanted))
 
+    def preload_blobs(self, blobs: dict[str, bytes]) -> None:
+        """Blobs read already (get_feed's)."""
+        self._blobs.update(blobs)
+
     def raw(self, j: int) -> bytes:
         """The bytes of segment ``j``. Raises UndecodableBlob."""
         got = self._raw.get(j)
         if got is None:
             digest = self.segments.digests[j]
-            self.preload([j])
+            if digest not in self._blobs:
+                self.preload([j])
             blob = self._blobs.get(digest)
             if blob is None:
                 raise UndecodableBlob(f"segment {digest} is missing")
@@ -113,7 +116,7 @@ def _segments_of(rows: list[Any], decode: Callable[[bytes], bytes],
         digests, lengths, check = decode_list(first.segments)
     except ValueError as exc:
         raise UndecodableBlob(str(exc)) from None
-    blobs = {r.digest: bytes(r.blob) for r in rows if r.digest is not None} if load is None else {}
+    blobs: dict[str, bytes] = {}
     segments = Segments(head=bytes(first.body_head or b""), tail=bytes(first.body_tail or b""),
                         digests=digests, lengths=lengths, based_on=(first.segments, digests), check=check)
     return StoredSegments(first.etag, segments, blobs, decode, load)
@@ -314,6 +317,11 @@ class FeedsMixin:
             return None
         return _segments_of([row], self.codec.decode, lambda digests: self._segment_blobs(feed_id, digests))
 
+    def _all_segment_blobs(self, conn: Any, feed_id: str) -> dict[str, bytes]:
+        """Every stored segment blob of the feed, by digest (the DB-API cursor's rows)."""
+        sql = f"SELECT digest, blob FROM feed_segments WHERE feed_id = {_mark(conn)}"
+        return {d: bytes(b) for d, b in _fetch_all(conn, sql, (feed_id,))}
+
     def _segment_blobs(self, feed_id: str, digests: list[str]) -> dict[str, bytes]:
         """The stored blobs of these segments of the feed (those there are), by the DB-API cursor."""
         out: dict[str, bytes] = {}
@@ -332,18 +340,29 @@ class FeedsMixin:
         Every feed request makes this lookup, so its statements are built once. The body is
         the one stored whole (before migration 0015) or its segments joined."""
         stmt = _FEED_STATEMENTS[(with_body, gz)]
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt, {"feed_id": feed_id}).all()
-        row = rows[0] if rows else None
-        if row is None or row.etag is None:
-            return None
+        for attempt in range(3):  # the row, then its segments: again if a render replaced them between
+            with self.engine.connect() as conn:
+                row = conn.execute(stmt, {"feed_id": feed_id}).first()
+                blobs = self._all_segment_blobs(conn, feed_id) \
+                    if with_body and not gz and row is not None and row.segments is not None else {}
+            if row is None or row.etag is None:
+                return None
+            if not with_body or gz or row.segments is None or attempt == 2:
+                break
+            try:
+                if set(decode_list(row.segments)[0]) <= blobs.keys():
+                    break
+            except ValueError:
+                break
         body = b""
         if with_body:
             try:
                 if gz:
                     body = bytes(row.body_gz or b"")
                 else:
-                    segmented = _segments_of(rows, self.codec.decode)
+                    segmented = _segments_of([row], self.codec.decode, lambda digests: {})
+                    if segmented is not None:
+                        segmented.preload_blobs(blobs)
                     body = segmented.body() if segmented is not None else unpack_body(row.body)
             except UndecodableBlob as exc:
                 log.error("the stored body of feed %s cannot be read (%s): marked for a new render", feed_id, exc)
