@@ -351,3 +351,26 @@ def test_upgrade_from_0013_and_back_keeps_the_bodies(make_env: Callable[[dict[st
             assert listed and rows == set(listed)
     finally:
         store.close()
+
+
+def test_a_read_between_a_render_s_writes_is_made_again(make_env: Callable[[dict[str, str]], tuple[Config, Store]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_feed reads the row, then its segments: when a render replaced some in between (they
+    are missing), it reads both again rather than serve or drop a body it did not see whole."""
+    config, store = make_env({"icsfeed.yaml": CONFIG})
+    rnd = random.Random(12)
+    _poll(config, store, [ticket(i, rnd) for i in range(60)], NOW.timestamp())
+    render_feeds(config, store, now=NOW)
+    body = store.get_feed("account/acme").body  # type: ignore[union-attr]
+    original = Store._all_segment_blobs
+    calls: list[int] = []
+
+    def racing(self: Store, conn: Any, feed_id: str) -> dict[str, bytes]:
+        calls.append(1)
+        got = original(self, conn, feed_id)
+        return got if len(calls) > 1 else dict(list(got.items())[1:])  # the first read misses one
+
+    monkeypatch.setattr(Store, "_all_segment_blobs", racing)
+    again = store.get_feed("account/acme")
+    assert again is not None and again.body == body and len(calls) == 2
+    assert not store.feed_render_states()["account/acme"][0], "nothing marked for a new render"
