@@ -2,12 +2,12 @@
 the segments whose VEVENTs changed, the rest are kept by their digests.
 
 A rendered body is the VCALENDAR head, the VEVENTs, the tail. The VEVENTs are cut into
-segments by their bytes alone: a segment ends after a VEVENT whose ``UID`` line hashes to 0
-modulo ``SEGMENT_EVENTS`` (a property of the event, not of its place or its version: a VEVENT
-that changes keeps the cut after it), or once a segment reaches ``MAX_SEGMENT`` bytes, or at
-the last VEVENT. Cutting resets at every cut, so a change inside one segment can move only the
-cuts up to the next cut that is also an old one (:func:`recut`): the segments after it are
-the same bytes, with the same digests.
+segments by their bytes alone: a segment ends after a VEVENT whose ``UID`` value starts with
+one of ``HIT_DIGITS`` (UIDs are hashes in hex: 1 VEVENT in ``SEGMENT_EVENTS``; a property of
+the event, not of its place or its version: a VEVENT that changes keeps the cut after it), or
+once a segment reaches ``MAX_SEGMENT`` bytes, or at the last VEVENT. Cutting resets at every
+cut, so a change inside one segment can move only the cuts up to the next cut that is also an
+old one (:func:`splice`): the segments after it are the same bytes, with the same digests.
 
 The ETag is a hash over the head, the segments' digests (sha256 of each segment's bytes) and
 the tail (:func:`etag_of`): a function of the body's bytes alone (the cuts are), so the same
