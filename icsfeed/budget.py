@@ -240,7 +240,7 @@ def fit_listed(config: Config, store: Store, spec: FeedSpec, now: datetime, quer
     return FittedFeed(body=body, event_count=len(fragments), parts=parts, report=report)
 
 
-def fit_spliced(config: Config, spec: FeedSpec, head: bytes, tail: bytes, body: bytes, parts: dict[str, Any],
+def fit_spliced(config: Config, spec: FeedSpec, head: bytes, tail: bytes, body: bytes | None, parts: dict[str, Any],
                 changed: dict[int, tuple[bytes, str, int | None, bool]], seqs: list[int],
                 mods: list[int]) -> FittedFeed | None:
     """:func:`fit_listed` for a feed whose events are the previous body's, in the same order,
@@ -251,10 +251,28 @@ def fit_spliced(config: Config, spec: FeedSpec, head: bytes, tail: bytes, body: 
 
     ``body`` and ``parts`` are the previous body and parts (format 2, every event by its row
     id, VEVENT boundaries checked by the caller); ``seqs`` and ``mods`` the events' versions now.
+    ``body`` None: the caller splices the body itself (its stored segments, render.py); the
+    fitted feed then has the parts and report of the spliced body, and no bytes.
     """
     lens, kind_at, rank_at, open_at = list(parts["lens"]), list(parts["kind"]), list(parts["rank"]), list(parts["open"])
     kinds = {name: n for n, name in enumerate(parts["kinds"])}
     start = int(parts["head"])
+    if body is None:
+        for n in sorted(changed):
+            fragment, kind, rank, is_open_ = changed[n]
+            lens[n] = len(fragment)
+            kind_at[n] = kinds.setdefault(kind, len(kinds))
+            rank_at[n] = -1 if rank is None else rank
+            open_at[n] = 1 if is_open_ else 0
+        size = len(head) + sum(lens) + len(tail)
+        budget = feed_budget(config, spec)
+        if not budget.fits(size, len(lens)):
+            return None
+        report = _report(budget, spec, size, len(lens))
+        report.update(bytes=size, events=len(lens), over=False)
+        return FittedFeed(body=b"", event_count=len(lens), report=report, parts={
+            "v": PARTS_FORMAT, "head": len(head), "kinds": list(kinds), "lens": lens, "kind": kind_at,
+            "rank": rank_at, "open": open_at, "ids": list(parts["ids"]), "seqs": seqs, "mods": mods})
     old = memoryview(body)  # runs of the previous body joined without a copy of their own
     pieces: list[bytes | memoryview] = [head]
     at = start

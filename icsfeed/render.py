@@ -18,6 +18,7 @@ import re
 import threading
 import time
 import unicodedata
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,9 @@ from icsfeed.config import CSS_COLORS, Config, KindConfig
 from icsfeed.model import Event
 from icsfeed.routing import FeedSpec, all_feeds, view_url
 from icsfeed.store import EventRow, FeedQuery, Store, StoreError
-from icsfeed.store.feeds import micros
+from icsfeed.store.codec import UndecodableBlob
+from icsfeed.store.feeds import StoredSegments, micros
+from icsfeed.store.segments import Segments, lens_check, splice, split
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -57,14 +60,44 @@ VIEW_LINK_ATTR = "view_link"
 FRAGMENT_FORMAT = 3
 
 
-@dataclass(frozen=True)
 class RenderedFeed:
-    body: bytes
-    etag: str
-    event_count: int
-    #: the body's VEVENTs for filtered variants, and its size budget report (icsfeed.budget)
-    parts: dict[str, Any] | None = None
-    report: dict[str, Any] | None = None
+    """A rendered feed: its bytes (joined when first asked for: a re-render that spliced
+    segments has none of its own), ETag, the body as segments (what the store keeps,
+    icsfeed.store.segments), its parts for filtered variants and its size budget report."""
+
+    __slots__ = ("_body", "etag", "event_count", "parts", "report", "segments")
+
+    def __init__(self, body: bytes | None, etag: str, event_count: int, parts: dict[str, Any] | None = None,
+                 report: dict[str, Any] | None = None, segments: Segments | None = None,
+                 raw_of: Callable[[str], bytes] | None = None) -> None:
+        self._body: bytes | Callable[[], bytes] | None = body
+        if body is None:  # the segments' bytes: new ones in ``raw``, the others raw_of(digest)
+            assert segments is not None and raw_of is not None
+            self._body = _joiner(segments, raw_of)
+        self.etag, self.event_count, self.parts, self.report = etag, event_count, parts, report
+        self.segments = segments
+
+    @property
+    def body(self) -> bytes:
+        if callable(self._body):
+            self._body = self._body()
+        return self._body  # type: ignore[return-value]
+
+
+def _joiner(segments: Segments, raw_of: Callable[[str], bytes]) -> Callable[[], bytes]:
+    def join() -> bytes:
+        return b"".join([segments.head, *(segments.raw.get(d) or raw_of(d) for d in segments.digests),
+                         segments.tail])
+    return join
+
+
+def _rendered(fitted: Any) -> RenderedFeed:
+    """The RenderedFeed of a fitted body (icsfeed.budget): cut into segments, its ETag theirs."""
+    segments = split(fitted.body)
+    if fitted.parts is not None:
+        segments.check = lens_check(fitted.parts.get("lens"))
+    return RenderedFeed(body=fitted.body, etag=segments.etag, event_count=fitted.event_count, parts=fitted.parts,
+                        report=fitted.report, segments=segments)
 
 
 def render_key(config: Config) -> str:
@@ -522,13 +555,41 @@ def feed_secret(config: Config, store: Store) -> bytes | None:
         return None
 
 
-@dataclass(frozen=True)
 class PreviousBody:
     """A feed's stored body and the parts render saved with it (icsfeed.budget's ``parts``):
-    where a re-render starts from (see :func:`build_feed`)."""
+    where a re-render starts from (see :func:`build_feed`). ``stored``: the body as its stored
+    segments, joined only when some path needs the whole body (``body``; the splice by
+    segments reads only the segments it changes)."""
 
-    body: bytes
-    parts: dict[str, Any]
+    def __init__(self, body: bytes | None, parts: dict[str, Any], stored: StoredSegments | None = None) -> None:
+        assert body is not None or stored is not None
+        self._body = body
+        self.parts = parts
+        self.stored = stored
+
+    @property
+    def body(self) -> bytes:
+        """The whole body (raises UndecodableBlob for a stored segment that cannot be read)."""
+        if self._body is None:
+            assert self.stored is not None
+            self._body = self.stored.body()
+        return self._body
+
+    @property
+    def joined(self) -> bool:
+        """Whether the whole body is at hand already."""
+        return self._body is not None
+
+    @property
+    def size(self) -> int:
+        if self._body is None and self.stored is not None:
+            return self.stored.segments.size
+        return len(self.body)
+
+    def endswith(self, suffix: bytes) -> bool:
+        if self._body is None and self.stored is not None and len(self.stored.segments.tail) >= len(suffix):
+            return self.stored.segments.tail.endswith(suffix)
+        return self.body.endswith(suffix)
 
 
 @dataclass
@@ -551,8 +612,9 @@ class _Reusable:
     """The VEVENTs of a previous body by row id, with the version each was rendered from."""
 
     def __init__(self, previous: PreviousBody) -> None:
-        self.body = previous.body
-        self.valid = self.placed = False
+        self.previous = previous
+        self.valid = False
+        self._placed: bool | None = False
         parts = previous.parts
         try:
             if parts.get("v") != 2:
@@ -566,14 +628,26 @@ class _Reusable:
             ends = list(accumulate(lens, initial=head))
         except (KeyError, TypeError):
             return
-        if ends[-1] + len(_TAIL) != len(self.body) or not self.body.endswith(_TAIL):
+        if ends[-1] + len(_TAIL) != previous.size or not previous.endswith(_TAIL):
             return
         self.parts = parts
+        self.bounds = ends  # the head's end, then each VEVENT's
         self.ids, self.seqs, self.mods, self.starts, self.ends = ids, seqs, mods, ends[:-1], ends[1:]
         self.kind, self.rank, self.open, self.kind_names = kind, rank, open_, kind_names
         self.valid = bool(ids) and max(ids) >= 0
-        #: every VEVENT starts and ends where the parts say: then each can be copied unchecked
-        self.placed = _boundaries_hold(self.body, ends)
+        self._placed = None
+
+    @property
+    def body(self) -> bytes:
+        return self.previous.body
+
+    @property
+    def placed(self) -> bool:
+        """Every VEVENT starts and ends where the parts say: then each can be copied unchecked
+        (checked over the whole body, when first asked)."""
+        if self._placed is None:
+            self._placed = _boundaries_hold(self.body, self.bounds)
+        return self._placed
 
     def take(self, listed: Listed) -> list[int]:
         """Fill in each listed event's VEVENT (and kind, severity, open flag) out of the previous
@@ -753,8 +827,7 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
     from icsfeed.budget import fit_listed  # the size budget (rollups, window), which uses this module
 
     fitted = fit_listed(config, store, spec, now, query, head, tail, listed, secret=secret, save=save_fragments)
-    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
-                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+    return _rendered(fitted)
 
 
 def _spliced(config: Config, store: Store, spec: FeedSpec, reuse: _Reusable, ids: list[int], seqs: list[int],
@@ -765,7 +838,10 @@ def _spliced(config: Config, store: Store, spec: FeedSpec, reuse: _Reusable, ids
     changed ones are found by comparing the version lists, their VEVENTs read (or rendered),
     and the body is the previous one's runs between them (budget.fit_spliced). None: not
     that case (the general path, :meth:`_Reusable.take`, handles it)."""
-    if not reuse.placed or ids != reuse.ids or len(ids) < 2:
+    if ids != reuse.ids or len(ids) < 2:
+        return None
+    by_segments = reuse.previous.stored is not None and not reuse.previous.joined
+    if not by_segments and not reuse.placed:
         return None
     old_seqs, old_mods = reuse.seqs, reuse.mods
     # the positions whose version differs, found without a Python step per event
@@ -789,11 +865,59 @@ def _spliced(config: Config, store: Store, spec: FeedSpec, reuse: _Reusable, ids
     head, tail = calendar_header(config, spec)
     from icsfeed.budget import fit_spliced  # the size budget, which uses this module
 
+    if by_segments:
+        assert reuse.previous.stored is not None
+        return _spliced_segments(config, spec, head, tail, reuse, reuse.previous.stored, parts, seqs, mods)
     fitted = fit_spliced(config, spec, head, tail, reuse.body, reuse.parts, parts, seqs, mods)
     if fitted is None:  # over its budget now: rolled up by the general path
         return None
-    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
-                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+    return _rendered(fitted)
+
+
+class _Misplaced(Exception):
+    """A stored segment whose VEVENTs are not where the parts say."""
+
+
+def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, reuse: _Reusable,
+                      stored: StoredSegments, changed: dict[int, tuple[bytes, str, int | None, bool]],
+                      seqs: list[int], mods: list[int]) -> RenderedFeed | None:
+    """:func:`_spliced` on a body stored as segments: the changed VEVENTs replaced in the
+    segments that hold them (each read, its VEVENT boundaries checked against the parts), the
+    cuts made again from there (icsfeed.store.segments.splice); every other segment is kept
+    by its digest, unread. The body is joined only if someone asks for it. None: not that
+    case (segments that do not fall on the parts' VEVENT boundaries, or misplaced VEVENTs)."""
+    from icsfeed.budget import fit_spliced
+
+    old = stored.segments
+    if old.head != head or old.tail != tail or not old.check or old.check != lens_check(reuse.parts["lens"]):
+        return None  # parts that are not the ones saved with these segments: checked over the whole body
+    bounds = reuse.bounds
+    offs = list(accumulate(old.lengths, initial=len(old.head)))
+    # each segment's first VEVENT (and the end): the segments cut the body at VEVENT boundaries
+    firsts = [bisect_left(bounds, o) for o in offs]
+    if any(f >= len(bounds) or bounds[f] != o for f, o in zip(firsts, offs, strict=True)):
+        return None
+    fitted = fit_spliced(config, spec, head, tail, None, reuse.parts, changed, seqs, mods)
+    if fitted is None:  # over its budget now: rolled up by the general path
+        return None
+
+    def raw_of(j: int) -> bytes:
+        raw = stored.raw(j)
+        base = offs[j]
+        if not _boundaries_hold(raw, [b - base for b in bounds[firsts[j]:firsts[j + 1] + 1]]):
+            raise _Misplaced
+        return raw
+
+    starts, ends = reuse.starts, reuse.ends
+    patches = [(starts[n], ends[n], changed[n][0]) for n in sorted(changed)]
+    try:
+        stored.preload({bisect_right(firsts, n) - 1 for n in changed})  # one read of the segments changed
+        segments = splice(old, raw_of, patches)
+    except (_Misplaced, UndecodableBlob):
+        return None
+    segments.check = lens_check(fitted.parts["lens"])
+    return RenderedFeed(body=None, etag=segments.etag, event_count=fitted.event_count, parts=fitted.parts,
+                        report=fitted.report, segments=segments, raw_of=stored.by_digest)
 
 
 def _refitted(config: Config, store: Store, spec: FeedSpec, now: datetime, previous: PreviousBody,
@@ -821,8 +945,7 @@ def _refitted(config: Config, store: Store, spec: FeedSpec, now: datetime, previ
                    save=save_fragments)
     if fitted is None:
         return None
-    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
-                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+    return _rendered(fitted)
 
 
 def _render_missing(config: Config, store: Store, spec: FeedSpec, ids: list[int], key: str, view: str | None,
@@ -880,20 +1003,37 @@ def _joined_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, qu
 
     fitted = fit_feed(config, store, spec, now, query, head, tail, [(i, f) for i, f in fragments if f is not None],
                       secret=secret, save=save_fragments)
-    return RenderedFeed(body=fitted.body, etag=hashlib.sha256(fitted.body).hexdigest()[:32],
-                        event_count=fitted.event_count, parts=fitted.parts, report=fitted.report)
+    return _rendered(fitted)
 
 
 def previous_body(store: Store, feed_id: str) -> PreviousBody | None:
-    """The feed's stored body and its parts, when both are there and belong together."""
+    """The feed's stored body and its parts, when both are there and belong together (the
+    body as its stored segments, read when needed; or whole, as stored before them)."""
     parts_of = getattr(store, "feed_parts", None)  # None: a store from before feed parts
     if parts_of is None:
         return None
+    segments_of = getattr(store, "feed_segments", None)  # None: a store from before segments
+    if segments_of is not None:
+        try:
+            segmented = segments_of(feed_id)
+        except UndecodableBlob as exc:
+            log.warning("the stored segments of %s cannot be read (%s): rendered from its events", feed_id, exc)
+            return None
+        if segmented is not None:
+            parts = parts_of(feed_id, segmented.etag)
+            return None if parts is None else PreviousBody(None, parts.parts, segmented)
     stored = store.get_feed(feed_id)
     if stored is None or not stored.body:
         return None
     parts = parts_of(feed_id, stored.etag)
     return None if parts is None else PreviousBody(stored.body, parts.parts)
+
+
+def _save_feed(store: Store, feed_id: str, feed: RenderedFeed, **kwargs: Any) -> bool:
+    """Store a render (its segments, when the store keeps them; else its whole body)."""
+    if feed.segments is not None and "segments" in inspect.signature(store.save_feed).parameters:
+        return store.save_feed(feed_id, b"", b"", feed.etag, segments=feed.segments, **kwargs)
+    return store.save_feed(feed_id, feed.body, b"", feed.etag, **kwargs)
 
 
 #: one render at a time per process: two renders of one feed racing could store the older bytes last
@@ -939,11 +1079,19 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
                 started = time.perf_counter()
                 # the same feed render key: the stored body is where this render starts from
                 previous = previous_body(store, spec.feed_id) if not force and old_key == key else None
-                feed = build_feed(config, store, spec, now, key=base_key, secret=secret, previous=previous)
+                try:
+                    feed = build_feed(config, store, spec, now, key=base_key, secret=secret, previous=previous)
+                except UndecodableBlob as exc:  # a stored segment of the previous body: start from the events
+                    log.warning("the stored body of %s cannot be read (%s): rendered from its events", spec.feed_id,
+                                exc)
+                    drop = getattr(store, "drop_feed_body", None)
+                    if drop is not None:  # none of its stored segments is taken as it is
+                        drop(spec.feed_id)
+                    feed = build_feed(config, store, spec, now, key=base_key, secret=secret)
                 # no gzip here: the web layer compresses on the first request for an ETag
-                store.save_feed(spec.feed_id, feed.body, b"", feed.etag, event_count=feed.event_count,
-                                now=now.timestamp(), render_seconds=time.perf_counter() - started,
-                                render_key=key, window_day=today, generation=generation)
+                _save_feed(store, spec.feed_id, feed, event_count=feed.event_count, now=now.timestamp(),
+                           render_seconds=time.perf_counter() - started, render_key=key, window_day=today,
+                           generation=generation)
                 if feed.parts is not None and feed.report is not None:  # for filtered variants and /status
                     store.save_feed_parts(spec.feed_id, feed.etag, feed.parts, feed.report)
             rendered.append(spec.feed_id)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from icsfeed.model import Event
 from icsfeed.poller import poll_source
 from icsfeed.render import render_feeds
-from icsfeed.store import FeedQuery, Store, dictionaries_table, events_table, feeds_table
+from icsfeed.store import FeedQuery, Store, dictionaries_table, events_table, feed_segments_table, feeds_table
 from icsfeed.store.codec import DICT_ID_BASE, MAGIC, MAX_SAMPLES, pack_body, unpack_body
 from icsfeed.store.copy import copy_database
 from icsfeed.store.database import driver_url
@@ -234,8 +234,9 @@ def test_unreadable_blobs_are_logged_and_skipped_not_a_crashed_render(make_env: 
     assert report.ok and report.cancelled == 1, report.line()
     assert any("cannot be read" in m and "marked gone" in m for m in [r.getMessage() for r in caplog.records])
 
-    with store.engine.begin() as conn:
-        conn.execute(feeds_table.update().where(feeds_table.c.feed_id == "account/acme").values(body=MAGIC + b"bad"))
+    with store.engine.begin() as conn:  # the body is stored as segments (feed_segments): one of them unreadable
+        conn.execute(feed_segments_table.update().where(feed_segments_table.c.feed_id == "account/acme")
+                     .values(blob=MAGIC + b"bad"))
     assert store.get_feed("account/acme") is None, "an unreadable body is no body"
     assert store.feed_render_states()["account/acme"][0], "and the feed is marked for a new render"
     render_feeds(config, store)

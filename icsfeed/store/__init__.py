@@ -23,6 +23,7 @@ from icsfeed.store.rollups import FeedParts, PartAttrs, RollupsMixin, StoredRoll
 from icsfeed.store.schema import (
     dictionaries_table,
     events_table,
+    feed_segments_table,
     feeds_table,
     insights_due_table,
     metadata,
@@ -48,6 +49,7 @@ __all__ = [
     "Touched",
     "dictionaries_table",
     "events_table",
+    "feed_segments_table",
     "feeds_table",
     "insights_due_table",
     "metadata",

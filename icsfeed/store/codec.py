@@ -18,9 +18,12 @@ What a blob is, read by its first bytes alone:
 - anything else is the value itself (JSON starts with ``{``, a fragment with ``BEGIN:``): what a
   value that does not shrink is stored as, and what rows from before migration 0010 held.
 
-Feed bodies (``feeds.body``) are compressed the same way, without a dictionary (they are
-large), at zstd's fastest level: a render pays ≈ 3 ms per 500 kB, a feed request never
-(the web layer keeps the body it read, per ETag).
+Feed bodies are stored as segments of about 8 VEVENTs (``feed_segments.blob``, migration
+0015, icsfeed.store.segments), compressed like rows, with dictionaries of the field
+``segment`` (one source group for every feed): a re-render compresses only the segments it
+changed, a feed request never (the web layer keeps the body it read, per ETag). A body stored
+whole before 0015 (``feeds.body``) is one zstd frame without a dictionary, at zstd's fastest
+level (:func:`pack_body`).
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ MIN_SAMPLES = 16
 #: replaced by one trained on a batch at least ``RETRAIN_FACTOR`` times as large
 MAX_SAMPLES, RETRAIN_FACTOR = 300, 4
 DICT_SIZE = 16 * 1024
-#: the columns with dictionaries
-FIELDS = ("data", "vevent")
+#: the columns with dictionaries (``segment``: feed_segments.blob, icsfeed.store.feeds)
+FIELDS = ("data", "vevent", "segment")
 
 
 class UndecodableBlob(ValueError):

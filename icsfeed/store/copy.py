@@ -15,6 +15,7 @@ from icsfeed.store.database import StoreError, db_reason, redact_url
 from icsfeed.store.schema import (
     dictionaries_table,
     events_table,
+    feed_segments_table,
     feeds_table,
     insights_due_table,
     settings_table,
@@ -25,8 +26,9 @@ log = logging.getLogger("icsfeed.store")
 
 #: what is copied, parents first; settings only between server databases (SQLite keeps the
 #: key in its data directory: the caller passes it). Rows are copied as stored: the events'
-#: encoded values with the dictionaries they name (ids kept), feed bodies compressed.
-TABLES = (events_table, source_state_table, feeds_table, insights_due_table, dictionaries_table)
+#: encoded values with the dictionaries they name (ids kept), feed bodies compressed (whole, or
+#: as the segments their rows list).
+TABLES = (events_table, source_state_table, feeds_table, feed_segments_table, insights_due_table, dictionaries_table)
 BATCH = 1000
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, bindparam, case, cast, func, select, update
+from sqlalchemy import BigInteger, and_, bindparam, case, cast, delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from icsfeed.store.codec import UndecodableBlob, pack_body, unpack_body
+from icsfeed.store.codec import Codec, UndecodableBlob, unpack_body
 from icsfeed.store.database import StoreError, bump_or_insert, db_reason, insert_missing
-from icsfeed.store.events import FeedQuery
-from icsfeed.store.schema import events_table, feeds_table
+from icsfeed.store.events import FeedQuery, _executemany, _fetch_all, _mark
+from icsfeed.store.schema import events_table, feed_segments_table, feeds_table
+from icsfeed.store.segments import Segments, decode_list, encode_list, split
 
 log = logging.getLogger("icsfeed.store")
 
@@ -37,9 +39,91 @@ def _feed_statement(with_body: bool, gz: bool) -> Any:
     f = feeds_table
     cols = [f.c.feed_id, f.c.etag, f.c.last_modified, f.c.rendered_at, f.c.event_count,
             f.c.render_seconds, f.c.render_key, f.c.window_day]
-    if with_body:
-        cols.append(f.c.body_gz if gz else f.c.body)
+    if with_body and gz:
+        cols.append(f.c.body_gz)
+    elif with_body:  # the body whole (before 0015), or the list of its segments (read next)
+        cols += [f.c.body, f.c.body_head, f.c.body_tail, f.c.segments]
     return select(*cols).where(f.c.feed_id == bindparam("feed_id"))
+
+
+#: the source group (icsfeed.store.codec) of feed segments' dictionaries: one for all feeds
+SEGMENT_GROUP = "feeds"
+
+
+class StoredSegments:
+    """A feed's stored body as its segments (icsfeed.store.segments), each read and
+    decompressed only when asked for: what a re-render starts from (it reads the segments it
+    changes). ``load``: the stored blobs of some digests (those it finds)."""
+
+    def __init__(self, etag: str, segments: Segments, blobs: dict[str, bytes], decode: Callable[[bytes], bytes],
+                 load: Callable[[list[str]], dict[str, bytes]] | None = None) -> None:
+        self.etag = etag
+        self.segments = segments
+        self._blobs = blobs
+        self._decode = decode
+        self._load = load
+        self._raw: dict[int, bytes] = {}
+
+    def preload(self, positions: Iterable[int]) -> None:
+        """Read the blobs of these segments in one go (before :meth:`raw` asks for each)."""
+        wanted = sorted({self.segments.digests[j] for j in positions} - self._blobs.keys())
+        if wanted and self._load is not None:
+            self._blobs.update(self._load(wanted))
+
+    def preload_blobs(self, blobs: dict[str, bytes]) -> None:
+        """Blobs read already (get_feed's)."""
+        self._blobs.update(blobs)
+
+    def raw(self, j: int) -> bytes:
+        """The bytes of segment ``j``. Raises UndecodableBlob."""
+        got = self._raw.get(j)
+        if got is None:
+            digest = self.segments.digests[j]
+            if digest not in self._blobs:
+                self.preload([j])
+            blob = self._blobs.get(digest)
+            if blob is None:
+                raise UndecodableBlob(f"segment {digest} is missing")
+            got = self._raw[j] = self._decode(blob)
+            if len(got) != self.segments.lengths[j]:
+                raise UndecodableBlob(f"segment {digest} is {len(got)} bytes, listed as {self.segments.lengths[j]}")
+        return got
+
+    def by_digest(self, digest: str) -> bytes:
+        """The bytes of the stored segment ``digest``. Raises UndecodableBlob."""
+        if digest not in self._blobs:
+            self.preload([self.segments.digests.index(digest)])
+        blob = self._blobs.get(digest)
+        if blob is None:
+            raise UndecodableBlob(f"segment {digest} is missing")
+        return self._decode(blob)
+
+    def body(self) -> bytes:
+        """The whole body. Raises UndecodableBlob."""
+        segs = self.segments
+        self.preload(range(len(segs.digests)))
+        return b"".join([segs.head, *map(self.raw, range(len(segs.digests))), segs.tail])
+
+
+def _segments_of(rows: list[Any], decode: Callable[[bytes], bytes],
+                 load: Callable[[list[str]], dict[str, bytes]] | None = None) -> StoredSegments | None:
+    """The stored segments of get_feed's rows (None: a body stored whole), or of the feed row
+    alone with ``load`` to read the blobs. Raises UndecodableBlob."""
+    first = rows[0]
+    if first.segments is None:
+        return None
+    try:
+        digests, lengths, check = decode_list(first.segments)
+    except ValueError as exc:
+        raise UndecodableBlob(str(exc)) from None
+    blobs: dict[str, bytes] = {}
+    segments = Segments(head=bytes(first.body_head or b""), tail=bytes(first.body_tail or b""),
+                        digests=digests, lengths=lengths, based_on=(first.segments, digests), check=check)
+    return StoredSegments(first.etag, segments, blobs, decode, load)
+
+
+_SEGMENTED_ROW = select(feeds_table.c.etag, feeds_table.c.body_head, feeds_table.c.body_tail,
+                        feeds_table.c.segments).where(feeds_table.c.feed_id == bindparam("feed_id"))
 
 
 #: get_feed's statements by (with_body, gz)
@@ -85,6 +169,7 @@ class FeedsMixin:
 
     engine: Engine
     saves: int
+    codec: Codec
     _feed_conditions: Any
 
     def feed_versions(self, query: FeedQuery) -> tuple[list[int], list[int], list[int]]:
@@ -137,9 +222,14 @@ class FeedsMixin:
 
     def save_feed(self, feed_id: str, body: bytes, body_gz: bytes, etag: str, *, event_count: int,
                   now: float, render_seconds: float, render_key: str, window_day: str,
-                  generation: int | None = None) -> bool:
+                  generation: int | None = None, segments: Segments | None = None) -> bool:
         """Store a rendered feed, compare-and-set; returns True when its bytes changed
         (Last-Modified moves then).
+
+        The body is stored as segments (icsfeed.store.segments): ``segments``, the body as
+        render cut it (the bytes of every segment the feed's stored body does not have yet;
+        ``body`` may then be empty), else ``body`` cut here. Only segments the stored body
+        lacks are written, those it no longer lists deleted, in the same transaction.
 
         ``generation`` is the feed's dirty generation read before the render
         (:meth:`feed_render_generations`). Several processes may render the same feed: the
@@ -154,39 +244,126 @@ class FeedsMixin:
                 # a row to compare with (and SQLite's write lock), then that row locked on PostgreSQL:
                 # what is read here stays true until the commit
                 insert_missing(conn, f, [{"feed_id": feed_id, "dirty": True, "dirty_gen": 0}])
-                old = conn.execute(select(f.c.etag, f.c.body_gen).where(f.c.feed_id == feed_id)
+                old = conn.execute(select(f.c.etag, f.c.body_gen, f.c.segments).where(f.c.feed_id == feed_id)
                                    .with_for_update()).one()
                 if generation is not None and old.body_gen is not None and old.body_gen > generation:
                     log.info("render of %s from generation %d not saved: one from generation %d was",
                              feed_id, generation, old.body_gen)
                     return False
                 changed = old.etag != etag
+                # a body stored whole (before 0015) is stored as segments by its next render, changed or not
+                if (changed or old.segments is None) and not self._save_segments(
+                        conn, feed_id, segments if segments is not None else split(body), old.segments):
+                    return False
                 clean: Any = False if generation is None else case(
                     (func.coalesce(f.c.dirty_gen, 0) == generation, False), else_=f.c.dirty)
                 values = {"rendered_at": now, "render_seconds": render_seconds, "event_count": event_count,
                           "dirty": clean, "render_key": render_key, "window_day": window_day,
                           "body_gen": generation}
-                if changed:  # the body compressed (icsfeed.store.codec); get_feed gives it back as it was
-                    values.update(body=pack_body(body), body_gz=body_gz, etag=etag, last_modified=now)
+                if changed:  # its segments written above; get_feed gives the body back as it was
+                    values.update(body_gz=body_gz, etag=etag, last_modified=now)
                 conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store feed {feed_id}: {db_reason(exc)}") from None
         self.saves += 1
         return changed
 
+    def _save_segments(self, conn: Any, feed_id: str, segments: Segments, listed: str | None) -> bool:
+        """Make the feed's stored segments those ``segments`` lists (and its row name them):
+        False when one it needs is neither stored nor given (the body it was spliced from is
+        gone: not saved, the feed stays dirty). ``listed``: the row's list now (the stored
+        segments are the ones it names: both are written together)."""
+        s = feed_segments_table
+        if listed is not None and segments.based_on is not None and segments.based_on[0] == listed:
+            stored = set(segments.based_on[1])  # the list the render read and spliced: already parsed
+        else:
+            try:
+                stored = set(decode_list(listed)[0]) if listed is not None else None
+            except ValueError:
+                stored = None
+        if stored is None:  # stored whole until now (or an unreadable list): whatever rows there are
+            stored = set(conn.execute(select(s.c.digest).where(s.c.feed_id == feed_id)).scalars())
+        wanted = set(segments.digests)
+        new = wanted - stored
+        if not new <= segments.raw.keys():
+            log.warning("render of %s not saved: %d of its segments are neither stored nor given", feed_id,
+                        len(new - segments.raw.keys()))
+            return False
+        gone = stored - wanted
+        mark = _mark(conn)  # by the DB-API cursor: a re-render writes and deletes a hundred of them
+        if gone:
+            _executemany(conn, f"DELETE FROM feed_segments WHERE feed_id = {mark} AND digest = {mark}",
+                         [(feed_id, d) for d in sorted(gone)])
+        if new:  # compressed with the segments' dictionary (one for every feed: their VEVENTs are alike)
+            names = sorted(new)
+            blobs = self.codec.encode_values(conn, "segment", [SEGMENT_GROUP] * len(names),
+                                             [segments.raw[d] for d in names])
+            _executemany(conn, f"INSERT INTO feed_segments (feed_id, digest, blob) VALUES ({mark}, {mark}, {mark})",
+                         list(zip(repeat(feed_id), names, blobs, strict=False)))
+        conn.execute(update(feeds_table).where(feeds_table.c.feed_id == feed_id).values(
+            body=None, body_head=segments.head, body_tail=segments.tail,
+            segments=encode_list(segments.digests, segments.lengths, segments.check)))
+        return True
+
+    def feed_segments(self, feed_id: str) -> StoredSegments | None:
+        """The feed's stored body as segments, each read and decompressed when asked for
+        (what a re-render starts from: it reads the few it changes); None when never rendered
+        or stored whole (before migration 0015). Raises UndecodableBlob for a segment list
+        that cannot be read, and later for a segment no longer stored (a render elsewhere
+        replaced the body meanwhile: render_feeds then renders from the events)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_SEGMENTED_ROW, {"feed_id": feed_id}).first()
+        if row is None or row.etag is None:
+            return None
+        return _segments_of([row], self.codec.decode, lambda digests: self._segment_blobs(feed_id, digests))
+
+    def _all_segment_blobs(self, conn: Any, feed_id: str) -> dict[str, bytes]:
+        """Every stored segment blob of the feed, by digest (the DB-API cursor's rows)."""
+        sql = f"SELECT digest, blob FROM feed_segments WHERE feed_id = {_mark(conn)}"
+        return {d: bytes(b) for d, b in _fetch_all(conn, sql, (feed_id,))}
+
+    def _segment_blobs(self, feed_id: str, digests: list[str]) -> dict[str, bytes]:
+        """The stored blobs of these segments of the feed (those there are), by the DB-API cursor."""
+        out: dict[str, bytes] = {}
+        with self.engine.connect() as conn:
+            mark = _mark(conn)
+            for at in range(0, len(digests), 500):
+                chunk = digests[at:at + 500]
+                sql = (f"SELECT digest, blob FROM feed_segments WHERE feed_id = {mark} "
+                       f"AND digest IN ({', '.join([mark] * len(chunk))})")
+                out.update((d, bytes(b)) for d, b in _fetch_all(conn, sql, (feed_id, *chunk)))
+        return out
+
     def get_feed(self, feed_id: str, *, with_body: bool = True, gz: bool = False) -> StoredFeed | None:
         """A rendered feed (body, or the gzip body when ``gz``), or None if never rendered.
 
-        Every feed request makes this lookup, so its statements are built once."""
+        Every feed request makes this lookup, so its statements are built once. The body is
+        the one stored whole (before migration 0015) or its segments joined."""
         stmt = _FEED_STATEMENTS[(with_body, gz)]
-        with self.engine.connect() as conn:
-            row = conn.execute(stmt, {"feed_id": feed_id}).first()
-        if row is None or row.etag is None:
-            return None
+        for attempt in range(3):  # the row, then its segments: again if a render replaced them between
+            with self.engine.connect() as conn:
+                row = conn.execute(stmt, {"feed_id": feed_id}).first()
+                blobs = self._all_segment_blobs(conn, feed_id) \
+                    if with_body and not gz and row is not None and row.segments is not None else {}
+            if row is None or row.etag is None:
+                return None
+            if not with_body or gz or row.segments is None or attempt == 2:
+                break
+            try:
+                if set(decode_list(row.segments)[0]) <= blobs.keys():
+                    break
+            except ValueError:
+                break
         body = b""
         if with_body:
             try:
-                body = unpack_body(row[-1]) if not gz else bytes(row[-1] or b"")
+                if gz:
+                    body = bytes(row.body_gz or b"")
+                else:
+                    segmented = _segments_of([row], self.codec.decode, lambda digests: {})
+                    if segmented is not None:
+                        segmented.preload_blobs(blobs)
+                    body = segmented.body() if segmented is not None else unpack_body(row.body)
             except UndecodableBlob as exc:
                 log.error("the stored body of feed %s cannot be read (%s): marked for a new render", feed_id, exc)
                 self._forget_body(feed_id)
@@ -197,13 +374,21 @@ class FeedsMixin:
             event_count=row.event_count or 0, render_seconds=row.render_seconds or 0.0,
             render_key=row.render_key, window_day=row.window_day)
 
+    def drop_feed_body(self, feed_id: str) -> None:
+        """Drop a stored body found unreadable (a segment a re-render could not read): the
+        feed is marked for a render, which stores every segment again."""
+        log.error("the stored body of feed %s cannot be read: marked for a new render", feed_id)
+        self._forget_body(feed_id)
+
     def _forget_body(self, feed_id: str) -> None:
         """An unreadable body is dropped with its ETag and the feed marked dirty: the next render
         writes it again (its ETag would otherwise match, and save_feed keep the bad bytes)."""
         f = feeds_table
         try:
             with self.engine.begin() as conn:
-                conn.execute(update(f).where(f.c.feed_id == feed_id).values(body=None, body_gz=None, etag=None))
+                conn.execute(update(f).where(f.c.feed_id == feed_id).values(
+                    body=None, body_gz=None, etag=None, body_head=None, body_tail=None, segments=None))
+                conn.execute(delete(feed_segments_table).where(feed_segments_table.c.feed_id == feed_id))
                 self._mark_dirty(conn, [feed_id])
         except SQLAlchemyError as exc:  # a read-only database: it stays unreadable until a render can write
             log.warning("cannot mark feed %s for a new render: %s", feed_id, db_reason(exc))

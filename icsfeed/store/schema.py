@@ -94,7 +94,8 @@ source_state_table = Table(
 feeds_table = Table(
     "feeds", metadata,
     Column("feed_id", String(160), primary_key=True),
-    Column("body", LargeBinary),  # zstd-compressed (icsfeed.store.codec.pack_body)
+    #: zstd-compressed (icsfeed.store.codec.pack_body); NULL once stored as segments (migration 0015)
+    Column("body", LargeBinary),
     Column("body_gz", LargeBinary),
     Column("etag", String(80)),
     Column("last_modified", Float),
@@ -108,6 +109,20 @@ feeds_table = Table(
     Column("body_gen", Integer),
     Column("render_key", String(64)),
     Column("window_day", String(10)),
+    #: the body as segments (icsfeed.store.segments): the VCALENDAR lines before and after the
+    #: VEVENTs, and the ordered ``digest:length`` list of the segments between (feed_segments)
+    Column("body_head", LargeBinary),
+    Column("body_tail", LargeBinary),
+    Column("segments", Text),
+)
+
+#: the segments of the feeds' bodies (icsfeed.store.segments), each zstd-compressed, by the
+#: sha256 of its bytes; a feed's rows are the segments its body lists, no others
+feed_segments_table = Table(
+    "feed_segments", metadata,
+    Column("feed_id", String(160), primary_key=True),
+    Column("digest", String(32), primary_key=True),
+    Column("blob", LargeBinary, nullable=False),
 )
 
 #: accounts whose insights a poll made out of date (see Store.mark_insights_due)
