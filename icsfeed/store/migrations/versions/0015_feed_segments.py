@@ -1,7 +1,7 @@
 """Feed bodies as content-defined segments: a re-render writes only the segments that changed.
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-03
 
 ``feed_segments`` holds each feed's segments (icsfeed.store.segments), zstd-compressed, by the
@@ -19,7 +19,7 @@ from icsfeed.store.codec import Codec, pack_body
 from icsfeed.store.segments import decode_list
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
