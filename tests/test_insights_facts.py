@@ -170,3 +170,26 @@ def test_rows_stored_without_facts_decide_alike_and_get_them_written_back(
     assert flags(store) == flags(ref)
     store.close()
     ref.close()
+
+
+@pytest.mark.parametrize("only", ["stale_tickets", "backups", "summary"])
+def test_one_detector_alone_still_records_what_it_read(tmp_path: Path, runs: Counter[str], only: str) -> None:  # noqa: F811
+    """With one detector on, the history reads only what it asks for (the stale-ticket kinds
+    alone, its own flags alone); the first refresh still records its inputs, so the next one
+    with nothing changed does not run it."""
+    switched = {"bursts": {"enabled": False}, "backups": {"enabled": False}, "stale_tickets": {"enabled": False},
+                "summary": {"enabled": False}}
+    switched.pop(only)
+    config = make_config(tmp_path, insights=switched)
+    store = Store(config.storage_url, uid_host=config.uid_host)
+    by_source: dict[str, list[Event]] = {}
+    for ev in history():
+        by_source.setdefault(ev.source, []).append(ev)
+    for source, evs in by_source.items():
+        store.apply_poll(source, evs, absence="keep", complete=True, now=NOW.timestamp(), previous_success=None)
+    refresh_reused(config, store, NOW)
+    refresh_reused(config, store, NOW + timedelta(minutes=1))  # the same flags: recorded
+    runs.clear()
+    refresh_reused(config, store, NOW + timedelta(minutes=2))
+    assert set(runs) == set(), runs
+    store.close()

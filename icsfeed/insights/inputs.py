@@ -107,8 +107,12 @@ class AccountInputs:
 
     def _from_history(self) -> list[VersionRow] | None:
         h = self._history
-        flags = h.flags() if h is not None else None
-        if h is None or h.read is None or flags is None:
+        if h is None:
+            return None
+        if h.read is None or h.flags() is None:  # a detector read only part of it (its kinds, its own flags)
+            h.load()
+        flags = h.flags()
+        if h.read is None or flags is None:
             return None
         if self._rows is not None and self._seen is flags:
             return self._rows
@@ -122,7 +126,8 @@ class AccountInputs:
         return self._rows
 
     def rows(self) -> list[VersionRow] | None:
-        """The versions, by start then id (None: taken from a history that has not read yet)."""
+        """The versions, by start then id (from the history: read in full first if a detector
+        read only part of it; None when it could not read)."""
         if self._history is not None:
             return self._from_history()  # never a query after the run: it might see newer rows
         if self._rows is None:
