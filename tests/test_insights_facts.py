@@ -40,8 +40,8 @@ def _stored(store: Store) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in conn.execute(select(t.c.id, t.c.kind, t.c.data, t.c.facts, t.c.content_hash))]
 
 
-def _loaded(tmp_path: Path) -> tuple[Config, Store, dict[str, list[Event]]]:
-    config = make_config(tmp_path)
+def _loaded(tmp_path: Path, insights: dict[str, Any] | None = None) -> tuple[Config, Store, dict[str, list[Event]]]:
+    config = make_config(tmp_path, insights=insights)
     store = Store(config.storage_url, uid_host=config.uid_host)
     by_source: dict[str, list[Event]] = {}
     for ev in history():
@@ -180,13 +180,7 @@ def test_one_detector_alone_still_records_what_it_read(tmp_path: Path, runs: Cou
     switched = {"bursts": {"enabled": False}, "backups": {"enabled": False}, "stale_tickets": {"enabled": False},
                 "summary": {"enabled": False}}
     switched.pop(only)
-    config = make_config(tmp_path, insights=switched)
-    store = Store(config.storage_url, uid_host=config.uid_host)
-    by_source: dict[str, list[Event]] = {}
-    for ev in history():
-        by_source.setdefault(ev.source, []).append(ev)
-    for source, evs in by_source.items():
-        store.apply_poll(source, evs, absence="keep", complete=True, now=NOW.timestamp(), previous_success=None)
+    config, store, _ = _loaded(tmp_path, switched)
     refresh_reused(config, store, NOW)
     refresh_reused(config, store, NOW + timedelta(minutes=1))  # the same flags: recorded
     runs.clear()
