@@ -135,6 +135,15 @@ def _poll(config: Config, store: Store, events: list[Any], at: float, fragments:
                      fragment=fragment_renderer(config) if fragments else None)
 
 
+def _polled_and_rendered(make_env: Callable[[dict[str, str]], tuple[Config, Store]],
+                         events: list[Any]) -> tuple[Config, Store]:
+    """A store of CONFIG that took ``events`` in one poll and rendered every feed."""
+    config, store = make_env({"icsfeed.yaml": CONFIG})
+    _poll(config, store, events, NOW.timestamp())
+    render_feeds(config, store, now=NOW)
+    return config, store
+
+
 def _stored_segments(store: Store, feed_id: str) -> tuple[list[str], set[str]]:
     """(the digests the feed row lists, the digests of its rows in feed_segments)."""
     s, f = feed_segments_table, feeds_table
@@ -163,12 +172,10 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 def test_a_rerender_by_segments_equals_a_render_from_the_events(
         make_env: Callable[[dict[str, str]], tuple[Config, Store]], monkeypatch: pytest.MonkeyPatch,
         fragments: bool) -> None:
-    config, store = make_env({"icsfeed.yaml": CONFIG})
     rnd = random.Random(11)
     events = [replace(make_event(i, rnd, NOW), attrs={}, kind="ticket" if i % 5 == 4 else make_event(i, rnd, NOW).kind)
               for i in range(400)]
-    _poll(config, store, events, NOW.timestamp())
-    render_feeds(config, store, now=NOW)
+    config, store = _polled_and_rendered(make_env, events)
     assert stored_bodies(config, store) == from_scratch(config, store, NOW)
     listed, rows = _stored_segments(store, "team/all")
     assert len(listed) > 20 and rows == set(listed)
@@ -192,11 +199,9 @@ def test_a_rerender_by_segments_equals_a_render_from_the_events(
 
 def test_a_changed_event_rewrites_its_segment_and_reads_only_that_one(
         make_env: Callable[[dict[str, str]], tuple[Config, Store]], monkeypatch: pytest.MonkeyPatch) -> None:
-    config, store = make_env({"icsfeed.yaml": CONFIG})
     rnd = random.Random(5)
     events = [replace(make_event(i, rnd, NOW), account="acme", attrs={}, kind="ticket") for i in range(300)]
-    _poll(config, store, events, NOW.timestamp())
-    render_feeds(config, store, now=NOW)
+    config, store = _polled_and_rendered(make_env, events)
     before, _ = _stored_segments(store, "account/acme")
     fetched: list[list[str]] = []
     original = Store._segment_blobs
@@ -221,11 +226,9 @@ def test_a_changed_event_rewrites_its_segment_and_reads_only_that_one(
 
 
 def test_same_body_same_etag_and_last_modified(make_env: Callable[[dict[str, str]], tuple[Config, Store]]) -> None:
-    config, store = make_env({"icsfeed.yaml": CONFIG})
     rnd = random.Random(2)
     events = [make_event(i, rnd, NOW) for i in range(120)]
-    _poll(config, store, events, NOW.timestamp())
-    render_feeds(config, store, now=NOW)
+    config, store = _polled_and_rendered(make_env, events)
     first = {s.feed_id: store.get_feed(s.feed_id) for s in all_feeds(config)}
     render_feeds(config, store, now=NOW, force=True)  # from the events alone: the same bytes
     for feed_id, old in first.items():
@@ -243,11 +246,9 @@ def test_same_body_same_etag_and_last_modified(make_env: Callable[[dict[str, str
 
 
 def test_the_body_served_is_the_stored_body(make_env: Callable[[dict[str, str]], tuple[Config, Store]]) -> None:
-    config, store = make_env({"icsfeed.yaml": CONFIG})
     rnd = random.Random(9)
     events = [replace(make_event(i, rnd, NOW), attrs={}) for i in range(300)]
-    _poll(config, store, events, NOW.timestamp())
-    render_feeds(config, store, now=NOW)
+    config, store = _polled_and_rendered(make_env, events)
     secret = feed_secret(config, store)
     assert secret is not None
     client = create_app(LiveConfig(config, check_every=3600), store, secret).test_client()
@@ -268,11 +269,9 @@ def test_the_body_served_is_the_stored_body(make_env: Callable[[dict[str, str]],
 
 
 def test_an_unreadable_segment_is_rendered_again(make_env: Callable[[dict[str, str]], tuple[Config, Store]]) -> None:
-    config, store = make_env({"icsfeed.yaml": CONFIG})
     rnd = random.Random(3)
     events = [ticket(i, rnd) for i in range(100)]  # all in account/acme's window
-    _poll(config, store, events, NOW.timestamp())
-    render_feeds(config, store, now=NOW)
+    config, store = _polled_and_rendered(make_env, events)
     s = feed_segments_table
     with store.engine.begin() as conn:  # every segment of the feed corrupt
         conn.execute(update(s).where(s.c.feed_id == "account/acme").values(blob=b"\x28\xb5\x2f\xfdbroken"))
@@ -295,11 +294,9 @@ def test_an_unreadable_segment_is_rendered_again(make_env: Callable[[dict[str, s
 def test_a_body_stored_whole_is_read_and_rerendered_into_segments(
         make_env: Callable[[dict[str, str]], tuple[Config, Store]]) -> None:
     """What code before 0015 wrote (feeds.body, no segments) keeps working until re-rendered."""
-    config, store = make_env({"icsfeed.yaml": CONFIG})
     rnd = random.Random(8)
     events = [replace(make_event(i, rnd, NOW), attrs={}) for i in range(150)]
-    _poll(config, store, events, NOW.timestamp())
-    render_feeds(config, store, now=NOW)
+    config, store = _polled_and_rendered(make_env, events)
     bodies = stored_bodies(config, store)
     f, s = feeds_table, feed_segments_table
     with store.engine.begin() as conn:  # as an older icsfeed stored them
@@ -321,11 +318,9 @@ def test_a_body_stored_whole_is_read_and_rerendered_into_segments(
 
 
 def test_upgrade_from_0013_and_back_keeps_the_bodies(make_env: Callable[[dict[str, str]], tuple[Config, Store]]) -> None:
-    config, store = make_env({"icsfeed.yaml": CONFIG})
     rnd = random.Random(6)
     events = [replace(make_event(i, rnd, NOW), attrs={}) for i in range(150)]
-    _poll(config, store, events, NOW.timestamp())
-    render_feeds(config, store, now=NOW)
+    config, store = _polled_and_rendered(make_env, events)
     bodies = stored_bodies(config, store)
     with store.engine.connect() as conn, conn.begin():
         command.downgrade(alembic_config(conn), "0013")

@@ -22,12 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
-from test_insights_inputs import NOW, history, refresh_reused, runs  # noqa: F401  (the fixture)
+from test_insights_inputs import NOW, history, loaded, refresh_reused, runs  # noqa: F401  (the fixture)
 from test_insights_support import make_config
 
-from icsfeed.config import Config
 from icsfeed.insights import refresh_account, settings_of
-from icsfeed.model import Event
 from icsfeed.store import Store
 from icsfeed.store.events import EventsMixin
 from icsfeed.store.facts import COUNTED, FACT_SETS, TEXT, facts_part, row_facts
@@ -38,17 +36,6 @@ def _stored(store: Store) -> list[tuple[Any, ...]]:
     t = events_table
     with store.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(select(t.c.id, t.c.kind, t.c.data, t.c.facts, t.c.content_hash))]
-
-
-def _loaded(tmp_path: Path, insights: dict[str, Any] | None = None) -> tuple[Config, Store, dict[str, list[Event]]]:
-    config = make_config(tmp_path, insights=insights)
-    store = Store(config.storage_url, uid_host=config.uid_host)
-    by_source: dict[str, list[Event]] = {}
-    for ev in history():
-        by_source.setdefault(ev.source, []).append(ev)
-    for source, evs in by_source.items():
-        store.apply_poll(source, evs, absence="keep", complete=True, now=NOW.timestamp(), previous_success=None)
-    return config, store, by_source
 
 
 @pytest.fixture
@@ -68,7 +55,7 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
 
 def test_every_write_keeps_the_facts_of_its_stored_json(tmp_path: Path) -> None:
-    config, store, by_source = _loaded(tmp_path)
+    config, store, by_source = loaded(tmp_path)
     refresh_reused(config, store, NOW)  # flags written by the insights' polls
     ticket = by_source["tickets"][0]
     store.apply_poll("tickets", [replace(ticket, title="Changed", attrs={"state": "open"})], absence="keep",
@@ -113,7 +100,7 @@ def test_facts_of_hostile_text_are_those_of_the_stored_json(tmp_path_factory: py
 
 def test_a_title_change_is_told_from_the_versions_without_decoding_a_row(
         tmp_path: Path, runs: Counter[str], decoded: Counter[str]) -> None:  # noqa: F811
-    config, store, by_source = _loaded(tmp_path)
+    config, store, by_source = loaded(tmp_path)
     refresh_reused(config, store, NOW)
     refresh_reused(config, store, NOW + timedelta(minutes=1))  # recorded: the next refresh can skip
     backup = by_source["backups"][5]
@@ -135,7 +122,7 @@ def test_a_title_change_is_told_from_the_versions_without_decoding_a_row(
 def test_rows_stored_without_facts_decide_alike_and_get_them_written_back(
         tmp_path: Path, runs: Counter[str], another_store: Any) -> None:  # noqa: F811
     another_store()
-    config, store, by_source = _loaded(tmp_path / "a")
+    config, store, by_source = loaded(tmp_path / "a")
     refresh_reused(config, store, NOW)
     refresh_reused(config, store, NOW + timedelta(minutes=1))
     with store.engine.begin() as conn:  # as an installation upgraded to 0014 has them
@@ -153,7 +140,7 @@ def test_rows_stored_without_facts_decide_alike_and_get_them_written_back(
         assert facts == row_facts(json.loads(store.codec.text(data)))
     # the same flags as a store that never lost its facts, and as a full recompute
     another_store()
-    ref_config, ref, _ = _loaded(tmp_path / "b")
+    ref_config, ref, _ = loaded(tmp_path / "b")
     for when in (NOW, NOW + timedelta(minutes=1)):
         refresh_account(ref_config, ref, settings_of(ref_config), ref_config.accounts["acme"], when.timestamp(),
                         reuse=False)
@@ -180,7 +167,7 @@ def test_one_detector_alone_still_records_what_it_read(tmp_path: Path, runs: Cou
     switched = {"bursts": {"enabled": False}, "backups": {"enabled": False}, "stale_tickets": {"enabled": False},
                 "summary": {"enabled": False}}
     switched.pop(only)
-    config, store, _ = _loaded(tmp_path, switched)
+    config, store, _ = loaded(tmp_path, switched)
     refresh_reused(config, store, NOW)
     refresh_reused(config, store, NOW + timedelta(minutes=1))  # the same flags: recorded
     runs.clear()

@@ -103,19 +103,25 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     yield counted
 
 
-def refresh_reused(config: Config, store: Store, now: datetime, account: str = "acme") -> None:
-    refresh_account(config, store, settings_of(config), config.accounts[account], now.timestamp())
-
-
-def test_unchanged_inputs_skip_the_detector_and_each_change_runs_those_that_read_it(
-        tmp_path: Path, runs: Counter[str]) -> None:
-    config = make_config(tmp_path)
+def loaded(root: Path, insights: dict[str, Any] | None = None) -> tuple[Config, Store, dict[str, list[Event]]]:
+    """A store of :func:`history`, one complete poll per source, with these insight settings."""
+    config = make_config(root, insights=insights)
     store = Store(config.storage_url, uid_host=config.uid_host)
     by_source: dict[str, list[Event]] = {}
     for ev in history():
         by_source.setdefault(ev.source, []).append(ev)
     for source, evs in by_source.items():
         store.apply_poll(source, evs, absence="keep", complete=True, now=NOW.timestamp(), previous_success=None)
+    return config, store, by_source
+
+
+def refresh_reused(config: Config, store: Store, now: datetime, account: str = "acme") -> None:
+    refresh_account(config, store, settings_of(config), config.accounts[account], now.timestamp())
+
+
+def test_unchanged_inputs_skip_the_detector_and_each_change_runs_those_that_read_it(
+        tmp_path: Path, runs: Counter[str]) -> None:
+    config, store, by_source = loaded(tmp_path)
     every = {"bursts", "backups", "stale_tickets", "summary"}
     refresh_reused(config, store, NOW)  # a first run writes every flag: nothing recorded
     refresh_reused(config, store, NOW + timedelta(minutes=1))  # runs again, changes nothing: recorded
