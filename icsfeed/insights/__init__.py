@@ -13,9 +13,11 @@ re-rendered by the next render. See docs/INSIGHTS.md.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 from contextlib import suppress
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 
 from icsfeed.config import AccountConfig, Config
@@ -32,6 +34,7 @@ from icsfeed.insights.base import (
 from icsfeed.insights.facts import AccountFacts
 from icsfeed.insights.inputs import AccountInputs, inputs_of, reads_flags, recorded, still_holds
 from icsfeed.insights.settings import InsightsSettings
+from icsfeed.insights.verdicts import TicketVerdicts
 from icsfeed.model import Event
 from icsfeed.routing import affected_feeds
 from icsfeed.store import Store, StoreError, Touched
@@ -111,10 +114,12 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
     history = History(store, account, start, end, wide=wide, wide_kinds=wide_kinds)
     inputs = AccountInputs(store, config, settings, account, (start, end), wide, wide_kinds)
     active = [d for d in DETECTORS if settings.enabled and d.enabled(settings)]
+    names = {d.name for d in active}
     last = last_inputs(store, [source_id(d.name, account.id) for d in active]) if reuse and active else {}
     if not last:  # nothing to compare with: digest what the history reads, after the runs
         inputs.use(history)
     facts = AccountFacts(inputs, history, store)
+    verdicts: TicketVerdicts | None = None  # the stale-ticket verdicts (made when first needed)
     touched: set[Touched] = set()
     unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
     kept: dict[str, LastInputs | None] = {}  # what those runs read; None: forget (flags written, or not run)
@@ -122,8 +127,13 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
         for detector in DETECTORS:
             sid = source_id(detector.name, account.id)
             events: list[Event] = []
+            stood_by: set[str] = set()  # stored flags the detector stands by unread (AccountContext.kept)
+            partial = False  # whether only some of its stored flags were read (see below)
             if detector in active:
                 ctx = AccountContext(config, settings, account, when, history, counted=facts.counted if reuse else None)
+                if reuse and tickets.NAME in names and detector.name in (tickets.NAME, summary.NAME):
+                    verdicts = verdicts or _verdicts(inputs, ctx, last.get(source_id(tickets.NAME, account.id)))
+                    ctx.verdicts = verdicts
                 read = inputs.digest(detector, ctx, sid) if reuse and last else None
                 if read is not None and still_holds(last.get(sid), read[0], ctx):
                     unchanged.append(sid)  # the same rows, day and clock: the same flags
@@ -133,13 +143,16 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 if read is not None and prev is not None and fact is not None \
                         and still_holds(prev, fact, ctx, facts=True):
                     unchanged.append(sid)  # only fields it does not read changed: the same flags
-                    kept[sid] = LastInputs(recorded(read[0], fact), prev.run_at, prev.valid_until)
+                    kept[sid] = LastInputs(recorded(read[0], fact), prev.run_at, prev.valid_until, prev.memo)
                     continue
                 before = read  # what it reads but its own section, to tell whether its write changes it
                 if reuse and read is None and reads_flags(detector, ctx):
                     history.load()
                     before = inputs.digest(detector, ctx, sid)
-                rows = history.own(sid)
+                # with the last run's verdicts, the stale-ticket detector makes again only the flags of
+                # the tickets that changed; of its stored flags only those are read (after it ran)
+                partial = detector.name == tickets.NAME and verdicts is not None and verdicts.reusable
+                rows = [] if partial else history.own(sid)
                 mine = ctx.stored = [r.row.event for r in rows]
                 try:
                     events = detector.detect(ctx)
@@ -151,6 +164,10 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                     if sid in last:
                         kept[sid] = None
                     continue
+                stood_by = ctx.kept
+                if partial:
+                    rows = history.own_keyed(sid, [str(ev.key) for ev in events])
+                    mine = [r.row.event for r in rows]
                 events = settle(events, mine, ctx.today)  # passed days keep their text while the verdict holds
                 keep_before = detector.horizon(ctx)
                 fresh = {ev.key for ev in events}
@@ -161,18 +178,22 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 if not any(ev.status != "cancelled" for ev in mine):
                     continue  # switched off and nothing to cancel: leave no trace
                 read = before = None
-            if same_events(events, rows):  # the flags as stored: a write would only record the run
+            # the flags as stored (and, of a detector that read only some, no other one live):
+            # a write would only record the run
+            if same_events(events, rows) and (not partial or len(events) + len(stood_by) == inputs.live_flags(sid)):
                 unchanged.append(sid)
                 if reuse and detector in active and not last:  # (the history's own rows: as the run read them)
                     read = inputs.digest(detector, ctx, sid)
                 if read is not None:
-                    kept[sid] = inputs_of(recorded(read[0], facts.digest(detector, ctx, sid)), read[1], ctx)
+                    kept[sid] = _memo(inputs_of(recorded(read[0], facts.digest(detector, ctx, sid)), read[1], ctx),
+                                      detector, verdicts)
                 elif sid in last:
                     kept[sid] = None
                 continue
             record_runs(store, unchanged, now, kept)  # (in the order the writes would have been made)
             unchanged, kept = [], {}
             write, known = split_unchanged(events, rows)  # (the flags as stored: counted present, not rewritten)
+            known.update(dict.fromkeys(stood_by))
             changes = store.apply_poll(sid, write, absence="cancel", complete=True, now=now, previous_success=None,
                                        known=known)
             if changes.changed:
@@ -187,7 +208,8 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
             if read is not None and reads_flags(detector, ctx) and (before is None or before[2] != read[2]):
                 read = None
             if read is not None:
-                kept[sid] = inputs_of(recorded(read[0], facts.digest(detector, ctx, sid)), read[1], ctx)
+                kept[sid] = _memo(inputs_of(recorded(read[0], facts.digest(detector, ctx, sid)), read[1], ctx),
+                                  detector, verdicts)
             elif sid in last:
                 kept[sid] = None
     except StoreError:  # what was left unwritten before the store failed is still recorded, if it can be
@@ -196,6 +218,22 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
         raise
     record_runs(store, unchanged, now, kept)
     return touched
+
+
+def _verdicts(inputs: AccountInputs, ctx: AccountContext, last: LastInputs | None) -> TicketVerdicts:
+    """This refresh's stale-ticket verdicts: the last run's where they hold (same code,
+    settings, account and local day: its digest base), the others worked out as needed."""
+    base = hashlib.blake2b(inputs.base + tickets.NAME.encode() + b"\0" + ctx.today.isoformat().encode(),
+                           digest_size=16).digest()
+    return TicketVerdicts(inputs, tickets.tickets_read(ctx), base, source_id(tickets.NAME, ctx.account.id),
+                          ctx.now.timestamp(), last.memo if last is not None else None)
+
+
+def _memo(inputs: LastInputs, detector: Detector, verdicts: TicketVerdicts | None) -> LastInputs:
+    """The stale-ticket detector's recorded inputs with its verdicts (the others' as they are)."""
+    if detector.name != tickets.NAME or verdicts is None:
+        return inputs
+    return replace(inputs, memo=verdicts.memo())
 
 
 def _day(ev: Event) -> date:

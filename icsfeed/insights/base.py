@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from functools import cached_property, lru_cache
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from icsfeed.config import AccountConfig, Config
@@ -28,8 +28,19 @@ from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.render import VIEW_LINK_ATTR
 from icsfeed.store import EventRow, FeedQuery, Store, to_ts
-from icsfeed.store.history import HistoryRow, account_events, in_window, kind_events, source_events, wide_events
+from icsfeed.store.history import (
+    HistoryRow,
+    account_events,
+    in_window,
+    keyed_events,
+    kind_events,
+    source_events,
+    wide_events,
+)
 from icsfeed.urls import safe_url
+
+if TYPE_CHECKING:
+    from icsfeed.insights.verdicts import TicketVerdicts
 
 INSIGHT_KIND = "insight"
 SOURCE_PREFIX = "insight-"
@@ -148,6 +159,12 @@ class History:
         return self._keep([r for r in source_events(self.store, source) if r.kind == INSIGHT_KIND
                            and r.account_key == self.own_key and in_window(r, 0.0, 1e11)])
 
+    def own_keyed(self, source: str, keys: list[str]) -> list[HistoryRow]:
+        """The flags of one source with these keys, as :meth:`own` gives them (the few a
+        detector made again, when it stands by the others unread)."""
+        return self._keep([r for r in keyed_events(self.store, source, keys) if r.kind == INSIGHT_KIND
+                           and r.account_key == self.own_key and in_window(r, 0.0, 1e11)])
+
     def in_span(self, start: datetime, end: datetime) -> bool:
         """Whether [start, end) is answered from the events read first (see :meth:`indexed`)."""
         return start.timestamp() >= self.span[0] and end.timestamp() <= self.span[1]
@@ -230,6 +247,12 @@ class AccountContext:
     #: the account's row versions with their traits (insights/facts.py, AccountFacts.counted),
     #: for a detector that only counts (the summary); None, or None returned: from the history
     counted: Callable[[], list[Any] | None] | None = None
+    #: the stale-ticket verdicts of this refresh (insights/verdicts.py), shared by the detectors
+    #: that read tickets; None: each ticket is read and judged
+    verdicts: TicketVerdicts | None = None
+    #: keys of the detector's stored flags it stands by without having made them again (the
+    #: tickets whose verdict held): the refresh keeps them as stored
+    kept: set[str] = field(default_factory=set)
 
     def until(self, when: datetime) -> None:
         """Note that a comparison with ``now`` flips at ``when`` (later than now): until then,
@@ -318,12 +341,17 @@ def settle(fresh: list[Event], stored: list[Event], today: date) -> list[Event]:
     for ev in fresh:
         old = before.get(ev.key)
         verdict = ev.attrs.get(VERDICT_ATTR)
-        if old is not None and verdict is not None and old.attrs.get(VERDICT_ATTR) == verdict \
-                and _last_day(ev) < today and _last_day(old) < today:
-            out.append(old)
-        else:
-            out.append(ev)
+        out.append(old if old is not None and verdict is not None and settles(old, verdict, _last_day(ev), today)
+                   else ev)
     return out
+
+
+def settles(old: Event, verdict: str, last: date, today: date) -> bool:
+    """Whether :func:`settle` keeps the stored ``old`` for a fresh flag of this verdict whose
+    last day is ``last``: a detector that knows its verdict before its evidence (the summary)
+    can stop there."""
+    return old.status != "cancelled" and old.attrs.get(VERDICT_ATTR) == verdict \
+        and last < today and _last_day(old) < today
 
 
 def _last_day(ev: Event) -> date:

@@ -171,6 +171,16 @@ class AccountInputs:
         self._rows = sorted(kept + fresh, key=lambda r: (r[START], r[0]))
         self._bytes = self._by_kind = None
 
+    def own_digest(self, source: str) -> bytes:
+        """A digest of the versions of ``source``'s flags (its section of :meth:`digest`)."""
+        rows = self.rows() or []
+        own = b"".join(v for r, v in zip(rows, self._versions(), strict=True) if r[SOURCE] == source)
+        return hashlib.blake2b(own, digest_size=16).digest()
+
+    def live_flags(self, source: str) -> int:
+        """How many of ``source``'s flags are live (not cancelled: the store marks them gone)."""
+        return sum(1 for r in self.rows() or [] if r[SOURCE] == source and not r[GONE])
+
     def covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
         """Whether every row of the range and kinds is among those read."""
         if lo >= self.span[0] and hi <= self.span[1]:

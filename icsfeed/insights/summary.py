@@ -28,12 +28,14 @@ from icsfeed.insights.base import (
     iso_week,
     link_text,
     robust_level,
+    settles,
+    source_id,
     start_dt,
 )
 from icsfeed.insights.facts import COUNTED
-from icsfeed.insights.inputs import CONTENT, END, KIND, RECURRING, START, TRAITS
+from icsfeed.insights.inputs import CONTENT, END, KIND, RECURRING, SOURCE, START, TRAITS
 from icsfeed.insights.settings import InsightsSettings
-from icsfeed.insights.tickets import open_tickets, tickets_read
+from icsfeed.insights.tickets import open_now, tickets_read
 from icsfeed.model import Event
 from icsfeed.store.facts import ALL_DAY, CANCELLED, OPEN_ENDED
 from icsfeed.store.history import VersionRow
@@ -73,20 +75,20 @@ def detect(ctx: AccountContext) -> list[Event]:
     monday = this_monday(ctx)
     stored = {ev.key: ev for ev in ctx.stored}
     pool = _pool(ctx, _first(ctx), monday)
-    out = [_summary(ctx, monday, current=True, pool=pool)]
+    out = [_summary(ctx, monday, current=True, pool=pool, before=stored.get(_key(ctx, monday)))]
     for k in range(1, s.backfill_weeks + 1):
         past = monday - timedelta(days=7 * k)
         before = stored.get(_key(ctx, past))
         if before is not None and "open_tickets" in before.attrs:
             out.append(before)  # final: made during its own week, with the tickets open then
         else:
-            out.append(_summary(ctx, past, current=False, pool=pool))
+            out.append(_summary(ctx, past, current=False, pool=pool, before=before))
     return [ev for ev in out if ev is not None]
 
 
 #: (start, end as the history cut it, local day, kind, the event or its (row id, content
-#: hash)) of the events a summary counts: only the flags it lists are needed whole
-Ref = Event | tuple[int, str]
+#: hash, source of a flag)) of the events a summary counts: only the flags it lists are needed whole
+Ref = Event | tuple[int, str, str | None]
 Item = tuple[float, float, date, str, Ref]
 Pool = list[Item]
 
@@ -130,7 +132,7 @@ def _counted_pool(ctx: AccountContext, versions: list[VersionRow], lo: float, hi
         day = days.get(s)
         if day is None:
             day = days[s] = datetime.fromtimestamp(s, timezone.utc if traits & ALL_DAY else tz).date()
-        out.append((s, e, day, r[KIND], (r[0], r[CONTENT])))
+        out.append((s, e, day, r[KIND], (r[0], r[CONTENT], r[SOURCE])))
     return out
 
 
@@ -138,7 +140,11 @@ def _key(ctx: AccountContext, monday: date) -> str:
     return f"{ctx.account.id}:{iso_week(monday)}"
 
 
-def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | None = None) -> Event | None:
+def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | None = None,
+             before: Event | None = None) -> Event | None:
+    """The summary of the week before ``monday``; ``before``, the stored one, when its verdict
+    (the title: counts, flags, open tickets) is the same and its days are over (what
+    :func:`settle <icsfeed.insights.base.settle>` would keep), without reading the flags it lists."""
     s = ctx.settings.summary
     week_start = monday - timedelta(days=7)
     first = monday - timedelta(days=7 * (s.baseline_weeks + 1))
@@ -162,11 +168,14 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | N
         k = ((monday - day).days - 1) // 7
         if kind != INSIGHT_KIND:
             counts[k][kind] += 1
-        elif k == 0:
+        elif k == 0 and not _is_summary(ev):
             listed.append(ev)
-    flags = [ev for ev in _events(ctx, listed) if ev.attrs.get("insight") != NAME]
     week = counts[0]
     baseline = [k for k in range(1, s.baseline_weeks + 1) if monday - timedelta(days=7 * (k + 1)) >= coverage]
+    open_count = open_now(ctx, 0)[0] if current else None
+    if before is not None and settles(before, _title(ctx, counts, baseline, len(listed), open_count), monday, ctx.today):
+        return before
+    flags = _events(ctx, listed)
     kinds = sorted({*week, *(kind for k in baseline for kind in counts[k])}, key=_kind_order)
     lines = [f"The week {fmt_day(week_start)} – {fmt_day(monday - timedelta(days=1))} at {ctx.account.name}"
              + (f", against the {_plural('week', len(baseline), 'the week')} before:" if baseline
@@ -178,26 +187,21 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | N
         lines.append(f"• {_plural(kind, week[kind])}{usual_text}")
     if not kinds:
         lines.append("• no events")
-    usual_alerts = fmt_number(usual_of.get("alert", 0.0)).removeprefix("about ")
-    parts = [_plural("alert", week["alert"]) + (f" (usually {usual_alerts})" if baseline else ""),
-             _plural("ticket", week["ticket"])]
     if flags:
         lines += ["", f"Flags raised ({len(flags)}):"]
         lines += [f"• {fmt_day(ctx.local_day(ev.start))}: {ev.title}" for ev in sorted(flags, key=start_dt)]
-    parts.append(_plural("flag", len(flags)))
     attrs = {"week": iso_week(week_start), "counts": dict(week), "flags": len(flags)}
-    if current:
-        tickets = open_tickets(ctx)
-        attrs["open_tickets"] = len(tickets)
-        lines += ["", f"Open tickets now: {len(tickets)}"]
-        for row in tickets[:15]:
+    if open_count is not None:
+        open_count, listed_tickets = open_now(ctx, 15)
+        attrs["open_tickets"] = open_count
+        lines += ["", f"Open tickets now: {open_count}"]
+        for row in listed_tickets:
             ev = row.event
             lines.append(f"• {ev.title}{link_text(ev.url)}")
-        if len(tickets) > 15:
-            lines.append(f"• … and {len(tickets) - 15} more")
-        parts.append(f"{_plural('ticket', len(tickets))} open")
+        if open_count > 15:
+            lines.append(f"• … and {open_count - 15} more")
     lines += ["", "The month at a glance (the link below):"]
-    title = f"Last week at {ctx.account.name}: " + ", ".join(parts)
+    title = _title(ctx, counts, baseline, len(flags), open_count)
     attrs[VERDICT_ATTR] = title
     return insight_event(
         ctx, NAME, _key(ctx, monday), title, monday, monday, "\n".join(lines), severity="info",
@@ -205,9 +209,33 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | N
     )
 
 
+def _title(ctx: AccountContext, counts: dict[int, Counter[str]], baseline: list[int], flags: int,
+           open_count: int | None) -> str:
+    """A summary's title, its verdict: the week's alerts (against the usual) and tickets, the
+    flags raised, and on the current Monday the tickets open now."""
+    week = counts[0]
+    usual_alerts = fmt_number(robust_level([float(counts[k]["alert"]) for k in baseline])[0]).removeprefix("about ")
+    parts = [_plural("alert", week["alert"]) + (f" (usually {usual_alerts})" if baseline else ""),
+             _plural("ticket", week["ticket"]), _plural("flag", flags)]
+    if open_count is not None:
+        parts.append(f"{_plural('ticket', open_count)} open")
+    return f"Last week at {ctx.account.name}: " + ", ".join(parts)
+
+
+def _is_summary(ref: Ref) -> bool:
+    """Whether a pool's flag is a summary (never listed by another)."""
+    if isinstance(ref, Event):
+        return ref.attrs.get("insight") == NAME
+    return (ref[2] or "").startswith(SUMMARY_SOURCE)
+
+
+#: the start of every summary's source id
+SUMMARY_SOURCE = source_id(NAME, "")
+
+
 def _events(ctx: AccountContext, items: list[Ref]) -> list[Event]:
     """The events of a pool's items, in order (those given by version read at once)."""
-    versions = [i for i in items if isinstance(i, tuple)]
+    versions = [i[:2] for i in items if isinstance(i, tuple)]
     found = ctx.history.events(versions) if versions else {}
     return [i if isinstance(i, Event) else found[i[0]] for i in items if isinstance(i, Event) or i[0] in found]
 

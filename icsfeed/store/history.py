@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, null, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from icsfeed.store.database import StoreError, db_reason
+from icsfeed.store.database import StoreError, chunks, db_reason
 from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow
 from icsfeed.store.feeds import fetch_statement
 from icsfeed.store.schema import events_table, insight_inputs_table
@@ -115,6 +115,14 @@ def source_events(store: Any, source: str) -> list[HistoryRow]:
     return _read(store, _t.c.source == source)
 
 
+def keyed_events(store: Any, source: str, keys: Collection[str]) -> list[HistoryRow]:
+    """The events of one source with these keys (the few flags a detector made again)."""
+    out: list[HistoryRow] = []
+    for part in chunks(sorted(set(keys)), 500):
+        out += _read(store, and_(_t.c.source == source, _t.c.key.in_(part)))
+    return out
+
+
 #: a row's version as the insight inputs digest it (icsfeed/insights/inputs.py), read without
 #: decoding anything: where and what kind it is, its content hash, SEQUENCE and state, for a
 #: flag its source (NULL for other rows: the strings a read makes are most of its cost), its
@@ -179,17 +187,19 @@ class LastInputs:
     digest: str
     run_at: float
     valid_until: float
+    #: what a detector deciding row by row found of each row (insights/verdicts.py), or None
+    memo: bytes | None = None
 
 
 def last_inputs(store: Any, sources: Collection[str]) -> dict[str, LastInputs]:
     """The recorded inputs of these sources (none: never recorded, or since forgotten)."""
     if not sources:
         return {}
-    stmt = select(_inputs.c.source, _inputs.c.digest, _inputs.c.run_at, _inputs.c.valid_until).where(
-        _inputs.c.source.in_(sorted(sources)))
+    stmt = select(_inputs.c.source, _inputs.c.digest, _inputs.c.run_at, _inputs.c.valid_until,
+                  _inputs.c.memo).where(_inputs.c.source.in_(sorted(sources)))
     try:
         with store.engine.connect() as conn:
-            return {r[0]: LastInputs(r[1], r[2], r[3]) for r in conn.execute(stmt)}
+            return {r[0]: LastInputs(r[1], r[2], r[3], r[4]) for r in conn.execute(stmt)}
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the insights' inputs: {db_reason(exc)}") from None
 
@@ -208,8 +218,8 @@ def record_runs(store: Any, sources: Sequence[str], now: float,
                 store._record_success(conn, source, now, None, None, None)
             if inputs:
                 conn.execute(_inputs.delete().where(_inputs.c.source.in_(sorted(inputs))))
-                kept = [{"source": s, "digest": i.digest, "run_at": i.run_at, "valid_until": i.valid_until}
-                        for s, i in inputs.items() if i is not None]
+                kept = [{"source": s, "digest": i.digest, "run_at": i.run_at, "valid_until": i.valid_until,
+                         "memo": i.memo} for s, i in inputs.items() if i is not None]
                 if kept:
                     conn.execute(_inputs.insert(), kept)
     except SQLAlchemyError as exc:

@@ -185,4 +185,6 @@ insight_inputs_table = Table(
     Column("digest", String(64), nullable=False),
     Column("run_at", Float, nullable=False),
     Column("valid_until", Float, nullable=False),
+    #: per row version, what a detector that decides row by row found (insights/verdicts.py)
+    Column("memo", LargeBinary),
 )
