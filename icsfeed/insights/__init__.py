@@ -131,9 +131,6 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
             partial = False  # whether only some of its stored flags were read (see below)
             if detector in active:
                 ctx = AccountContext(config, settings, account, when, history, counted=facts.counted if reuse else None)
-                if reuse and tickets.NAME in names and detector.name in (tickets.NAME, summary.NAME):
-                    verdicts = verdicts or _verdicts(inputs, ctx, last.get(source_id(tickets.NAME, account.id)))
-                    ctx.verdicts = verdicts
                 read = inputs.digest(detector, ctx, sid) if reuse and last else None
                 if read is not None and still_holds(last.get(sid), read[0], ctx):
                     unchanged.append(sid)  # the same rows, day and clock: the same flags
@@ -149,6 +146,9 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 if reuse and read is None and reads_flags(detector, ctx):
                     history.load()
                     before = inputs.digest(detector, ctx, sid)
+                if reuse and tickets.NAME in names and detector.name in (tickets.NAME, summary.NAME):
+                    verdicts = verdicts or _verdicts(inputs, ctx, last.get(source_id(tickets.NAME, account.id)))
+                    ctx.verdicts = verdicts
                 # with the last run's verdicts, the stale-ticket detector makes again only the flags of
                 # the tickets that changed; of its stored flags only those are read (after it ran)
                 partial = detector.name == tickets.NAME and verdicts is not None and verdicts.reusable

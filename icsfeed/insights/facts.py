@@ -35,6 +35,8 @@ __all__ = ["COUNTED", "TEXT", "AccountFacts", "flag_ranges"]
 
 log = logging.getLogger(__name__)
 
+_UNSET = object()
+
 #: id, start, end, recurring, gone: where a row is and whether it is still reported
 _PLACE = struct.Struct("<qdd??")
 
@@ -57,6 +59,7 @@ class AccountFacts:
         self._worked_out: dict[int, tuple[str, int]] = {}  # row id -> facts, traits of a row stored without them
         self._seen: object = None  # the versions list the cache below was cut from
         self._bytes: dict[frozenset[str], list[bytes | None]] = {}
+        self._places: dict[frozenset[str], dict[VersionRow, bytes | None]] = {}  # by blind set, by row version
 
     def _per_row(self, rows: list[VersionRow], versions: list[bytes], blind: frozenset[str]) -> list[bytes | None]:
         """Each row as a read blind to ``blind`` counts it (None: cannot be told), cached for
@@ -65,16 +68,23 @@ class AccountFacts:
             self._seen, self._bytes = rows, {}
         out = self._bytes.get(blind)
         if out is None:
-            if any(r[FACTS] is None and r[KIND] != INSIGHT_KIND and r[0] not in self._worked_out for r in rows):
+            # each row's part is kept by the row's version (a write re-reads one source's rows
+            # only: the others' parts are taken again as they were)
+            done = self._places.setdefault(blind, {})
+            if any(r[FACTS] is None and r[KIND] != INSIGHT_KIND and r[0] not in self._worked_out
+                   for r in rows if r not in done):
                 self._work_out(rows, blind=True)
             out = []
             for r, version in zip(rows, versions, strict=True):
                 if r[KIND] == INSIGHT_KIND:
                     out.append(version)  # a flag counts by its version
                     continue
-                stored = r[FACTS] or self._worked_out.get(r[0], ("", 0))[0]
-                part = facts_part(stored, blind) if stored else None
-                out.append(_place(r, part) if part is not None else None)
+                place = done.get(r, _UNSET)
+                if place is _UNSET:
+                    stored = r[FACTS] or self._worked_out.get(r[0], ("", 0))[0]
+                    part = facts_part(stored, blind) if stored else None
+                    place = done[r] = _place(r, part) if part is not None else None
+                out.append(place)  # type: ignore[arg-type]
             self._bytes[blind] = out
         return out
 

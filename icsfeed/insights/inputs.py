@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -167,9 +167,11 @@ class AccountInputs:
             fresh = [_as_version(r) for r in flags if r.source == source]
         else:
             fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
-        kept = [r for r in self._rows if r[SOURCE] != source]
-        self._rows = sorted(kept + fresh, key=lambda r: (r[START], r[0]))
-        self._bytes = self._by_kind = None
+        # each kept row's version as digested is kept with it: only the source's are made again
+        kept = [p for p in zip(self._rows, self._versions(), strict=True) if p[0][SOURCE] != source]
+        pairs = sorted(kept + [(r, _version(r)) for r in fresh], key=lambda p: (p[0][START], p[0][0]))
+        self._rows, self._bytes = [p[0] for p in pairs], [p[1] for p in pairs]
+        self._by_kind = None
 
     def own_digest(self, source: str) -> bytes:
         """A digest of the versions of ``source``'s flags (its section of :meth:`digest`)."""
@@ -227,7 +229,10 @@ class AccountInputs:
                 h.update(repr(first).encode())
                 continue
             h.update(b"".join(versions[i] for i in picked))
-            later = min(later, min((rows[i][START] for i in picked if rows[i][START] > now), default=math.inf))
+            # (rows are by start: the first picked one starting after now is found by bisection)
+            after = bisect_right(picked, now, key=lambda i: rows[i][START])
+            if after < len(picked):
+                later = min(later, float(rows[picked[after]][START]))
         part = h.hexdigest()
         h.update(b"own\0")  # the detector's own flags (settled and kept by them)
         h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[SOURCE] == source))
