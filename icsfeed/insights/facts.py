@@ -57,35 +57,31 @@ class AccountFacts:
         self.history = history
         self.store = store
         self._worked_out: dict[int, tuple[str, int]] = {}  # row id -> facts, traits of a row stored without them
-        self._seen: object = None  # the versions list the cache below was cut from
-        self._bytes: dict[frozenset[str], list[bytes | None]] = {}
         self._places: dict[frozenset[str], dict[VersionRow, bytes | None]] = {}  # by blind set, by row version
 
-    def _per_row(self, rows: list[VersionRow], versions: list[bytes], blind: frozenset[str]) -> list[bytes | None]:
-        """Each row as a read blind to ``blind`` counts it (None: cannot be told), cached for
-        the versions list (a write re-reads the versions: a new list)."""
-        if self._seen is not rows:
-            self._seen, self._bytes = rows, {}
-        out = self._bytes.get(blind)
-        if out is None:
-            # each row's part is kept by the row's version (a write re-reads one source's rows
-            # only: the others' parts are taken again as they were)
-            done = self._places.setdefault(blind, {})
-            if any(r[FACTS] is None and r[KIND] != INSIGHT_KIND and r[0] not in self._worked_out
-                   for r in rows if r not in done):
-                self._work_out(rows, blind=True)
-            out = []
-            for r, version in zip(rows, versions, strict=True):
-                if r[KIND] == INSIGHT_KIND:
-                    out.append(version)  # a flag counts by its version
-                    continue
-                place = done.get(r, _UNSET)
-                if place is _UNSET:
-                    stored = r[FACTS] or self._worked_out.get(r[0], ("", 0))[0]
-                    part = facts_part(stored, blind) if stored else None
-                    place = done[r] = _place(r, part) if part is not None else None
-                out.append(place)  # type: ignore[arg-type]
-            self._bytes[blind] = out
+    def _parts(self, rows: list[VersionRow], versions: list[bytes], picked: list[int],
+               blind: frozenset[str]) -> list[bytes] | None:
+        """The picked rows as a read blind to ``blind`` counts them (None: one cannot be told).
+        Each row's part is made when first asked for and kept by the row's version: a read
+        of one kind makes only its rows', and a write re-reads one source's rows only."""
+        done = self._places.setdefault(blind, {})
+        if any(rows[i][FACTS] is None and rows[i][KIND] != INSIGHT_KIND and rows[i][0] not in self._worked_out
+               and rows[i] not in done for i in picked):
+            self._work_out(rows, blind=True)
+        out = []
+        for i in picked:
+            r = rows[i]
+            if r[KIND] == INSIGHT_KIND:
+                out.append(versions[i])  # a flag counts by its version
+                continue
+            place = done.get(r, _UNSET)
+            if place is _UNSET:
+                stored = r[FACTS] or self._worked_out.get(r[0], ("", 0))[0]
+                part = facts_part(stored, blind) if stored else None
+                place = done[r] = _place(r, part) if part is not None else None
+            if place is None:
+                return None
+            out.append(place)  # type: ignore[arg-type]
         return out
 
     def _work_out(self, rows: list[VersionRow], *, blind: bool) -> None:
@@ -147,16 +143,16 @@ class AccountFacts:
             h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest,
                            sorted(read.blind))).encode())
             if read.earliest:
-                h.update(repr(min((rows[i][START] for i in picked if not rows[i][RECURRING]), default=None)).encode())
+                first = next((rows[i][START] for i in picked if not rows[i][RECURRING]), None)  # (rows are by start)
+                h.update(repr(first).encode())
                 continue
             if not read.blind:
                 h.update(b"".join(versions[i] for i in picked))
                 continue
-            per_row = self._per_row(rows, versions, read.blind)
-            parts = [per_row[i] for i in picked]
-            if None in parts:
+            parts = self._parts(rows, versions, picked, read.blind)
+            if parts is None:
                 return None
-            h.update(b"".join(parts))  # type: ignore[arg-type]
+            h.update(b"".join(parts))
         h.update(b"own\0")
         h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[KIND] == INSIGHT_KIND
                           and r[SOURCE] == source))

@@ -95,6 +95,8 @@ class AccountInputs:
         self._history: History | None = None
         self._read: tuple[list[VersionRow], list[bytes]] | None = None  # the history's rows read, as versions
         self._seen: object = None  # the history's flag list the rows were taken from
+        self._picked_of: object = None  # the rows list the picks below were cut from
+        self._picked: dict[tuple[float, float, frozenset[str] | None], list[int]] = {}
         self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
             settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
         )).encode()).digest()
@@ -199,10 +201,17 @@ class AccountInputs:
         lo, hi = read.start.timestamp(), read.end.timestamp()
         if rows is None or not self.covered(lo, hi, read.kinds):
             return None
-        candidates = self._of_kinds(read.kinds)
-        # rows are by start, so none from the first starting at ``hi`` on
-        end = bisect_left(rows, hi, key=_start)
-        return [i for i in candidates if i < end and (rows[i][END] >= lo or rows[i][RECURRING])]
+        if self._picked_of is not rows:  # (several digests a refresh ask for the same reads)
+            self._picked_of, self._picked = rows, {}
+        key = (lo, hi, read.kinds)
+        found = self._picked.get(key)
+        if found is None:
+            candidates = self._of_kinds(read.kinds)
+            # rows are by start, so none from the first starting at ``hi`` on
+            end = bisect_left(rows, hi, key=_start)
+            candidates = candidates[:bisect_left(candidates, end)]
+            found = self._picked[key] = [i for i in candidates if rows[i][END] >= lo or rows[i][RECURRING]]
+        return found
 
     def digest(self, detector: Detector, ctx: AccountContext, source: str) -> tuple[str, float, str] | None:
         """(digest of what ``detector`` reads for this account, first start after now among
@@ -225,10 +234,10 @@ class AccountInputs:
             # the rows it selects, not its bounds: a range ending at now + 1 s moves with the clock
             h.update(repr((sorted(read.kinds) if read.kinds is not None else None, read.earliest)).encode())
             if read.earliest:
-                first = min((rows[i][START] for i in picked if not rows[i][RECURRING]), default=None)
+                first = next((rows[i][START] for i in picked if not rows[i][RECURRING]), None)  # (rows are by start)
                 h.update(repr(first).encode())
                 continue
-            h.update(b"".join(versions[i] for i in picked))
+            h.update(b"".join([versions[i] for i in picked]))
             # (rows are by start: the first picked one starting after now is found by bisection)
             after = bisect_right(picked, now, key=lambda i: rows[i][START])
             if after < len(picked):

@@ -439,12 +439,13 @@ class EventsMixin:
         """Stored events by row id (the ones a render has no fragment for)."""
         t = events_table
         out: dict[int, EventRow] = {}
+        # one statement, the ids bound as a list (not a literal each: SQLAlchemy coerces each one)
+        stmt = select(*_EVENT_ROW_COLUMNS).where(t.c.id.in_(bindparam("ids", expanding=True)))
         with self.engine.connect() as conn:
             for chunk in chunks(list(ids), 500):
-                stmt = select(*_EVENT_ROW_COLUMNS).where(t.c.id.in_(chunk))
                 # the driver's rows (int, str, bytes, float: what the columns are), no SQLAlchemy row
                 # processing: a cold render reads every event of the feed here
-                for r in conn.execute(stmt).cursor.fetchall():
+                for r in conn.execute(stmt, {"ids": chunk}).cursor.fetchall():
                     row = self._event_row(r)
                     if row is not None:
                         out[r[0]] = row
