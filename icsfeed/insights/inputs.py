@@ -19,6 +19,7 @@ changes the rows selected: each changes the digest.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import struct
 from bisect import bisect_left, bisect_right
@@ -144,11 +145,14 @@ class AccountInputs:
         if kinds is None:
             return list(range(len(rows)))
         if self._by_kind is None:
-            self._by_kind = {}
+            by_kind: dict[str, list[int]] = {kind: [] for kind in {r[KIND] for r in rows}}
             for i, r in enumerate(rows):
-                self._by_kind.setdefault(r[KIND], []).append(i)
+                by_kind[r[KIND]].append(i)
+            self._by_kind = by_kind
         found = [self._by_kind.get(k, []) for k in sorted(kinds)]
-        return found[0] if len(found) == 1 else sorted(i for part in found for i in part)
+        if len(found) == 1:
+            return found[0]
+        return list(heapq.merge(*found))  # (each part is in order)
 
     def versions(self) -> list[bytes]:
         """Each row's version as digested, in the order of :meth:`rows`."""

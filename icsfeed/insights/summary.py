@@ -120,7 +120,7 @@ def _counted_pool(ctx: AccountContext, versions: list[VersionRow], lo: float, hi
     recurring ones, each with its local day (a date's own day)."""
     slo, shi = ctx.history.span
     tz = ctx.tz
-    days: dict[float, date] = {}
+    days: dict[tuple[float, int], date] = {}
     out: Pool = []
     for r in versions:
         s, traits = r[START], r[TRAITS]
@@ -129,9 +129,10 @@ def _counted_pool(ctx: AccountContext, versions: list[VersionRow], lo: float, hi
         e = s if traits & OPEN_ENDED else r[END]
         if not (s < hi and e >= lo):
             continue
-        day = days.get(s)
+        all_day = traits & ALL_DAY
+        day = days.get((s, all_day))  # (a date's own day; a time's local one)
         if day is None:
-            day = days[s] = datetime.fromtimestamp(s, timezone.utc if traits & ALL_DAY else tz).date()
+            day = days[(s, all_day)] = datetime.fromtimestamp(s, timezone.utc if all_day else tz).date()
         out.append((s, e, day, r[KIND], (r[0], r[CONTENT], r[SOURCE])))
     return out
 
