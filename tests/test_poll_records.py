@@ -373,3 +373,39 @@ def test_a_poll_naming_most_rows_unchanged_reads_only_the_mapped_rows_and_stores
         if step == 2:  # the dropped rows were found by the light read of every row, and cancelled
             rows = fast.rows()
             assert rows["8"]["gone"] and rows["40"]["gone"] and not rows["9"]["gone"]
+
+
+# --- the lines and digests of a whole answer --------------------------------------------------
+
+LINE_TEXT = st.text(alphabet=st.sampled_from(["a", "{", "}", " ", "\t", "\n", "\r", "\u2028", "é", "\x00", "\ud800"]),
+                    max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=LINE_TEXT)
+def test_json_lines_made_on_demand_are_json_lines(text: str) -> None:
+    """``JsonLines`` (texts filtered in C, a JsonLine built when read) gives, line for line
+    and number for number, what ``json_lines`` gives, blank lines anywhere."""
+    from icsfeed.sources.mapping import JsonLines, json_lines
+
+    lines = JsonLines(text)
+    assert list(lines) == json_lines(text)
+    assert [lines[i] for i in range(len(lines))] == json_lines(text)
+    assert lines.texts == [line.text for line in json_lines(text)]
+    if len(lines):
+        lines[0] = None  # let go of a line's text (EventStream)
+        assert lines[0] is None and lines.texts[0] is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(texts=st.lists(st.one_of(st.none(), LINE_TEXT), max_size=8), fingerprint=st.binary(max_size=2000))
+def test_record_digests_of_an_answer_are_each_records_digest(texts: list[str | None], fingerprint: bytes) -> None:
+    from icsfeed.sources.file import FileSource
+
+    source = FileSource.__new__(FileSource)
+    source.fingerprint = fingerprint
+    want = [source.record_digest(t) if t is not None else None for t in texts]
+    assert source.record_digests_of(texts) == want
+    assert all(d is None or len(d) == 32 for d in want)  # the column holds 32 characters
+    source.fingerprint = fingerprint + b"x"  # another fingerprint: other digests
+    assert all(a != b for a, b in zip(source.record_digests_of(texts), want, strict=True) if a is not None)
