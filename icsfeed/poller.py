@@ -183,7 +183,8 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
             affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
             fragment=fragment_renderer(config),  # VEVENTs rendered as they are written
             answer_digest=source.answer_digest if complete else None,
-            record_digests=source.record_digests, known=known)
+            record_digests=source.record_digests, known=known,
+            stored=source.stored_known if complete else None, expect_answer_digest=source.known_digest)
     except StoreError as exc:  # the store refused the poll: a failure like any other (backoff, /status)
         return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
     except _StreamFailed as failed:  # mapping a record raised past its own checks: nothing was written

@@ -23,7 +23,7 @@ from icsfeed.model import Event, severity_rank
 from icsfeed.store.codec import Codec, UndecodableBlob, source_group
 from icsfeed.store.database import StoreError, chunks, db_reason, storable_text
 from icsfeed.store.facts import row_facts, row_traits
-from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table
+from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table, source_state_table
 from icsfeed.tokens import event_uid
 
 log = logging.getLogger("icsfeed.store")
@@ -112,7 +112,8 @@ class EventsMixin:
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
                    fragment: Fragmenter | None = None, record: bool = True,
                    answer_digest: str | None = None, record_digests: Mapping[str, str] | None = None,
-                   known: Mapping[str, str] | None = None) -> PollChanges:
+                   known: Mapping[str, str] | None = None, stored: Mapping[str, str] | None = None,
+                   expect_answer_digest: str | None = None) -> PollChanges:
         """Upsert a poll's events and apply the absence policy, all in one transaction.
 
         ``complete`` is False for incremental polls: then a missing event means nothing.
@@ -133,6 +134,12 @@ class EventsMixin:
         the source found unchanged and did not map (:meth:`record_digests`): present and
         unchanged; if any of them changed since it was read, the poll is refused (StoreError)
         and the next one maps in full.
+        ``stored``: what :meth:`record_digests` gave the source that found ``known``, read
+        while the source's answer digest was ``expect_answer_digest``: when both are given,
+        the stored rows are not read again (a 1% poll of a full dump reads 100,000 rows once,
+        not twice); the poll is stored only if that answer digest is still the stored one
+        (every other writer of the source's events clears or replaces it in its own
+        transaction), checked and taken by the transaction's first write.
         ``events`` are taken one at a time, inside the transaction (a stream that maps its
         records as it goes, icsfeed.sources.mapping.EventStream, holds no Event past its row);
         ``record_digests`` is read for each event as it comes (a stream fills it as it goes);
@@ -148,7 +155,13 @@ class EventsMixin:
                 # those keys only, a batch at a time, and only key, id and state for the rest
                 present: Mapping[str, Any]
                 existing: dict[str, _StoredRow]
-                if known and len(known) >= SPARSE_SHARE * len(present := _present_rows(conn, source_id)):
+                light = (bool(known) and isinstance(stored, StoredRecords) and expect_answer_digest is not None
+                         and len(known) >= SPARSE_SHARE * (len(stored) + len(stored.others)))
+                if light:  # the source's read of every row stands for this one, under its answer digest
+                    existing, present = {}, {}
+                    events = _fetching_stored(events, lambda keys: existing.update(
+                        (row.key, row) for row in _stored_rows(conn, source_id, keys)))
+                elif known and len(known) >= SPARSE_SHARE * len(present := _present_rows(conn, source_id)):
                     existing = {}
                     events = _fetching_stored(events, lambda keys: existing.update(
                         (row.key, row) for row in _stored_rows(conn, source_id, keys)))
@@ -190,11 +203,20 @@ class EventsMixin:
                         entries[key] = (_UPDATED, {"_id": old.id, **values}, mapped)
                     else:
                         entries[key] = (_UNCHANGED, record_digest, None)
-                unmapped = {k: d for k, d in (known or {}).items() if k not in entries}
-                for key, record_digest in unmapped.items():
-                    row = present.get(key)
-                    if row is None or row.gone or row.record_digest != record_digest:
+                known = known or {}
+                unmapped = {k: d for k, d in known.items() if k not in entries} if known.keys() & entries.keys() else known
+                if light:
+                    assert isinstance(stored, StoredRecords)
+                    stored_keys = dict(zip(stored.values(), stored.keys(), strict=True))  # key -> record digest
+                    if not unmapped.items() <= stored_keys.items():  # C-level: each one as the source read it
                         raise StoreError(f"the stored events of {source_id} changed during its poll")
+                    left_out = (stored_keys.keys() | set(stored.others)) - entries.keys() - unmapped.keys()
+                    del stored_keys
+                else:
+                    for key, record_digest in unmapped.items():
+                        row = present.get(key)
+                        if row is None or row.gone or row.record_digest != record_digest:
+                            raise StoreError(f"the stored events of {source_id} changed during its poll")
                 changes.unchanged += len(unmapped)
                 updates: list[dict[str, Any]] = []
                 revived: list[int] = []
@@ -222,13 +244,24 @@ class EventsMixin:
                                        for account, kind, severity in touched_as_mapped)
                 encoded = new_rows.finish(updates)  # the last new rows and the updates: one dictionary decision
                 # 2. the writes
+                if light:  # first: the rows are still the ones the source read (compare-and-set)
+                    st = source_state_table
+                    taken = conn.execute(update(st).where(and_(st.c.source == source_id,
+                                                               st.c.answer_digest == expect_answer_digest))
+                                         .values(answer_digest=None))
+                    if taken.rowcount != 1:
+                        raise StoreError(f"the stored events of {source_id} changed during its poll")
                 for chunk in chunks(revived, 500):
                     conn.execute(update(t).where(t.c.id.in_(chunk)).values(gone=False))
                 if redigested:
                     self._bulk_update(conn, redigested)
                 if complete:
-                    missing = [row for key, row in present.items()
-                               if key not in entries and key not in unmapped and not row.gone]
+                    if light:  # the rows this answer left out, read by key (a few, mostly none)
+                        missing = [row for row in _stored_rows(conn, source_id, sorted(left_out)) if not row.gone] \
+                            if left_out else []
+                    else:
+                        missing = [row for key, row in present.items()
+                                   if key not in entries and key not in unmapped and not row.gone]
                     gone_updates: list[dict[str, Any]] = []
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, gone_updates,
                                         fragment)
@@ -324,17 +357,23 @@ class EventsMixin:
                          facts=facts)
         return dict(zip(ROW_COLUMNS if created is not None else ROW_COLUMNS[:-1], row, strict=True))
 
-    def record_digests(self, source_id: str) -> dict[str, str]:
+    def record_digests(self, source_id: str) -> StoredRecords:
         """Record digest -> key of a source's present events that were mapped from a record
-        (what a poll need not map again when the origin sends the same record)."""
+        (what a poll need not map again when the origin sends the same record), and the keys
+        of its other present events (``others``: pushed or closed, no record digest): every
+        present row, which ``apply_poll(stored=...)`` then need not read again."""
         try:
             with self.engine.connect() as conn:  # the DB-API cursor, as _stored_rows: 100,000s of rows
                 mark = _mark(conn)
-                return dict(_fetch_all(conn, f"SELECT record_digest, key FROM {events_table.name} WHERE source = "
-                                             f"{mark} AND gone = {mark} AND record_digest IS NOT NULL",
-                                       (source_id, False)))
+                rows = _fetch_all(conn, f"SELECT record_digest, key FROM {events_table.name} WHERE source = "
+                                        f"{mark} AND gone = {mark}", (source_id, False))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the stored records of {source_id}: {db_reason(exc)}") from None
+        out = StoredRecords(rows)
+        if None in out:
+            del out[None]
+            out.others = tuple(key for digest, key in rows if digest is None)
+        return out
 
     def event_counts(self) -> dict[str, int]:
         """Events stored per source."""
@@ -500,6 +539,13 @@ def _update_fragments(conn: Any, rows: list[tuple[bytes | None, str, int]]) -> N
     mark = _mark(conn)
     sql = f"UPDATE {events_table.name} SET vevent = {mark}, vevent_key = {mark} WHERE id = {mark}"
     _executemany(conn, sql, rows)
+
+
+class StoredRecords(dict[str, str]):
+    """:meth:`EventsMixin.record_digests`: record digest -> key of a source's present rows
+    mapped from a record, and ``others``, the keys of its present rows without one."""
+
+    others: tuple[str, ...] = ()
 
 
 class _StoredRow(NamedTuple):
