@@ -158,8 +158,9 @@ class Source(ABC):
     def record_digest(self, text: str) -> str:
         """Digest of one origin record's canonical text under this source's settings (the
         answer fingerprint: a change of settings, version or year changes every digest):
-        BLAKE2b of the text, keyed by a digest of the fingerprint (one call a record: no
-        hasher copy, and the ≈ 1 KB fingerprint is hashed once per poll, not per record)."""
+        BLAKE2b of the text, its salt and personalisation a digest of the fingerprint (one
+        call a record: no hasher copy, no key block, and the ≈ 1 KB fingerprint is hashed
+        once per poll, not per record)."""
         return self._record_hash()(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def record_digests_of(self, texts: Sequence[str | None]) -> list[str | None]:
@@ -172,8 +173,9 @@ class Source(ABC):
 
     def _record_hash(self) -> Callable[[bytes], Any]:
         if self._record_hasher is None or self._hashed_fingerprint != self.fingerprint:
-            key = hashlib.sha256(b"record\0" + self.fingerprint).digest()
-            self._record_hasher = functools.partial(hashlib.blake2b, digest_size=16, key=key)
+            bound = hashlib.sha256(b"record\0" + self.fingerprint).digest()
+            self._record_hasher = functools.partial(hashlib.blake2b, digest_size=16, salt=bound[:16],
+                                                    person=bound[16:])
             self._hashed_fingerprint = self.fingerprint
         return self._record_hasher  # type: ignore[no-any-return]
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import marshal
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
@@ -14,7 +15,7 @@ from datetime import time as dtime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
+from sqlalchemy import and_, case, func, null, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -207,11 +208,15 @@ class EventsMixin:
                 unmapped = {k: d for k, d in known.items() if k not in entries} if known.keys() & entries.keys() else known
                 if light:
                     assert isinstance(stored, StoredRecords)
-                    stored_keys = dict(zip(stored.values(), stored.keys(), strict=True))  # key -> record digest
-                    if not unmapped.items() <= stored_keys.items():  # C-level: each one as the source read it
+                    # each unmapped record as the source read it (C-level look-ups, no set of 100,000 built)
+                    if not all(map(operator.eq, map(stored.get, unmapped.values()), unmapped.keys())):
                         raise StoreError(f"the stored events of {source_id} changed during its poll")
-                    left_out = (stored_keys.keys() | set(stored.others)) - entries.keys() - unmapped.keys()
-                    del stored_keys
+                    # the present rows this answer left out: none when the unmapped and the present
+                    # mapped ones are all of them (counted), else worked out by key
+                    mapped_present = sum(1 for k in entries if (row := existing.get(k)) is not None and not row.gone)
+                    left_out: set[str] = set()
+                    if len(stored) + len(stored.others) != len(unmapped) + mapped_present:
+                        left_out = {*stored.values(), *stored.others} - entries.keys() - unmapped.keys()
                 else:
                     for key, record_digest in unmapped.items():
                         row = present.get(key)
@@ -327,9 +332,10 @@ class EventsMixin:
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for u in updates:
             by_shape.setdefault(tuple(sorted(k for k in u if k != "_id")), []).append(u)
-        for shape, batch in by_shape.items():
-            stmt = update(t).where(t.c.id == bindparam("_id")).values({c: bindparam(c) for c in shape})
-            conn.execute(stmt, batch)
+        mark = _mark(conn)
+        for shape, batch in by_shape.items():  # one executemany on the DB-API cursor, as _insert_rows
+            sql = f"UPDATE {t.name} SET {', '.join(f'{c} = {mark}' for c in shape)} WHERE id = {mark}"
+            _executemany(conn, sql, [(*(u[c] for c in shape), u["_id"]) for u in batch])
 
     def _encode_rows(self, conn: Any, rows: list[dict[str, Any]], *, apart: bool = False) -> None:
         """Rows about to be written, their ``data`` (JSON, as text or its UTF-8 bytes) and
