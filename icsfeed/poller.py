@@ -8,9 +8,11 @@ they are stored.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
+import marshal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from icsfeed.sources import AnswerUnchanged, Source, SourceError, load_source_cl
 from icsfeed.sources.mapping import EventStream, MappedSource
 from icsfeed.store import Store, StoreError
 from icsfeed.store.database import storable_text
+from icsfeed.store.events import StoredRecords
 
 if TYPE_CHECKING:
     from icsfeed.coordination import Coordinator
@@ -146,7 +149,7 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         source.fingerprint = answer_fingerprint(config, source_id)
         source.known_digest = state.answer_digest if not (source.incremental and since is not None) else None
         if source.known_digest is not None:  # same rule: after a failure or a push, map every record
-            source.stored_records = lambda: store.record_digests(source_id)
+            source.stored_records = functools.partial(_stored_records, store, source, source.known_digest)
         source.stored_key = storable_text
         if isinstance(source, MappedSource):  # a first import's records mapped as the store takes them
             source.stream_events = True
@@ -190,6 +193,8 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
     except _StreamFailed as failed:  # mapping a record raised past its own checks: nothing was written
         return _source_failed(store, source_id, failed.error, secrets, now, started)
     elapsed = duration()
+    if changes.present is not None and complete and source.answer_digest and isinstance(source, MappedSource):
+        _keep_records(source, source.answer_digest, changes.present)
     for key, reason in changes.skipped:  # records the store cannot hold: skipped like the source's own
         source.skip(key, reason)
     if changes.touched:  # recomputed by refresh_due_insights, once however many polls touched them
@@ -202,6 +207,45 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
                         skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
     log.info("poll %s", report.line())
     return report
+
+
+#: the file in a source's state directory that keeps the present rows a poll left (``_keep_records``)
+RECORDS_STATE = "records.marshal"
+_RECORDS_FORMAT = 1
+
+
+def _stored_records(store: Store, source: Source, answer_digest: str) -> StoredRecords:
+    """What ``store.record_digests`` gives, read from the file the poll that stored
+    ``answer_digest`` left (``_keep_records``) when there is one: the rows a poll leaves are a
+    function of its answer and settings, which that digest names, and every other writer of
+    the source's events clears or replaces the digest in its own transaction; the store takes
+    the poll only if the digest is still the stored one (``apply_poll(expect_answer_digest=)``).
+    A 1% poll of 100,000 records then reads no stored row but the ones it maps."""
+    kept = _kept_records(source, answer_digest)
+    return kept if kept is not None else store.record_digests(source.id)
+
+
+def _kept_records(source: Source, answer_digest: str) -> StoredRecords | None:
+    try:
+        raw = (source.state_dir / RECORDS_STATE).read_bytes()
+        version, digest, pairs, others = marshal.loads(raw)
+    except (OSError, ValueError, EOFError, TypeError):  # none kept, or not readable: read the store
+        return None
+    if version != _RECORDS_FORMAT or digest != answer_digest or not isinstance(pairs, dict):
+        return None
+    kept = StoredRecords(pairs)
+    kept.others = tuple(others)
+    return kept
+
+
+def _keep_records(source: Source, answer_digest: str, present: StoredRecords) -> None:
+    """Keep a stored poll's present rows for the next poll of the source (after its commit)."""
+    try:
+        source.write_state(RECORDS_STATE, marshal.dumps((_RECORDS_FORMAT, answer_digest, dict(present),
+                                                         list(present.others))))
+    except (OSError, ValueError) as exc:  # the next poll reads the store instead
+        log.warning("cannot keep the stored records of %s: %s", source.id, exc)
+        (source.state_dir / RECORDS_STATE).unlink(missing_ok=True)
 
 
 def _source_failed(store: Store, source_id: str, exc: BaseException, secrets: set[str], now: float,

@@ -76,11 +76,18 @@ class World:
 
     def __init__(self, base: Path, text: str, *, full: bool) -> None:
         self.config, self.store = open_env(write_config(base / "config", {"a.yaml": text}), base / "data")
+        self.full = full
         if full:  # no stored record digests: every record is mapped, as before the change
             self.store.record_digests = lambda source_id: {}  # type: ignore[method-assign]
 
+    def forget_kept_records(self) -> None:
+        """Remove the present rows the last poll kept (poller._keep_records): the next poll reads the store."""
+        (self.config.data_dir / "cache" / "tickets" / poller.RECORDS_STATE).unlink(missing_ok=True)
+
     def poll(self, records: list[dict[str, Any]], now: float, path: str = "tickets.jsonl") -> Any:
         write_answer(self.config, records, path)
+        if self.full:  # nor the ones the last poll kept
+            self.forget_kept_records()
         return poll_source(self.config, self.store, "tickets", now=now)
 
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -246,6 +253,7 @@ def test_an_event_changed_during_the_poll_refuses_it_and_the_next_maps_all(world
         return known
 
     fast.store.record_digests = read_then_push  # type: ignore[method-assign]
+    fast.forget_kept_records()  # read from the store (the kept ones: the next test)
     report = fast.poll(edited, 1100.0)
     assert not report.ok and "changed during its poll" in (report.error or "")
     fast.store.record_digests = reads  # type: ignore[method-assign]
@@ -462,4 +470,52 @@ def test_a_poll_reads_every_stored_row_once_and_stores_what_mapping_every_record
         assert got.skipped == want.skipped, (step, op)
         assert fast.rows() == slow.rows(), (step, op)
         assert fast.store.source_state("tickets").answer_digest == slow.store.source_state("tickets").answer_digest
+        state = fast.store.source_state("tickets")
+        if state.answer_digest is not None:  # what the poll kept for the next one is what the store holds
+            kept = poller._kept_records(poller.build_source(fast.config, "tickets"), state.answer_digest)
+            stored = fast.store.record_digests("tickets")
+            assert kept is not None and kept == stored and sorted(kept.others) == sorted(stored.others), (step, op)
     assert second_reads == []
+
+
+def test_a_poll_of_kept_records_reads_no_stored_row_but_the_mapped_and_a_push_meanwhile_refuses_it(
+        worlds: Any, monkeypatch: Any) -> None:
+    """The next poll takes the present rows the last one kept (no read of every row); a push
+    after they were taken (during the poll) clears the answer digest, so the store refuses the
+    poll, and the next one maps every record and stores what the slow path stores."""
+    fast, slow = worlds()
+    base = [record(i) for i in range(20)]
+    fast.poll(base, 1000.0), slow.poll(base, 1000.0)
+    reads: list[str] = []
+    read = fast.store.record_digests
+
+    def counted(source_id: str) -> Any:
+        reads.append(source_id)
+        return read(source_id)
+
+    fast.store.record_digests = counted  # type: ignore[method-assign]
+    edited = [record(i, " (edited)") if i == 4 else r for i, r in enumerate(base)]
+    got, _want = fast.poll(edited, 1100.0), slow.poll(edited, 1100.0)
+    assert reads == [] and got.updated == 1 and got.unchanged == 19 and fast.rows() == slow.rows()
+    kept_records = poller._kept_records
+
+    def kept_then_push(source: Any, answer_digest: str) -> Any:
+        kept = kept_records(source, answer_digest)
+        row = {r.event.key: r for r in fast.store.query_events(_all())}["7"]
+        fast.store.apply_poll("tickets", [row.event.bounded(10, 10)], absence="keep", complete=False,
+                              now=1150.0, previous_success=1100.0, record=False)
+        return kept
+
+    second = [record(i, " (again)") if i == 2 else r for i, r in enumerate(edited)]
+    with monkeypatch.context() as patched:
+        patched.setattr(poller, "_kept_records", kept_then_push)
+        report = fast.poll(second, 1200.0)
+    assert not report.ok and "changed during its poll" in (report.error or "")
+    mapped = count_mapping(monkeypatch)
+    got, _want = fast.poll(second, 1300.0), slow.poll(second, 1300.0)
+    assert mapped[0] == 20 + 20 and reads == []  # no digest to trust: every record mapped, nothing read
+    assert report_counts(got)[1:3] == (0, 2)  # 2 again, 7 back to its record
+    rows, reference = fast.rows(), slow.rows()
+    pushed_back, reference_7 = rows.pop("7"), reference.pop("7")
+    assert rows == reference
+    assert (pushed_back["data"], pushed_back["record_digest"]) == (reference_7["data"], reference_7["record_digest"])

@@ -73,6 +73,9 @@ class PollChanges:
     touched: set[Touched] = field(default_factory=set)
     #: records the store cannot hold as they are, left out of the poll: (key, reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: after a complete poll: what :meth:`EventsMixin.record_digests` reads now (the present
+    #: rows by record digest, and those without one), worked out from the poll's own writes
+    present: StoredRecords | None = None
 
     @property
     def changed(self) -> bool:
@@ -176,6 +179,7 @@ class EventsMixin:
                 new_rows = _NewRows(self, conn)
                 entries: dict[str, tuple[int, Any, Any]] = {}  # key -> (what, row slot / update / digest, mapped)
                 mapped_as: dict[tuple[str | None, str, str | None], tuple[str | None, str, str | None]] = {}
+                digest_of: dict[str, str | None] = {}
                 for ev in events:
                     mapped_key = str(ev.key)
                     ev = _storable(ev)
@@ -188,6 +192,7 @@ class EventsMixin:
                         changes.duplicates += 1
                         log.warning("source %s returned key %r more than once; the last one wins", source_id, key[:80])
                     record_digest = mapped_digests.get(mapped_key)
+                    digest_of[key] = record_digest  # the row's record digest after this poll (the last one wins)
                     blob, digest, facts = _json_bytes(ev)
                     old = existing.get(key)
                     mapped = (ev.account, ev.kind, ev.severity)
@@ -278,6 +283,11 @@ class EventsMixin:
                     self._bulk_update(conn, updates)
                 if affected is not None and changes.touched:
                     self._mark_dirty(conn, affected(changes.touched))
+                if complete:  # the present rows now: the events of this answer, mapped or not (the rest are gone)
+                    after = StoredRecords(zip(unmapped.values(), unmapped.keys(), strict=True))
+                    after.update((d, k) for k, d in digest_of.items() if d is not None)
+                    after.others = tuple(k for k, d in digest_of.items() if d is None)
+                    changes.present = after
                 if record:
                     self._record_success(conn, source_id, now, cursor, result() if callable(result) else result,
                                          duration() if callable(duration) else duration, answer_digest)
