@@ -343,9 +343,10 @@ class EventsMixin:
         for u in updates:
             by_shape.setdefault(tuple(sorted(k for k in u if k != "_id")), []).append(u)
         mark = _mark(conn)
-        for shape, batch in by_shape.items():  # one executemany on the DB-API cursor, as _insert_rows
+        for shape, batch in by_shape.items():  # one executemany on the DB-API cursor, as _insert_rows,
+            # in the table's order (row id): scattered keys' rows are updated page after page
             sql = f"UPDATE {t.name} SET {', '.join(f'{c} = {mark}' for c in shape)} WHERE id = {mark}"
-            _executemany(conn, sql, [(*(u[c] for c in shape), u["_id"]) for u in batch])
+            _executemany(conn, sql, [(*(u[c] for c in shape), u["_id"]) for u in sorted(batch, key=_by_id)])
 
     def _encode_rows(self, conn: Any, rows: list[dict[str, Any]], *, apart: bool = False) -> None:
         """Rows about to be written, their ``data`` (JSON, as text or its UTF-8 bytes) and
@@ -753,6 +754,10 @@ def _executemany(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
 def _mark(conn: Any) -> str:
     """The DB-API parameter marker of ``conn``'s driver (sqlite3: ``?``, psycopg: ``%s``)."""
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _by_id(values: dict[str, Any]) -> int:
+    return values["_id"]  # type: ignore[no-any-return]
 
 
 def _fetch_all(conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
