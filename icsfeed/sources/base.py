@@ -152,7 +152,9 @@ class Source(ABC):
         stored events came from, so ``fetch`` may raise :class:`AnswerUnchanged` instead of
         mapping it again. Only for types whose events are a function of the answer and the
         configuration alone (not of the clock): a full dump re-read every poll."""
-        self.answer_digest = hashlib.sha256(self.fingerprint + b"\0" + raw).hexdigest()
+        hasher = hashlib.sha256(self.fingerprint + b"\0")
+        hasher.update(raw)  # not ``fingerprint + raw``: no copy of a 37 MB answer to hash it
+        self.answer_digest = hasher.hexdigest()
         return self.known_digest is not None and self.known_digest == self.answer_digest
 
     def record_digest(self, text: str) -> str:
