@@ -8,13 +8,18 @@ they are stored.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
+import marshal
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
@@ -30,6 +35,7 @@ from icsfeed.sources import AnswerUnchanged, Source, SourceError, load_source_cl
 from icsfeed.sources.mapping import EventStream, MappedSource
 from icsfeed.store import Store, StoreError
 from icsfeed.store.database import storable_text
+from icsfeed.store.events import StoredRecords
 
 if TYPE_CHECKING:
     from icsfeed.coordination import Coordinator
@@ -146,7 +152,7 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
         source.fingerprint = answer_fingerprint(config, source_id)
         source.known_digest = state.answer_digest if not (source.incremental and since is not None) else None
         if source.known_digest is not None:  # same rule: after a failure or a push, map every record
-            source.stored_records = lambda: store.record_digests(source_id)
+            source.stored_records = functools.partial(_stored_records, store, source, source.known_digest)
         source.stored_key = storable_text
         if isinstance(source, MappedSource):  # a first import's records mapped as the store takes them
             source.stream_events = True
@@ -183,12 +189,15 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
             affected=lambda touched: affected_feeds(config, touched),  # marked dirty in the poll's transaction
             fragment=fragment_renderer(config),  # VEVENTs rendered as they are written
             answer_digest=source.answer_digest if complete else None,
-            record_digests=source.record_digests, known=known)
+            record_digests=source.record_digests, known=known,
+            stored=source.stored_known if complete else None, expect_answer_digest=source.known_digest)
     except StoreError as exc:  # the store refused the poll: a failure like any other (backoff, /status)
         return _store_refused(store, source_id, redact(str(exc), secrets), now, elapsed, state.consecutive_failures)
     except _StreamFailed as failed:  # mapping a record raised past its own checks: nothing was written
         return _source_failed(store, source_id, failed.error, secrets, now, started)
     elapsed = duration()
+    if changes.present is not None and complete and source.answer_digest and isinstance(source, MappedSource):
+        _keep_records(source, source.answer_digest, changes.present)
     for key, reason in changes.skipped:  # records the store cannot hold: skipped like the source's own
         source.skip(key, reason)
     if changes.touched:  # recomputed by refresh_due_insights, once however many polls touched them
@@ -201,6 +210,58 @@ def poll_source(config: Config, store: Store, source_id: str, *, now: float | No
                         skipped=[redact(s, secrets) for s in source.skipped], seconds=elapsed)
     log.info("poll %s", report.line())
     return report
+
+
+#: the file in a source's state directory that keeps the present rows a poll left (``_keep_records``)
+RECORDS_STATE = "records.marshal"
+_RECORDS_FORMAT = 1
+
+
+def _stored_records(store: Store, source: Source, answer_digest: str) -> StoredRecords:
+    """What ``store.record_digests`` gives, read from the file the poll that stored
+    ``answer_digest`` left (``_keep_records``) when there is one: the rows a poll leaves are a
+    function of its answer and settings, which that digest names, and every other writer of
+    the source's events clears or replaces the digest in its own transaction; the store takes
+    the poll only if the digest is still the stored one (``apply_poll(expect_answer_digest=)``).
+    A 1% poll of 100,000 records then reads no stored row but the ones it maps."""
+    kept = _kept_records(source, answer_digest)
+    return kept if kept is not None else store.record_digests(source.id)
+
+
+def _kept_records(source: Source, answer_digest: str) -> StoredRecords | None:
+    try:
+        raw = (source.state_dir / RECORDS_STATE).read_bytes()
+        version, digest, pairs, others = marshal.loads(raw)
+    except (OSError, ValueError, EOFError, TypeError):  # none kept, or not readable: read the store
+        return None
+    if version != _RECORDS_FORMAT or digest != answer_digest or not isinstance(pairs, dict):
+        return None
+    kept = StoredRecords(pairs)
+    kept.others = tuple(others)
+    return kept
+
+
+def _keep_records(source: Source, answer_digest: str, present: StoredRecords) -> None:
+    """Keep a stored poll's present rows for the next poll of the source (after its commit)."""
+    path = source.state_dir / RECORDS_STATE
+    try:
+        # replaced whole, but not synced to the disk (Source.write_state's fsync of 4 MB a source
+        # cost a poll seconds of wall time behind other writes): a file lost or cut short by a
+        # crash is one marshal cannot read, or one of an older answer digest; either way the
+        # next poll reads the store
+        payload = marshal.dumps((_RECORDS_FORMAT, answer_digest, dict(present), list(present.others)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except (OSError, ValueError) as exc:  # the next poll reads the store instead
+        log.warning("cannot keep the stored records of %s: %s", source.id, exc)
+        (source.state_dir / RECORDS_STATE).unlink(missing_ok=True)
 
 
 def _source_failed(store: Store, source_id: str, exc: BaseException, secrets: set[str], now: float,

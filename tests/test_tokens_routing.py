@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from conftest import write_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from icsfeed import tokens
 from icsfeed.config import load_config
@@ -76,3 +78,18 @@ def test_subscription_urls_stay_under_googles_limit(tmp_path: Path) -> None:
         url = subscription_url(config, os.urandom(32), spec)
         assert url.startswith("https://calendar.very-long-hostname-for-a-company.example.com/icsfeed/")
         assert len(url) < 256, url
+
+
+_TOUCHED = st.builds(Touched, st.sampled_from([None, "acme", "acme corp", "10042", "globex", "initech", "ACME"]),
+                     st.sampled_from(["alert", "maintenance", "ticket", "backup"]),
+                     st.sampled_from([None, 1, 2, 3, 4]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(touched=st.lists(_TOUCHED, max_size=12))
+def test_affected_feeds_by_account_key_equals_every_feed_tested(tmp_path: Path, touched: list[Touched]) -> None:
+    """The look-up by account key gives what testing every feed against every touched gives."""
+    config = load_config(write_config(tmp_path / "c", {"a.yaml": CONFIG}), tmp_path / "d")
+    naive = {spec.feed_id for spec in all_feeds(config) if any(spec.accepts(t) for t in touched)}
+    assert affected_feeds(config, touched) == naive
+    assert affected_feeds(config, iter(touched)) == naive

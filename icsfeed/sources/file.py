@@ -53,7 +53,9 @@ class FileSource(MappedSource):
             if self.answer_unchanged(data):  # the same bytes as the stored events came from
                 raise AnswerUnchanged(path.name)
             # universal newlines, as a text file is read: \r\n and \r end a line (U+2028 does not)
-            text = data.decode(_encoding(self.settings.encoding), "replace").replace("\r\n", "\n").replace("\r", "\n")
+            text = data.decode(_encoding(self.settings.encoding), "replace")
+            if "\r" in text:  # one scan of 37 MB instead of two when there is none
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
             del data  # a first import of 100,000 records holds its events next: not the file's bytes too
         except LookupError:
             raise SourceError(f"unknown encoding {self.settings.encoding!r}") from None

@@ -22,10 +22,12 @@ mapping's ``timezone``, else the server default.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta, timezone
+from itertools import compress, repeat
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -380,29 +382,27 @@ class MappedSource(Source):
         known record repeats, or a mapped event has the key of a known one (an origin key
         sent twice: the last record wins), every record is mapped, as without digests.
         """
-        digests = [self.record_digest(text) if text is not None else None for text in texts]
+        digests = self.record_digests_of(texts)
         known = self.stored_records() if self.stored_records is not None else {}
-        if not known and self.stream_events and isinstance(records, list):
+        self.stored_known = known
+        if not known and self.stream_events and isinstance(records, (list, JsonLines)):
             self.unchanged_keys = {}
             self.record_digests = {}
             return EventStream(self, records, digests)
-        matched: dict[int, str] = {}
-        repeated = False
-        if known:
-            seen: set[str] = set()
-            for i, digest in enumerate(digests):
-                key = known.get(digest) if digest is not None else None
-                if key is not None:
-                    repeated = repeated or digest in seen
-                    seen.add(digest)  # type: ignore[arg-type]
-                    matched[i] = key
-        mapped = self._map_indexed(records, [i for i in range(len(records)) if i not in matched])
-        if matched:
-            keys = set(matched.values())
-            if repeated or any(self.stored_key(str(ev.key)) in keys for _, ev in mapped):
-                mapped = sorted(mapped + self._map_indexed(records, sorted(matched)), key=lambda pair: pair[0])
-                matched = {}
-        self.unchanged_keys = {key: digests[i] for i, key in matched.items()}  # type: ignore[misc]
+        # each record's stored key, or None (a C-level look-up per record: most are known)
+        keys = list(map(known.get, digests)) if known else [None] * len(digests)
+        found = list(map(operator.is_not, keys, repeat(None)))
+        unmatched = list(compress(range(len(keys)), map(operator.not_, found)))
+        matched = len(keys) - len(unmatched)
+        # a known record sent twice: every record is mapped (their events and the last one's wins)
+        repeated = matched > 0 and len(set(compress(digests, found))) != matched
+        mapped = self._map_indexed(records, unmatched)
+        unchanged: dict[str, str] = dict(zip(compress(keys, found), compress(digests, found), strict=True)) if matched else {}
+        if matched and (repeated or any(self.stored_key(str(ev.key)) in unchanged for _, ev in mapped)):
+            matched_at = list(compress(range(len(keys)), found))
+            mapped = sorted(mapped + self._map_indexed(records, matched_at), key=lambda pair: pair[0])
+            unchanged = {}
+        self.unchanged_keys = unchanged
         self.record_digests = {str(ev.key): digests[i] for i, ev in mapped if digests[i] is not None}  # type: ignore[misc]
         return [ev for _, ev in mapped]
 
@@ -613,15 +613,45 @@ def json_lines(text: str) -> list[JsonLine]:
     return [JsonLine(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
+class JsonLines(Sequence[JsonLine]):
+    """:func:`json_lines` of a text as a sequence made on demand: the non-blank lines' texts
+    (one C-level filter), and a :class:`JsonLine` built only for the lines that are read — a
+    full dump of 100,000 lines of which 1% changed builds 1,000, not 100,000 (≈ 3 µs a line).
+    ``lines[i] = None`` lets go of a line's text (:class:`EventStream`)."""
+
+    def __init__(self, text: str) -> None:
+        parts = text.split("\n")
+        #: the non-blank lines' texts, in order
+        self.texts: list[str | None] = list(filter(str.strip, parts))
+        blank_last = bool(parts) and not parts[-1].strip()
+        # line numbers are positions + 1 unless a blank line comes before a non-blank one
+        self._numbers: list[int] | None = None
+        if len(self.texts) != len(parts) - (1 if blank_last else 0):
+            self._numbers = [number for number, line in enumerate(parts, 1) if line.strip()]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def number(self, i: int) -> int:
+        return self._numbers[i] if self._numbers is not None else i + 1
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        text = self.texts[i]
+        return None if text is None else JsonLine(self.number(i), text)
+
+    def __setitem__(self, i: int, value: None) -> None:
+        self.texts[i] = None
+
+
 def answer_records(source: Source, text: str | bytes, fmt: str, items: str | None,
-                   what: str) -> tuple[list[Any], list[str | None]]:
+                   what: str) -> tuple[Sequence[Any], Sequence[str | None]]:
     """:func:`records_in` for :meth:`MappedSource.events_of_answer`: the records and their
     canonical texts (a JSON Lines line as sent, unparsed; a document's record as JSON)."""
     if fmt == "jsonl":
         if isinstance(text, bytes):
             text = text.decode("utf-8-sig", "replace")
-        lines = json_lines(text.removeprefix("\ufeff"))
-        return lines, [line.text for line in lines]
+        lines = JsonLines(text.removeprefix("\ufeff"))
+        return lines, list(lines.texts)
     records = records_in(source, text, fmt, items, what)
     return records, [canonical_text(r) for r in records]
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import marshal
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
@@ -14,7 +15,7 @@ from datetime import time as dtime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
+from sqlalchemy import and_, case, func, null, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -23,7 +24,7 @@ from icsfeed.model import Event, severity_rank
 from icsfeed.store.codec import Codec, UndecodableBlob, source_group
 from icsfeed.store.database import StoreError, chunks, db_reason, storable_text
 from icsfeed.store.facts import row_facts, row_traits
-from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table
+from icsfeed.store.schema import ACCOUNT_KEY_LENGTH, EVENT_KEY_LENGTH, events_table, source_state_table
 from icsfeed.tokens import event_uid
 
 log = logging.getLogger("icsfeed.store")
@@ -72,6 +73,9 @@ class PollChanges:
     touched: set[Touched] = field(default_factory=set)
     #: records the store cannot hold as they are, left out of the poll: (key, reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: after a complete poll: what :meth:`EventsMixin.record_digests` reads now (the present
+    #: rows by record digest, and those without one), worked out from the poll's own writes
+    present: StoredRecords | None = None
 
     @property
     def changed(self) -> bool:
@@ -112,7 +116,8 @@ class EventsMixin:
                    affected: Callable[[set[Touched]], Iterable[str]] | None = None,
                    fragment: Fragmenter | None = None, record: bool = True,
                    answer_digest: str | None = None, record_digests: Mapping[str, str] | None = None,
-                   known: Mapping[str, str] | None = None) -> PollChanges:
+                   known: Mapping[str, str] | None = None, stored: Mapping[str, str] | None = None,
+                   expect_answer_digest: str | None = None) -> PollChanges:
         """Upsert a poll's events and apply the absence policy, all in one transaction.
 
         ``complete`` is False for incremental polls: then a missing event means nothing.
@@ -133,6 +138,12 @@ class EventsMixin:
         the source found unchanged and did not map (:meth:`record_digests`): present and
         unchanged; if any of them changed since it was read, the poll is refused (StoreError)
         and the next one maps in full.
+        ``stored``: what :meth:`record_digests` gave the source that found ``known``, read
+        while the source's answer digest was ``expect_answer_digest``: when both are given,
+        the stored rows are not read again (a 1% poll of a full dump reads 100,000 rows once,
+        not twice); the poll is stored only if that answer digest is still the stored one
+        (every other writer of the source's events clears or replaces it in its own
+        transaction), checked and taken by the transaction's first write.
         ``events`` are taken one at a time, inside the transaction (a stream that maps its
         records as it goes, icsfeed.sources.mapping.EventStream, holds no Event past its row);
         ``record_digests`` is read for each event as it comes (a stream fills it as it goes);
@@ -148,7 +159,13 @@ class EventsMixin:
                 # those keys only, a batch at a time, and only key, id and state for the rest
                 present: Mapping[str, Any]
                 existing: dict[str, _StoredRow]
-                if known and len(known) >= SPARSE_SHARE * len(present := _present_rows(conn, source_id)):
+                light = (bool(known) and isinstance(stored, StoredRecords) and expect_answer_digest is not None
+                         and len(known) >= SPARSE_SHARE * (len(stored) + len(stored.others)))
+                if light:  # the source's read of every row stands for this one, under its answer digest
+                    existing, present = {}, {}
+                    events = _fetching_stored(events, lambda keys: existing.update(
+                        (row.key, row) for row in _stored_rows(conn, source_id, keys)))
+                elif known and len(known) >= SPARSE_SHARE * len(present := _present_rows(conn, source_id)):
                     existing = {}
                     events = _fetching_stored(events, lambda keys: existing.update(
                         (row.key, row) for row in _stored_rows(conn, source_id, keys)))
@@ -162,6 +179,7 @@ class EventsMixin:
                 new_rows = _NewRows(self, conn)
                 entries: dict[str, tuple[int, Any, Any]] = {}  # key -> (what, row slot / update / digest, mapped)
                 mapped_as: dict[tuple[str | None, str, str | None], tuple[str | None, str, str | None]] = {}
+                digest_of: dict[str, str | None] = {}
                 for ev in events:
                     mapped_key = str(ev.key)
                     ev = _storable(ev)
@@ -174,6 +192,7 @@ class EventsMixin:
                         changes.duplicates += 1
                         log.warning("source %s returned key %r more than once; the last one wins", source_id, key[:80])
                     record_digest = mapped_digests.get(mapped_key)
+                    digest_of[key] = record_digest  # the row's record digest after this poll (the last one wins)
                     blob, digest, facts = _json_bytes(ev)
                     old = existing.get(key)
                     mapped = (ev.account, ev.kind, ev.severity)
@@ -190,11 +209,24 @@ class EventsMixin:
                         entries[key] = (_UPDATED, {"_id": old.id, **values}, mapped)
                     else:
                         entries[key] = (_UNCHANGED, record_digest, None)
-                unmapped = {k: d for k, d in (known or {}).items() if k not in entries}
-                for key, record_digest in unmapped.items():
-                    row = present.get(key)
-                    if row is None or row.gone or row.record_digest != record_digest:
+                known = known or {}
+                unmapped = {k: d for k, d in known.items() if k not in entries} if known.keys() & entries.keys() else known
+                if light:
+                    assert isinstance(stored, StoredRecords)
+                    # each unmapped record as the source read it (C-level look-ups, no set of 100,000 built)
+                    if not all(map(operator.eq, map(stored.get, unmapped.values()), unmapped.keys())):
                         raise StoreError(f"the stored events of {source_id} changed during its poll")
+                    # the present rows this answer left out: none when the unmapped and the present
+                    # mapped ones are all of them (counted), else worked out by key
+                    mapped_present = sum(1 for k in entries if (row := existing.get(k)) is not None and not row.gone)
+                    left_out: set[str] = set()
+                    if len(stored) + len(stored.others) != len(unmapped) + mapped_present:
+                        left_out = {*stored.values(), *stored.others} - entries.keys() - unmapped.keys()
+                else:
+                    for key, record_digest in unmapped.items():
+                        row = present.get(key)
+                        if row is None or row.gone or row.record_digest != record_digest:
+                            raise StoreError(f"the stored events of {source_id} changed during its poll")
                 changes.unchanged += len(unmapped)
                 updates: list[dict[str, Any]] = []
                 revived: list[int] = []
@@ -222,13 +254,24 @@ class EventsMixin:
                                        for account, kind, severity in touched_as_mapped)
                 encoded = new_rows.finish(updates)  # the last new rows and the updates: one dictionary decision
                 # 2. the writes
+                if light:  # first: the rows are still the ones the source read (compare-and-set)
+                    st = source_state_table
+                    taken = conn.execute(update(st).where(and_(st.c.source == source_id,
+                                                               st.c.answer_digest == expect_answer_digest))
+                                         .values(answer_digest=None))
+                    if taken.rowcount != 1:
+                        raise StoreError(f"the stored events of {source_id} changed during its poll")
                 for chunk in chunks(revived, 500):
                     conn.execute(update(t).where(t.c.id.in_(chunk)).values(gone=False))
                 if redigested:
                     self._bulk_update(conn, redigested)
                 if complete:
-                    missing = [row for key, row in present.items()
-                               if key not in entries and key not in unmapped and not row.gone]
+                    if light:  # the rows this answer left out, read by key (a few, mostly none)
+                        missing = [row for row in _stored_rows(conn, source_id, sorted(left_out)) if not row.gone] \
+                            if left_out else []
+                    else:
+                        missing = [row for key, row in present.items()
+                                   if key not in entries and key not in unmapped and not row.gone]
                     gone_updates: list[dict[str, Any]] = []
                     self._apply_absence(conn, missing, absence, now, previous_success, changes, gone_updates,
                                         fragment)
@@ -240,6 +283,11 @@ class EventsMixin:
                     self._bulk_update(conn, updates)
                 if affected is not None and changes.touched:
                     self._mark_dirty(conn, affected(changes.touched))
+                if complete:  # the present rows now: the events of this answer, mapped or not (the rest are gone)
+                    after = StoredRecords(zip(unmapped.values(), unmapped.keys(), strict=True))
+                    after.update((d, k) for k, d in digest_of.items() if d is not None)
+                    after.others = tuple(k for k, d in digest_of.items() if d is None)
+                    changes.present = after
                 if record:
                     self._record_success(conn, source_id, now, cursor, result() if callable(result) else result,
                                          duration() if callable(duration) else duration, answer_digest)
@@ -294,9 +342,11 @@ class EventsMixin:
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for u in updates:
             by_shape.setdefault(tuple(sorted(k for k in u if k != "_id")), []).append(u)
-        for shape, batch in by_shape.items():
-            stmt = update(t).where(t.c.id == bindparam("_id")).values({c: bindparam(c) for c in shape})
-            conn.execute(stmt, batch)
+        mark = _mark(conn)
+        for shape, batch in by_shape.items():  # one executemany on the DB-API cursor, as _insert_rows,
+            # in the table's order (row id): scattered keys' rows are updated page after page
+            sql = f"UPDATE {t.name} SET {', '.join(f'{c} = {mark}' for c in shape)} WHERE id = {mark}"
+            _executemany(conn, sql, [(*(u[c] for c in shape), u["_id"]) for u in sorted(batch, key=_by_id)])
 
     def _encode_rows(self, conn: Any, rows: list[dict[str, Any]], *, apart: bool = False) -> None:
         """Rows about to be written, their ``data`` (JSON, as text or its UTF-8 bytes) and
@@ -324,17 +374,23 @@ class EventsMixin:
                          facts=facts)
         return dict(zip(ROW_COLUMNS if created is not None else ROW_COLUMNS[:-1], row, strict=True))
 
-    def record_digests(self, source_id: str) -> dict[str, str]:
+    def record_digests(self, source_id: str) -> StoredRecords:
         """Record digest -> key of a source's present events that were mapped from a record
-        (what a poll need not map again when the origin sends the same record)."""
+        (what a poll need not map again when the origin sends the same record), and the keys
+        of its other present events (``others``: pushed or closed, no record digest): every
+        present row, which ``apply_poll(stored=...)`` then need not read again."""
         try:
             with self.engine.connect() as conn:  # the DB-API cursor, as _stored_rows: 100,000s of rows
                 mark = _mark(conn)
-                return dict(_fetch_all(conn, f"SELECT record_digest, key FROM {events_table.name} WHERE source = "
-                                             f"{mark} AND gone = {mark} AND record_digest IS NOT NULL",
-                                       (source_id, False)))
+                rows = _fetch_all(conn, f"SELECT record_digest, key FROM {events_table.name} WHERE source = "
+                                        f"{mark} AND gone = {mark}", (source_id, False))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the stored records of {source_id}: {db_reason(exc)}") from None
+        out = StoredRecords(rows)
+        if None in out:
+            del out[None]
+            out.others = tuple(key for digest, key in rows if digest is None)
+        return out
 
     def event_counts(self) -> dict[str, int]:
         """Events stored per source."""
@@ -501,6 +557,13 @@ def _update_fragments(conn: Any, rows: list[tuple[bytes | None, str, int]]) -> N
     mark = _mark(conn)
     sql = f"UPDATE {events_table.name} SET vevent = {mark}, vevent_key = {mark} WHERE id = {mark}"
     _executemany(conn, sql, rows)
+
+
+class StoredRecords(dict[str, str]):
+    """:meth:`EventsMixin.record_digests`: record digest -> key of a source's present rows
+    mapped from a record, and ``others``, the keys of its present rows without one."""
+
+    others: tuple[str, ...] = ()
 
 
 class _StoredRow(NamedTuple):
@@ -692,6 +755,10 @@ def _executemany(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
 def _mark(conn: Any) -> str:
     """The DB-API parameter marker of ``conn``'s driver (sqlite3: ``?``, psycopg: ``%s``)."""
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _by_id(values: dict[str, Any]) -> int:
+    return values["_id"]  # type: ignore[no-any-return]
 
 
 def _fetch_all(conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
