@@ -6,9 +6,9 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, delete, func, select, update
+from sqlalchemy import BigInteger, Float, and_, bindparam, case, cast, delete, func, null, select, union_all, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,6 +19,16 @@ from icsfeed.store.schema import events_table, feed_segments_table, feeds_table
 from icsfeed.store.segments import Segments, decode_list, encode_list, split
 
 log = logging.getLogger("icsfeed.store")
+
+
+class FeedChanges(NamedTuple):
+    """:meth:`FeedsMixin.feed_changes`: a feed's totals and its recently modified rows."""
+
+    count: int
+    sequence_sum: int
+    id_sum: int
+    #: (id, sequence, last modified in whole µs, start_ts), in no particular order
+    rows: list[tuple[int, int, int, float]]
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,43 @@ class FeedsMixin:
             return [], [], []
         ids, seqs, mods = zip(*rows, strict=True)
         return list(ids), list(seqs), micros(mods)
+
+    def feed_changes(self, query: FeedQuery, since: int) -> FeedChanges | None:
+        """What a re-render needs to tell a feed's event list from the one its previous body was
+        rendered from without reading the whole list (:meth:`feed_versions`): how many events
+        the feed has, the sums of their sequences and of their row ids, and the rows last
+        modified at or after ``since`` (whole microseconds, :func:`micros`; a millisecond of
+        slack below it): (id, sequence, last modified in µs, start_ts). One statement, so the
+        totals and the rows are of one snapshot on every backend. None: the query shows none."""
+        t = events_table
+        conditions = self._feed_conditions(query)
+        if conditions is None:
+            return None
+        big, real = BigInteger, Float
+        totals = select(cast(func.count(), big), cast(func.coalesce(func.sum(t.c.sequence), 0), big),
+                        cast(func.coalesce(func.sum(t.c.id), 0), big), cast(null(), real), cast(null(), real)) \
+            .where(and_(*conditions))
+        recent = select(cast(t.c.id, big), cast(t.c.sequence, big), cast(null(), big), t.c.last_modified, t.c.start_ts) \
+            .where(and_(*conditions, t.c.last_modified >= since / _MICROS - 1e-3))
+        with self.engine.connect() as conn:
+            rows = fetch_statement(conn, union_all(totals, recent))
+        head = [r for r in rows if r[2] is not None]
+        if len(head) != 1:
+            raise StoreError("the feed's totals were not read")
+        count, seq_sum, id_sum = head[0][:3]
+        changed = [r for r in rows if r[2] is None]
+        mods = micros([r[3] for r in changed])
+        return FeedChanges(int(count), int(seq_sum), int(id_sum),
+                           [(r[0], r[1], m, r[4]) for r, m in zip(changed, mods, strict=True)])
+
+    def start_times(self, ids: Sequence[int]) -> dict[int, float]:
+        """Row id -> start_ts (the neighbours of a re-render's changed events: whether one moved)."""
+        t = events_table
+        out: dict[int, float] = {}
+        with self.engine.connect() as conn:
+            for at in range(0, len(ids), 500):
+                out.update(fetch_statement(conn, select(t.c.id, t.c.start_ts).where(t.c.id.in_(list(ids[at:at + 500])))))
+        return out
 
     def mark_dirty(self, feed_ids: Iterable[str]) -> None:
         try:

@@ -1,0 +1,164 @@
+"""The 1% re-render without the whole version list (issue 11, eighth session).
+
+A re-render that starts from the feed's previous body reads, instead of every event's version
+(``Store.feed_versions``), the feed's totals and the rows modified since the newest version
+its parts list (``Store.feed_changes``), and works the list out from the parts
+(``render._versions_since``). Whatever happens in between -- changes written with a clock
+behind the newest version listed (a poll that commits after a later one), events moving
+past their neighbours, coming in or leaving with such a clock, the window moving on -- the
+body must be what a render from the events alone makes, byte for byte; and the list must be
+the one ``feed_versions`` reads.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from test_render_splice import CONFIG, NOW, from_scratch, make_event, stored_bodies
+
+import icsfeed.render as render
+from icsfeed.config import Config
+from icsfeed.render import fragment_renderer, render_feeds
+from icsfeed.routing import all_feeds
+from icsfeed.store import Store
+
+#: feeds within their budget only (the over-budget ones take icsfeed.refit, not this path)
+PLAIN = CONFIG.replace(", budget: {max_events: 12, keep_individual: [insight]}", "") \
+    .replace(", budget: {max_events: 40}", "")
+
+
+def _poll(config: Config, store: Store, events: dict[int, Any], at: float, fragments: bool = True) -> None:
+    store.apply_poll("src", list(events.values()), absence="keep", complete=True, now=at, previous_success=at - 300,
+                     affected=lambda touched: [s.feed_id for s in all_feeds(config)],
+                     fragment=fragment_renderer(config) if fragments else None)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> tuple[list[bool], list[list[int]]]:
+    """Whether each re-render worked its list out from the changes (True) or not, and the lists
+    that ``feed_versions`` reads of the feeds at the time each such one is worked out."""
+    took: list[bool] = []
+    checked: list[list[int]] = []
+    original = render._versions_since
+
+    def spy(store: Store, query: Any, reuse: Any) -> Any:
+        out = original(store, query, reuse)
+        took.append(out is not None)
+        if out is not None:
+            ids, seqs, mods = store.feed_versions(query)
+            assert (out[0], out[1], out[2]) == (ids, seqs, mods)
+            changed = [n for n in range(len(ids)) if (seqs[n], mods[n]) != (reuse.seqs[n], reuse.mods[n])]
+            assert out[3] == changed
+            checked.append(changed)
+        return out
+
+    monkeypatch.setattr(render, "_versions_since", spy)
+    return took, checked
+
+
+def test_a_few_changes_are_found_without_the_whole_list(make_env: Callable[[dict[str, str]], tuple[Config, Store]],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store = make_env({"icsfeed.yaml": PLAIN})
+    rnd = random.Random(4)
+    events = {i: make_event(i, rnd, NOW) for i in range(150)}
+    at = NOW.timestamp()
+    _poll(config, store, events, at)
+    render_feeds(config, store, now=NOW)
+    took, checked = _spy(monkeypatch)
+    read: list[int] = []
+    original = Store.feed_versions
+    monkeypatch.setattr(Store, "feed_versions", lambda self, q: read.append(1) or original(self, q))
+    for round_no in range(1, 4):
+        at += 60
+        for i in rnd.sample(sorted(events), 3):
+            events[i] = replace(events[i], title=f"{events[i].title} r{round_no}")
+        _poll(config, store, events, at, fragments=round_no != 2)
+        took.clear()
+        read.clear()
+        render_feeds(config, store, now=NOW)
+        assert took and all(took), took
+        assert len(read) == len(took)  # only the spy's own reads: the render read no whole list
+        assert stored_bodies(config, store) == from_scratch(config, store, NOW)
+    assert any(checked)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_list_worked_out_from_the_changes_is_the_list_read(
+        make_env: Callable[[dict[str, str]], tuple[Config, Store]], monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Random rounds of changes, some written with a clock behind the newest version the
+    previous render saw: the body is always a render from the events alone, and whenever the
+    list is worked out from the changes it is the one read in full (the spy checks)."""
+    config, store = make_env({"icsfeed.yaml": PLAIN})
+    rnd = random.Random(seed)
+    events = {i: make_event(i, rnd, NOW) for i in range(120)}
+    at = NOW.timestamp()
+    _poll(config, store, events, at)
+    render_feeds(config, store, now=NOW)
+    took, _ = _spy(monkeypatch)
+    next_key = 500
+    outcomes: set[bool] = set()
+    for round_no in range(1, 13):
+        at += 30
+        kind = rnd.choice(["title", "title", "late", "move", "late move", "new late", "account late", "new"])
+        late = "late" in kind
+        for i in rnd.sample(sorted(events), rnd.randint(1, 3)):
+            ev = events[i]
+            if "move" in kind:  # a few minutes or a day: past its neighbours or not
+                step = timedelta(minutes=rnd.choice([1, 7, 24 * 60]))
+                events[i] = replace(ev, start=ev.start + step, end=None if ev.end is None else ev.end + step)
+            elif "account" in kind:
+                events[i] = replace(ev, account="beta" if ev.account != "beta" else "acme")
+            else:
+                events[i] = replace(ev, title=f"{ev.title} r{round_no}")
+        if "new" in kind:
+            events[next_key] = replace(make_event(next_key, rnd, NOW), account="acme")
+            next_key += 1
+        # a late write: stamped before the newest version the last render listed
+        _poll(config, store, events, at - 45 if late else at, fragments=rnd.random() < 0.5)
+        took.clear()
+        render_feeds(config, store, now=NOW)
+        outcomes.update(took)
+        assert stored_bodies(config, store) == from_scratch(config, store, NOW), (round_no, kind)
+    assert outcomes == {True, False}  # both ways were taken
+
+
+def test_a_late_change_is_not_missed(make_env: Callable[[dict[str, str]], tuple[Config, Store]],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change stamped before the newest version listed is not among the rows modified since:
+    the sum of sequences tells, and the list is read in full."""
+    config, store = make_env({"icsfeed.yaml": PLAIN})
+    rnd = random.Random(9)
+    events = {i: replace(make_event(i, rnd, NOW), account="acme") for i in range(40)}
+    at = NOW.timestamp()
+    _poll(config, store, events, at)
+    render_feeds(config, store, now=NOW)
+    events[3] = replace(events[3], title="changed first")
+    _poll(config, store, events, at + 60)
+    render_feeds(config, store, now=NOW)
+    took, _ = _spy(monkeypatch)
+    events[5] = replace(events[5], title="changed late")
+    _poll(config, store, events, at + 30)  # committed after the render, stamped before its newest version
+    render_feeds(config, store, now=NOW)
+    assert took and not any(took), took
+    bodies = stored_bodies(config, store)
+    assert b"changed late" in bodies["account/acme"]
+    assert bodies == from_scratch(config, store, NOW)
+
+
+def test_a_new_day_reads_the_whole_list(make_env: Callable[[dict[str, str]], tuple[Config, Store]],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window moves once a day: the parts name the query, a new one reads the list in full."""
+    config, store = make_env({"icsfeed.yaml": PLAIN})
+    rnd = random.Random(2)
+    events = {i: make_event(i, rnd, NOW) for i in range(80)}
+    _poll(config, store, events, NOW.timestamp())
+    render_feeds(config, store, now=NOW)
+    took, _ = _spy(monkeypatch)
+    later = NOW + timedelta(days=1)
+    render_feeds(config, store, now=later)
+    assert took and not any(took), took
+    assert stored_bodies(config, store) == from_scratch(config, store, later)
