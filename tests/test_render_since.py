@@ -162,3 +162,58 @@ def test_a_new_day_reads_the_whole_list(make_env: Callable[[dict[str, str]], tup
     render_feeds(config, store, now=later)
     assert took and not any(took), took
     assert stored_bodies(config, store) == from_scratch(config, store, later)
+
+
+def test_a_rerender_reads_the_parts_it_saved_from_memory_and_packs_only_changed_lists(
+        make_env: Callable[[dict[str, str]], tuple[Config, Store]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store holds the parts it saved: the next render reads none from the database, packs
+    again only the lists that changed (the ids keep their stored text), and another store on
+    the same database (another process) reads the same parts."""
+    import icsfeed.store.rollups as rollups
+
+    config, store = make_env({"icsfeed.yaml": PLAIN})
+    rnd = random.Random(6)
+    events = {i: replace(make_event(i, rnd, NOW), account="acme") for i in range(100)}
+    at = NOW.timestamp()
+    _poll(config, store, events, at)
+    render_feeds(config, store, now=NOW)
+
+    def stored_text() -> dict[str, Any]:
+        import json
+
+        from sqlalchemy import text
+        with store.engine.connect() as conn:
+            return json.loads(conn.execute(text("SELECT parts FROM feed_parts WHERE feed_id = 'account/acme'")).scalar_one())
+
+    before = stored_text()
+    unpacked: list[int] = []
+    original = rollups.unpack_parts
+    monkeypatch.setattr(rollups, "unpack_parts", lambda *a, **k: unpacked.append(1) or original(*a, **k))
+    events[7] = replace(events[7], title=f"{events[7].title} and then some")
+    _poll(config, store, events, at + 60)
+    render_feeds(config, store, now=NOW)
+    assert unpacked == []
+    after = stored_text()
+    assert after["ids"] == before["ids"] and after["kind"] == before["kind"]  # the same text, not packed again
+    assert after["lens"] != before["lens"] and after["seqs"] != before["seqs"]
+    stored = store.get_feed("account/acme")
+    assert stored is not None
+    held = store.feed_parts("account/acme", stored.etag)
+    store.forget_held_parts()
+    read = store.feed_parts("account/acme", stored.etag)
+    assert unpacked == [1]
+    assert held is not None and read == held
+    assert stored_bodies(config, store) == from_scratch(config, store, NOW)
+
+
+def test_held_parts_are_bounded() -> None:
+    from icsfeed.store.rollups import FeedParts, _PartsCache
+
+    cache = _PartsCache(limit=100)
+    for n in range(5):
+        cache.put(f"f{n}", FeedParts("e", {"ids": list(range(20))}, {}), {})
+    assert cache.get("f0") is None and cache.get("f1") is None  # 41 each: two fit
+    assert cache.get("f4", "e") is not None and cache.get("f4", "other") is None
+    cache.put("big", FeedParts("e", {"ids": list(range(80))}, {}), {})
+    assert cache.get("big") is None  # larger than the whole bound: not held
+    assert cache.get("f3") is not None
