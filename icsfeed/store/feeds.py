@@ -224,11 +224,13 @@ class FeedsMixin:
 
     def start_times(self, ids: Sequence[int]) -> dict[int, float]:
         """Row id -> start_ts (the neighbours of a re-render's changed events: whether one moved)."""
-        t = events_table
         out: dict[int, float] = {}
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # the DB-API cursor, as changed_parts_by_id
+            mark = _mark(conn)
             for at in range(0, len(ids), 500):
-                out.update(fetch_statement(conn, select(t.c.id, t.c.start_ts).where(t.c.id.in_(list(ids[at:at + 500])))))
+                chunk = tuple(ids[at:at + 500])
+                sql = f"SELECT id, start_ts FROM {events_table.name} WHERE id IN ({', '.join([mark] * len(chunk))})"
+                out.update(_fetch_all(conn, sql, chunk))
         return out
 
     def mark_dirty(self, feed_ids: Iterable[str]) -> None:
