@@ -1002,25 +1002,34 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
         return None  # parts that are not the ones saved with these segments: checked over the whole body
     bounds = reuse.bounds
     offs = list(accumulate(old.lengths, initial=len(old.head)))
-    # each segment's first VEVENT (and the end): the segments cut the body at VEVENT boundaries
-    firsts = [bisect_left(bounds, o) for o in offs]
-    if any(f >= len(bounds) or bounds[f] != o for f, o in zip(firsts, offs, strict=True)):
-        return None
     fitted = fit_spliced(config, spec, head, tail, None, reuse.parts, changed, seqs, mods)
     if fitted is None:  # over its budget now: rolled up by the general path
         return None
+    firsts: dict[int, int] = {}
+
+    def first(j: int) -> int:
+        """The position in ``bounds`` where segment ``j`` starts (``j`` = their number: where the
+        last one ends): the segments read must start and end at VEVENT boundaries (checked for
+        those only, not a bisection per segment of the body)."""
+        f = firsts.get(j)
+        if f is None:
+            f = bisect_left(bounds, offs[j])
+            if f >= len(bounds) or bounds[f] != offs[j]:
+                raise _Misplaced
+            firsts[j] = f
+        return f
 
     def raw_of(j: int) -> bytes:
         raw = stored.raw(j)
         base = offs[j]
-        if not _boundaries_hold(raw, [b - base for b in bounds[firsts[j]:firsts[j + 1] + 1]]):
+        if not _boundaries_hold(raw, [b - base for b in bounds[first(j):first(j + 1) + 1]]):
             raise _Misplaced
         return raw
 
     starts, ends = reuse.starts, reuse.ends
     patches = [(starts[n], ends[n], changed[n][0]) for n in sorted(changed)]
     try:
-        stored.preload({bisect_right(firsts, n) - 1 for n in changed})  # one read of the segments changed
+        stored.preload({bisect_right(offs, starts[n]) - 1 for n in changed})  # one read of the segments changed
         segments = splice(old, raw_of, patches)
     except (_Misplaced, UndecodableBlob):
         return None
@@ -1139,10 +1148,19 @@ def previous_body(store: Store, feed_id: str) -> PreviousBody | None:
 
 
 def _save_feed(store: Store, feed_id: str, feed: RenderedFeed, **kwargs: Any) -> bool:
-    """Store a render (its segments, when the store keeps them; else its whole body)."""
-    if feed.segments is not None and "segments" in inspect.signature(store.save_feed).parameters:
-        return store.save_feed(feed_id, b"", b"", feed.etag, segments=feed.segments, **kwargs)
-    return store.save_feed(feed_id, feed.body, b"", feed.etag, **kwargs)
+    """Store a render (its segments, when the store keeps them; else its whole body), and its
+    parts for filtered variants and /status (in the same transaction, where the store can)."""
+    takes = inspect.signature(store.save_feed).parameters
+    with_parts = feed.parts is not None and feed.report is not None
+    if with_parts and "parts" in takes:
+        kwargs["parts"] = (feed.parts, feed.report)
+    if feed.segments is not None and "segments" in takes:
+        saved = store.save_feed(feed_id, b"", b"", feed.etag, segments=feed.segments, **kwargs)
+    else:
+        saved = store.save_feed(feed_id, feed.body, b"", feed.etag, **kwargs)
+    if with_parts and "parts" not in takes:
+        store.save_feed_parts(feed_id, feed.etag, feed.parts, feed.report)  # type: ignore[arg-type]
+    return saved
 
 
 #: one render at a time per process: two renders of one feed racing could store the older bytes last
@@ -1201,7 +1219,5 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
                 _save_feed(store, spec.feed_id, feed, event_count=feed.event_count, now=now.timestamp(),
                            render_seconds=time.perf_counter() - started, render_key=key, window_day=today,
                            generation=generation)
-                if feed.parts is not None and feed.report is not None:  # for filtered variants and /status
-                    store.save_feed_parts(spec.feed_id, feed.etag, feed.parts, feed.report)
             rendered.append(spec.feed_id)
     return rendered

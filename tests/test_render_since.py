@@ -217,3 +217,61 @@ def test_held_parts_are_bounded() -> None:
     cache.put("big", FeedParts("e", {"ids": list(range(80))}, {}), {})
     assert cache.get("big") is None  # larger than the whole bound: not held
     assert cache.get("f3") is not None
+
+
+def test_parts_whose_boundaries_miss_a_segment_s_end_are_not_spliced(
+        make_env: Callable[[dict[str, str]], tuple[Config, Store]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts that put a VEVENT boundary off a segment's end (their checksum made to match the
+    row's) make the splice by segments give up on the segments it reads: the render starts
+    from the events and the feed comes out right."""
+    from sqlalchemy import update
+
+    from icsfeed.store import feeds_table
+    from icsfeed.store.segments import decode_list, encode_list, lens_check
+
+    config, store = make_env({"icsfeed.yaml": PLAIN})
+    rnd = random.Random(8)
+    events = {i: replace(make_event(i, rnd, NOW), account="acme") for i in range(60)}
+    _poll(config, store, events, NOW.timestamp())
+    render_feeds(config, store, now=NOW)
+    stored = store.get_feed("account/acme")
+    assert stored is not None
+    parts = store.feed_parts("account/acme", stored.etag)
+    assert parts is not None
+    with store.engine.connect() as conn:
+        listed = conn.execute(feeds_table.select().where(feeds_table.c.feed_id == "account/acme")).one().segments
+    digests, lengths, _ = decode_list(listed)
+    assert len(lengths) >= 2
+    lens = list(parts.parts["lens"])
+    ends = [parts.parts["head"]]
+    for n in lens:
+        ends.append(ends[-1] + n)
+    k = ends.index(parts.parts["head"] + lengths[0]) - 1  # the last VEVENT of the first segment
+    lens[k], lens[k + 1] = lens[k] + 3, lens[k + 1] - 3  # same total: that segment's end is off
+    tampered = {**parts.parts, "lens": lens}
+    assert store.save_feed_parts("account/acme", stored.etag, tampered, parts.report)
+    with store.engine.begin() as conn:
+        conn.execute(update(feeds_table).where(feeds_table.c.feed_id == "account/acme")
+                     .values(segments=encode_list(digests, lengths, lens_check(lens))))
+    took: dict[str, bool] = {}
+    original = render._spliced_segments
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        took[args[1].feed_id] = out is not None
+        return out
+
+    monkeypatch.setattr(render, "_spliced_segments", spy)
+    first_uid = stored.body[stored.body.index(b"UID:", parts.parts["head"]):].split(b"\r\n", 1)[0]
+    changed = next(i for i, ev in events.items() if first_uid.decode().startswith(f"UID:{_uid(store, ev)}"))
+    events[changed] = replace(events[changed], title="changed in the first segment")
+    _poll(config, store, events, NOW.timestamp() + 60)
+    render_feeds(config, store, now=NOW)
+    assert took["account/acme"] is False and any(took.values())  # the other feeds' parts are sound
+    assert stored_bodies(config, store) == from_scratch(config, store, NOW)
+
+
+def _uid(store: Store, ev: Any) -> str:
+    from icsfeed.store.events import event_uid
+
+    return event_uid(ev.source, str(ev.key), store.uid_host)

@@ -264,7 +264,8 @@ class FeedsMixin:
 
     def save_feed(self, feed_id: str, body: bytes, body_gz: bytes, etag: str, *, event_count: int,
                   now: float, render_seconds: float, render_key: str, window_day: str,
-                  generation: int | None = None, segments: Segments | None = None) -> bool:
+                  generation: int | None = None, segments: Segments | None = None,
+                  parts: tuple[dict[str, Any], dict[str, Any]] | None = None) -> bool:
         """Store a rendered feed, compare-and-set; returns True when its bytes changed
         (Last-Modified moves then).
 
@@ -279,8 +280,12 @@ class FeedsMixin:
         feed is marked clean only if no change was marked since ``generation``. So an older
         render never overwrites a newer one, and stale bytes are never left marked clean.
         Without ``generation`` the save is unconditional.
+
+        ``parts``: the body's parts and budget report (render's), written in the same
+        transaction (icsfeed.store.rollups: what :meth:`feed_parts` gives for this ETag).
         """
         f = feeds_table
+        held = None
         try:
             with self.engine.begin() as conn:
                 # a row to compare with (and SQLite's write lock), then that row locked on PostgreSQL:
@@ -305,8 +310,14 @@ class FeedsMixin:
                 if changed:  # its segments written above; get_feed gives the body back as it was
                     values.update(body_gz=body_gz, etag=etag, last_modified=now)
                 conn.execute(update(f).where(f.c.feed_id == feed_id).values(**values))
+                if parts is not None:
+                    held = self._write_parts(conn, feed_id, etag, *parts)  # type: ignore[attr-defined]
         except SQLAlchemyError as exc:
+            if parts is not None:
+                self._parts_cache.drop(feed_id)  # type: ignore[attr-defined]
             raise StoreError(f"cannot store feed {feed_id}: {db_reason(exc)}") from None
+        if held is not None:
+            self._hold_parts(feed_id, held)  # type: ignore[attr-defined]
         self.saves += 1
         return changed
 

@@ -285,22 +285,32 @@ class RollupsMixin:
         """Keep the parts of the body with ``etag``, if that is the feed's stored body (a render
         whose save was refused, compare-and-set, describes bytes nobody is served). The parts
         are held by this store from then on (:class:`_PartsCache`): the caller leaves them as they are."""
-        f, p = feeds_table, feed_parts_table
-        held = self._parts_cache.get(feed_id)
-        packed: Packed = {}
-        row = {"feed_id": feed_id, "etag": etag, "parts": pack_parts(parts, held[1] if held else None, packed),
-               "report": json.dumps(report, separators=(",", ":"))}
+        f = feeds_table
         try:
             with self.engine.begin() as conn:
                 stored = conn.execute(select(f.c.etag).where(f.c.feed_id == feed_id)).scalar_one_or_none()
                 if stored != etag:
                     return False
-                upsert(conn, p, [row], {"etag": etag, "parts": row["parts"], "report": row["report"]})
+                held = self._write_parts(conn, feed_id, etag, parts, report)
         except SQLAlchemyError as exc:
             self._parts_cache.drop(feed_id)
             raise StoreError(f"cannot store the parts of {feed_id}: {db_reason(exc)}") from None
-        self._parts_cache.put(feed_id, FeedParts(etag, parts, report), packed)
+        self._hold_parts(feed_id, held)
         return True
+
+    def _write_parts(self, conn: Any, feed_id: str, etag: str, parts: dict[str, Any],
+                     report: dict[str, Any]) -> tuple[FeedParts, Packed]:
+        """Write the parts of the body with ``etag`` in ``conn``'s transaction (the caller has
+        made sure that is the feed's body); what to hold once it commits (:meth:`_hold_parts`)."""
+        held = self._parts_cache.get(feed_id)
+        packed: Packed = {}
+        row = {"feed_id": feed_id, "etag": etag, "parts": pack_parts(parts, held[1] if held else None, packed),
+               "report": json.dumps(report, separators=(",", ":"))}
+        upsert(conn, feed_parts_table, [row], {"etag": etag, "parts": row["parts"], "report": row["report"]})
+        return FeedParts(etag, parts, report), packed
+
+    def _hold_parts(self, feed_id: str, held: tuple[FeedParts, Packed]) -> None:
+        self._parts_cache.put(feed_id, *held)
 
     def feed_parts(self, feed_id: str, etag: str) -> FeedParts | None:
         """The parts of the body with ``etag``, or None (rendered before parts were kept, or just
