@@ -868,7 +868,7 @@ def _stamped(feed: RenderedFeed, stamp: dict[str, Any]) -> RenderedFeed:
 def _versions_since(store: Store, query: FeedQuery, reuse: _Reusable | None
                     ) -> tuple[list[int], list[int], list[int], list[int], dict[str, Any]] | None:
     """The feed's version list (ids, sequences, last-modified µs) worked out from the previous
-    body's parts and the rows modified since the newest version they list
+    body's parts and the rows modified after the newest version they list
     (Store.feed_changes), without reading every row; with the positions whose version
     differs, and the stamp of the new list. None: not known that way (the caller reads the
     whole list, Store.feed_versions).
@@ -890,8 +890,9 @@ def _versions_since(store: Store, query: FeedQuery, reuse: _Reusable | None
             parts.get(_QUERY_PART) != _query_digest(query):
         return None
     ids, old_seqs, old_mods = reuse.ids, reuse.seqs, reuse.mods
-    got = changes_of(query, newest)
-    if got is None or got.count != len(ids) or got.id_sum != sum(ids) or len(got.rows) > max(500, len(ids) // 4):
+    most = max(500, len(ids) // 4)  # more changed: _spliced leaves it to the general path
+    got = changes_of(query, newest, most + 1)
+    if got is None or got.count != len(ids) or got.id_sum != sum(ids) or len(got.rows) > most:
         return None
     at = reuse.positions
     keys: dict[int, tuple[float, int]] = {}  # position -> order key (start_ts, id) of the recent rows

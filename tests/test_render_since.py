@@ -275,3 +275,29 @@ def _uid(store: Store, ev: Any) -> str:
     from icsfeed.store.events import event_uid
 
     return event_uid(ev.source, str(ev.key), store.uid_host)
+
+
+def test_a_dirty_feed_after_a_bulk_write_reads_no_rows(make_env: Callable[[dict[str, str]], tuple[Config, Store]],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row of a first import has the newest version the render listed: a feed marked dirty
+    with nothing changed reads the totals and no row, and keeps its body."""
+    config, store = make_env({"icsfeed.yaml": PLAIN})
+    rnd = random.Random(12)
+    events = {i: make_event(i, rnd, NOW) for i in range(90)}
+    _poll(config, store, events, NOW.timestamp())
+    render_feeds(config, store, now=NOW)
+    before = stored_bodies(config, store)
+    took, _ = _spy(monkeypatch)
+    recent: list[int] = []
+    original = Store.feed_changes
+
+    def spy(self: Store, query: Any, since: int, limit: int) -> Any:
+        out = original(self, query, since, limit)
+        recent.append(len(out.rows))
+        return out
+
+    monkeypatch.setattr(Store, "feed_changes", spy)
+    store.mark_dirty([s.feed_id for s in all_feeds(config)])
+    assert render_feeds(config, store, now=NOW)
+    assert took and all(took) and recent and not any(recent), (took, recent)
+    assert stored_bodies(config, store) == before == from_scratch(config, store, NOW)

@@ -194,13 +194,14 @@ class FeedsMixin:
         ids, seqs, mods = zip(*rows, strict=True)
         return list(ids), list(seqs), micros(mods)
 
-    def feed_changes(self, query: FeedQuery, since: int) -> FeedChanges | None:
+    def feed_changes(self, query: FeedQuery, since: int, limit: int) -> FeedChanges | None:
         """What a re-render needs to tell a feed's event list from the one its previous body was
         rendered from without reading the whole list (:meth:`feed_versions`): how many events
         the feed has, the sums of their sequences and of their row ids, and the rows last
-        modified at or after ``since`` (whole microseconds, :func:`micros`; a millisecond of
-        slack below it): (id, sequence, last modified in µs, start_ts). One statement, so the
-        totals and the rows are of one snapshot on every backend. None: the query shows none."""
+        modified after ``since`` (whole microseconds, :func:`micros`: from ``since`` + 1 µs on),
+        (id, sequence, last modified in µs, start_ts), at most ``limit`` of them (more: the
+        caller reads the list in full). One statement, so the totals and the rows are of one
+        snapshot on every backend. None: the query shows none."""
         t = events_table
         conditions = self._feed_conditions(query)
         if conditions is None:
@@ -209,10 +210,11 @@ class FeedsMixin:
         totals = select(cast(func.count(), big), cast(func.coalesce(func.sum(t.c.sequence), 0), big),
                         cast(func.coalesce(func.sum(t.c.id), 0), big), cast(null(), real), cast(null(), real)) \
             .where(and_(*conditions))
-        recent = select(cast(t.c.id, big), cast(t.c.sequence, big), cast(null(), big), t.c.last_modified, t.c.start_ts) \
-            .where(and_(*conditions, t.c.last_modified >= since / _MICROS - 1e-3))
+        recent = select(cast(t.c.id, big).label("a"), cast(t.c.sequence, big).label("b"), cast(null(), big).label("c"),
+                        t.c.last_modified.label("d"), t.c.start_ts.label("e")) \
+            .where(and_(*conditions, t.c.last_modified >= (since + 1) / _MICROS)).limit(limit).subquery()
         with self.engine.connect() as conn:
-            rows = fetch_statement(conn, union_all(totals, recent))
+            rows = fetch_statement(conn, union_all(totals, select(*recent.c)))
         head = [r for r in rows if r[2] is not None]
         if len(head) != 1:
             raise StoreError("the feed's totals were not read")
