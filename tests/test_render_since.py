@@ -301,3 +301,30 @@ def test_a_dirty_feed_after_a_bulk_write_reads_no_rows(make_env: Callable[[dict[
     assert render_feeds(config, store, now=NOW)
     assert took and all(took) and recent and not any(recent), (took, recent)
     assert stored_bodies(config, store) == before == from_scratch(config, store, NOW)
+
+
+def test_the_changes_read_the_rows_the_feed_query_selects(
+        make_env: Callable[[dict[str, str]], tuple[Config, Store]]) -> None:
+    """Store.feed_changes writes the feed's conditions as SQL text of its own: for every feed
+    (accounts, a team with kinds and a severity floor, one of all accounts), an empty one and a
+    query of no account, its totals and rows are those of the feed query's rows."""
+    config, store = make_env({"icsfeed.yaml": CONFIG})
+    rnd = random.Random(21)
+    events = {i: make_event(i, rnd, NOW) for i in range(150)}
+    _poll(config, store, events, NOW.timestamp())
+    for i in list(events)[::4]:
+        events[i] = replace(events[i], title=f"{events[i].title} again")
+    _poll(config, store, events, NOW.timestamp() + 30)
+    queries = [s.query(NOW) for s in all_feeds(config)]
+    queries.append(replace(queries[0], kinds=frozenset({"ticket", "alert"}), min_severity=2))
+    for query in queries:
+        ids, seqs, mods = store.feed_versions(query)
+        assert ids, query
+        got = store.feed_changes(query, max(mods) - 40_000_000, 10_000)  # 40 s back: the second poll's rows
+        assert got is not None
+        assert (got.count, got.sequence_sum, got.id_sum) == (len(ids), sum(seqs), sum(ids)), query
+        since = max(mods) - 40_000_000
+        assert sorted((r[0], r[1], r[2]) for r in got.rows) == sorted(
+            (i, s, m) for i, s, m in zip(ids, seqs, mods, strict=True) if m > since)
+        assert len(store.feed_changes(query, since, 3).rows) == min(3, len(got.rows))  # at most the limit
+    assert store.feed_changes(replace(queries[0], account_keys=frozenset()), 0, 10) is None

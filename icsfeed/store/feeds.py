@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Float, and_, bindparam, case, cast, delete, func, null, select, union_all, update
+from sqlalchemy import and_, bindparam, case, delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -165,6 +165,24 @@ def fetch_statement(conn: Any, stmt: Any) -> list[tuple[Any, ...]]:
     return list(conn.execute(stmt).cursor.fetchall())
 
 
+def _feed_where(query: FeedQuery, mark: str) -> tuple[str, tuple[Any, ...]] | None:
+    """:meth:`EventsMixin._feed_conditions` as SQL text and its parameters (``mark``: the
+    driver's parameter marker), or None when the feed can show no event. The same conditions:
+    tests/test_render_since.py compares the rows each selects."""
+    sql = f"((start_ts < {mark} AND end_ts >= {mark}) OR (recurring = {mark} AND start_ts < {mark}))"
+    params: list[Any] = [query.end_ts, query.start_ts, True, query.end_ts]
+    for column, values in (("account_key", query.account_keys), ("kind", query.kinds)):
+        if values is not None:
+            if not values:
+                return None
+            sql += f" AND {column} IN ({', '.join([mark] * len(values))})"
+            params += sorted(values)
+    if query.min_severity is not None:
+        sql += f" AND (severity_rank IS NULL OR severity_rank >= {mark})"
+        params.append(query.min_severity)
+    return sql, tuple(params)
+
+
 class FeedsMixin:
     """Rendered feeds and their dirty marks (part of :class:`~icsfeed.store.Store`)."""
 
@@ -202,19 +220,18 @@ class FeedsMixin:
         (id, sequence, last modified in µs, start_ts), at most ``limit`` of them (more: the
         caller reads the list in full). One statement, so the totals and the rows are of one
         snapshot on every backend. None: the query shows none."""
-        t = events_table
-        conditions = self._feed_conditions(query)
-        if conditions is None:
-            return None
-        big, real = BigInteger, Float
-        totals = select(cast(func.count(), big), cast(func.coalesce(func.sum(t.c.sequence), 0), big),
-                        cast(func.coalesce(func.sum(t.c.id), 0), big), cast(null(), real), cast(null(), real)) \
-            .where(and_(*conditions))
-        recent = select(cast(t.c.id, big).label("a"), cast(t.c.sequence, big).label("b"), cast(null(), big).label("c"),
-                        t.c.last_modified.label("d"), t.c.start_ts.label("e")) \
-            .where(and_(*conditions, t.c.last_modified >= (since + 1) / _MICROS)).limit(limit).subquery()
-        with self.engine.connect() as conn:
-            rows = fetch_statement(conn, union_all(totals, select(*recent.c)))
+        with self.engine.connect() as conn:  # by the DB-API cursor: compiling the statement cost more than running it
+            where = _feed_where(query, _mark(conn))
+            if where is None:
+                return None
+            sql, params = where
+            name = events_table.name
+            real = "CAST(NULL AS DOUBLE PRECISION)"  # typed: PostgreSQL matches the two sides' column types
+            statement = (f"SELECT count(*), coalesce(sum(sequence), 0), coalesce(sum(id), 0), {real}, {real} "
+                         f"FROM {name} WHERE {sql} UNION ALL SELECT * FROM (SELECT id, sequence, "
+                         f"CAST(NULL AS BIGINT), last_modified, start_ts "
+                         f"FROM {name} WHERE {sql} AND last_modified >= {_mark(conn)} LIMIT {int(limit)}) AS recent")
+            rows = _fetch_all(conn, statement, (*params, *params, (since + 1) / _MICROS))
         head = [r for r in rows if r[2] is not None]
         if len(head) != 1:
             raise StoreError("the feed's totals were not read")
