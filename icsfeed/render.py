@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
-from itertools import accumulate, compress, repeat
+from itertools import accumulate, compress, pairwise, repeat
 from operator import add, ne, sub
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -615,6 +615,7 @@ class _Reusable:
         self.previous = previous
         self.valid = False
         self._placed: bool | None = False
+        self._positions: dict[int, int] | None = None
         parts = previous.parts
         try:
             if parts.get("v") != 2:
@@ -640,6 +641,13 @@ class _Reusable:
     @property
     def body(self) -> bytes:
         return self.previous.body
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """Row id -> position in the previous body."""
+        if self._positions is None:
+            self._positions = dict(zip(self.ids, range(len(self.ids)), strict=True))
+        return self._positions
 
     @property
     def placed(self) -> bool:
@@ -782,22 +790,27 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
                              save_fragments, secret)
         if refitted is not None:  # over its budget, planned again from the columns kept with its body
             return refitted
-    if reuse is not None and versions is not None:
+    changed_at: list[int] | None = None  # the positions whose version differs from the previous body's
+    since = _versions_since(store, query, reuse) if reuse is not None and versions is not None else None
+    if since is not None:
+        ids, seqs, mods, changed_at, stamp = since
+    elif reuse is not None and versions is not None:
         ids, seqs, mods = versions(query)
     else:
         rows = index(query, None if reuse else keys)
         columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(7)]
         ids, seqs = list(columns[0]), list(columns[1])
         mods = micros(columns[2])
+    stamp = since[4] if since is not None else _version_stamp(query, mods)
     if reuse is None:
         listed = Listed(ids=ids, fragments=list(columns[6]), kinds=list(columns[3]), ranks=list(columns[4]),
                         opens=list(columns[5]), seqs=seqs, mods=mods)
         missing = [n for n, fragment in enumerate(listed.fragments) if fragment is None]  # positions in the lists
     else:
         spliced = _spliced(config, store, spec, reuse, ids, seqs, mods, key, keys, view, view_key, save_fragments,
-                           secret)
+                           secret, changed_at)
         if spliced is not None:
-            return spliced
+            return _stamped(spliced, stamp)
         listed = Listed(ids=ids, seqs=seqs, mods=mods)
         changed = reuse.take(listed)
         if len(changed) > max(500, len(ids) // 4):  # mostly new to this body (rolled up, or a big change):
@@ -827,12 +840,107 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
     from icsfeed.budget import fit_listed  # the size budget (rollups, window), which uses this module
 
     fitted = fit_listed(config, store, spec, now, query, head, tail, listed, secret=secret, save=save_fragments)
-    return _rendered(fitted)
+    return _stamped(_rendered(fitted), stamp)
+
+
+#: a feed's parts name the version list the body was rendered from (see :func:`_versions_since`):
+#: a digest of the query, and the largest and smallest last-modified time in it (whole µs)
+_QUERY_PART, _MAX_PART, _MIN_PART = "vq", "vmax", "vmin"
+
+
+def _query_digest(query: FeedQuery) -> str:
+    shown = [query.start_ts, query.end_ts, None if query.account_keys is None else sorted(query.account_keys),
+             None if query.kinds is None else sorted(query.kinds), query.min_severity]
+    return hashlib.sha256(json.dumps(shown).encode()).hexdigest()[:32]
+
+
+def _version_stamp(query: FeedQuery, mods: list[int]) -> dict[str, Any]:
+    return {_QUERY_PART: _query_digest(query), _MAX_PART: max(mods, default=0), _MIN_PART: min(mods, default=0)}
+
+
+def _stamped(feed: RenderedFeed, stamp: dict[str, Any]) -> RenderedFeed:
+    """The feed with its parts naming the version list it was rendered from."""
+    if feed.parts is not None:
+        feed.parts.update(stamp)
+    return feed
+
+
+def _versions_since(store: Store, query: FeedQuery, reuse: _Reusable | None
+                    ) -> tuple[list[int], list[int], list[int], list[int], dict[str, Any]] | None:
+    """The feed's version list (ids, sequences, last-modified µs) worked out from the previous
+    body's parts and the rows modified after the newest version they list
+    (Store.feed_changes), without reading every row; with the positions whose version
+    differs, and the stamp of the new list. None: not known that way (the caller reads the
+    whole list, Store.feed_versions).
+
+    Every write that changes a row sets its sequence one higher and its last-modified time to
+    the writer's clock, and rows are never deleted; a feed's events come and go only by their
+    own changes or by the query (its window moves once a day). So with the same query, the
+    same number of events, every recent row among the previous ones, the same sum of row
+    ids, a sum of sequences that the recent rows account for (a change written with an older
+    clock than the newest version listed, e.g. a poll that committed after a later one,
+    raises the sum: it is never missed), and each changed event still between its old
+    neighbours, the list is the previous one with the recent rows' versions."""
+    changes_of = getattr(store, "feed_changes", None)  # None: a store from before it
+    if reuse is None or changes_of is None:
+        return None
+    parts = reuse.parts
+    newest, oldest = parts.get(_MAX_PART), parts.get(_MIN_PART)
+    if type(newest) is not int or type(oldest) is not int or oldest < 0 or \
+            parts.get(_QUERY_PART) != _query_digest(query):
+        return None
+    ids, old_seqs, old_mods = reuse.ids, reuse.seqs, reuse.mods
+    most = max(500, len(ids) // 4)  # more changed: _spliced leaves it to the general path
+    got = changes_of(query, newest, most + 1)
+    if got is None or got.count != len(ids) or got.id_sum != sum(ids) or len(got.rows) > most:
+        return None
+    at = reuse.positions
+    keys: dict[int, tuple[float, int]] = {}  # position -> order key (start_ts, id) of the recent rows
+    new: dict[int, tuple[int, int]] = {}
+    seq_sum = sum(old_seqs)
+    for row_id, seq, mod, start in got.rows:
+        n = at.get(row_id)
+        if n is None or mod < 0:  # new to this feed, or a time out of range
+            return None
+        keys[n] = (start, row_id)
+        if seq != old_seqs[n] or mod != old_mods[n]:
+            new[n] = (seq, mod)
+            seq_sum += seq - old_seqs[n]
+    if seq_sum != got.sequence_sum:  # a change older than the newest version listed
+        return None
+    changed = sorted(new)
+    if changed:  # each run of changed events still sorts between the unchanged ones around it
+        runs: list[list[int]] = []
+        for n in changed:
+            if runs and runs[-1][-1] == n - 1:
+                runs[-1].append(n)
+            else:
+                runs.append([n])
+        around = {m for run in runs for m in (run[0] - 1, run[-1] + 1) if 0 <= m < len(ids)}
+        wanted = [ids[m] for m in around if m not in keys]
+        if wanted:
+            starts = store.start_times(wanted)
+            if len(starts) != len(wanted):
+                return None
+            for m in around:
+                if m not in keys:
+                    keys[m] = (starts[ids[m]], ids[m])
+        for run in runs:
+            order = [keys[m] for m in (run[0] - 1, *run, run[-1] + 1) if 0 <= m < len(ids)]
+            if any(a >= b for a, b in pairwise(order)):
+                return None
+    seqs, mods = list(old_seqs), list(old_mods)
+    for n, (seq, mod) in new.items():
+        seqs[n], mods[n] = seq, mod
+    changed_mods = [mod for _, mod in new.values()]
+    stamp = {_QUERY_PART: parts[_QUERY_PART], _MAX_PART: max([newest, *changed_mods]),
+             _MIN_PART: min([oldest, *changed_mods])}
+    return ids, seqs, mods, changed, stamp
 
 
 def _spliced(config: Config, store: Store, spec: FeedSpec, reuse: _Reusable, ids: list[int], seqs: list[int],
              mods: list[int], key: str, keys: tuple[str, ...], view: str | None, view_key: str | None,
-             save_fragments: bool, secret: bytes | None) -> RenderedFeed | None:
+             save_fragments: bool, secret: bytes | None, changed: list[int] | None = None) -> RenderedFeed | None:
     """The common re-render, without a step per event in Python: the feed lists the same events
     in the same order as its previous body (nothing moved, came or went; some changed). The
     changed ones are found by comparing the version lists, their VEVENTs read (or rendered),
@@ -844,10 +952,12 @@ def _spliced(config: Config, store: Store, spec: FeedSpec, reuse: _Reusable, ids
     if not by_segments and not reuse.placed:
         return None
     old_seqs, old_mods = reuse.seqs, reuse.mods
-    # the positions whose version differs, found without a Python step per event
-    changed = sorted({*compress(range(len(ids)), map(ne, seqs, old_seqs)),
-                      *compress(range(len(ids)), map(ne, mods, old_mods))})
-    if len(changed) > max(500, len(ids) // 4) or min(mods) < 0:
+    if changed is None:  # the positions whose version differs, found without a Python step per event
+        changed = sorted({*compress(range(len(ids)), map(ne, seqs, old_seqs)),
+                          *compress(range(len(ids)), map(ne, mods, old_mods))})
+        if min(mods) < 0:
+            return None
+    if len(changed) > max(500, len(ids) // 4):
         return None
     found = store.changed_parts_by_id([ids[n] for n in changed], keys) if changed else {}
     if len(found) != len(changed) or any(got[2] is None for got in found.values()):
@@ -893,25 +1003,34 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
         return None  # parts that are not the ones saved with these segments: checked over the whole body
     bounds = reuse.bounds
     offs = list(accumulate(old.lengths, initial=len(old.head)))
-    # each segment's first VEVENT (and the end): the segments cut the body at VEVENT boundaries
-    firsts = [bisect_left(bounds, o) for o in offs]
-    if any(f >= len(bounds) or bounds[f] != o for f, o in zip(firsts, offs, strict=True)):
-        return None
     fitted = fit_spliced(config, spec, head, tail, None, reuse.parts, changed, seqs, mods)
     if fitted is None:  # over its budget now: rolled up by the general path
         return None
+    firsts: dict[int, int] = {}
+
+    def first(j: int) -> int:
+        """The position in ``bounds`` where segment ``j`` starts (``j`` = their number: where the
+        last one ends): the segments read must start and end at VEVENT boundaries (checked for
+        those only, not a bisection per segment of the body)."""
+        f = firsts.get(j)
+        if f is None:
+            f = bisect_left(bounds, offs[j])
+            if f >= len(bounds) or bounds[f] != offs[j]:
+                raise _Misplaced
+            firsts[j] = f
+        return f
 
     def raw_of(j: int) -> bytes:
         raw = stored.raw(j)
         base = offs[j]
-        if not _boundaries_hold(raw, [b - base for b in bounds[firsts[j]:firsts[j + 1] + 1]]):
+        if not _boundaries_hold(raw, [b - base for b in bounds[first(j):first(j + 1) + 1]]):
             raise _Misplaced
         return raw
 
     starts, ends = reuse.starts, reuse.ends
     patches = [(starts[n], ends[n], changed[n][0]) for n in sorted(changed)]
     try:
-        stored.preload({bisect_right(firsts, n) - 1 for n in changed})  # one read of the segments changed
+        stored.preload({bisect_right(offs, starts[n]) - 1 for n in changed})  # one read of the segments changed
         segments = splice(old, raw_of, patches)
     except (_Misplaced, UndecodableBlob):
         return None
@@ -1030,10 +1149,19 @@ def previous_body(store: Store, feed_id: str) -> PreviousBody | None:
 
 
 def _save_feed(store: Store, feed_id: str, feed: RenderedFeed, **kwargs: Any) -> bool:
-    """Store a render (its segments, when the store keeps them; else its whole body)."""
-    if feed.segments is not None and "segments" in inspect.signature(store.save_feed).parameters:
-        return store.save_feed(feed_id, b"", b"", feed.etag, segments=feed.segments, **kwargs)
-    return store.save_feed(feed_id, feed.body, b"", feed.etag, **kwargs)
+    """Store a render (its segments, when the store keeps them; else its whole body), and its
+    parts for filtered variants and /status (in the same transaction, where the store can)."""
+    takes = inspect.signature(store.save_feed).parameters
+    with_parts = feed.parts is not None and feed.report is not None
+    if with_parts and "parts" in takes:
+        kwargs["parts"] = (feed.parts, feed.report)
+    if feed.segments is not None and "segments" in takes:
+        saved = store.save_feed(feed_id, b"", b"", feed.etag, segments=feed.segments, **kwargs)
+    else:
+        saved = store.save_feed(feed_id, feed.body, b"", feed.etag, **kwargs)
+    if with_parts and "parts" not in takes:
+        store.save_feed_parts(feed_id, feed.etag, feed.parts, feed.report)  # type: ignore[arg-type]
+    return saved
 
 
 #: one render at a time per process: two renders of one feed racing could store the older bytes last
@@ -1092,7 +1220,5 @@ def render_feeds(config: Config, store: Store, *, now: datetime | None = None,
                 _save_feed(store, spec.feed_id, feed, event_count=feed.event_count, now=now.timestamp(),
                            render_seconds=time.perf_counter() - started, render_key=key, window_day=today,
                            generation=generation)
-                if feed.parts is not None and feed.report is not None:  # for filtered variants and /status
-                    store.save_feed_parts(spec.feed_id, feed.etag, feed.parts, feed.report)
             rendered.append(spec.feed_id)
     return rendered

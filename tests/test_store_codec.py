@@ -303,3 +303,65 @@ def test_downgrade_to_0009_writes_the_rows_back_as_json_text(storage_backend: st
         assert bytes(stored_body) == body
     finally:
         store.close()
+
+
+def _frame_ids(blobs: list[bytes | None]) -> set[int]:
+    return {zstandard.get_frame_parameters(b).dict_id for b in blobs if b is not None and b[:4] == MAGIC}
+
+
+def test_the_list_of_dictionaries_is_held_a_while_and_never_from_a_training_transaction(
+        storage_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoding reads the dictionaries table at most every INFOS_SECONDS: a dictionary another
+    process trains is used once that time is over. A transaction that trains one and is rolled
+    back leaves nothing held that names it: what is encoded next uses a dictionary that is there."""
+    import icsfeed.store.codec as codec_module
+
+    url = storage_url(tmp_path / "data")
+    one, other = Store(url, uid_host="test"), Store(url, uid_host="test")
+    clock = [1000.0]
+    monkeypatch.setattr(codec_module.time, "monotonic", lambda: clock[0])
+    values = [fragment_of(ev) for ev in tickets(40)]
+    queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "FROM dictionaries" in statement:
+            queries.append(statement)
+
+    sa.event.listen(one.engine, "before_cursor_execute", count)
+    try:
+        with one.engine.begin() as conn:  # trains the group's first dictionary
+            first = one.codec.encode_values(conn, "vevent", ["g"] * 40, list(values))
+        with one.engine.begin() as conn:
+            again = one.codec.encode_values(conn, "vevent", ["g"] * 40, list(values))
+        assert _frame_ids(again) == _frame_ids(first) and len(_frame_ids(first)) == 1
+        queries.clear()
+        for _ in range(3):
+            with one.engine.begin() as conn:
+                one.codec.encode_values(conn, "vevent", ["g"] * 2, values[:2])
+        assert len(queries) == 0  # held
+        with other.engine.begin() as conn:  # another process trains a newer one on 4x the batch
+            newer = other.codec.encode_values(conn, "vevent", ["g"] * 160, list(values) * 4)
+        assert _frame_ids(newer) != _frame_ids(first)
+        with one.engine.begin() as conn:
+            held = one.codec.encode_values(conn, "vevent", ["g"] * 2, values[:2])
+        assert _frame_ids(held) == _frame_ids(first)  # within the time: the one it knew
+        clock[0] += codec_module.INFOS_SECONDS + 1
+        with one.engine.begin() as conn:
+            later = one.codec.encode_values(conn, "vevent", ["g"] * 2, values[:2])
+        assert _frame_ids(later) == _frame_ids(newer)  # read again: the newer one
+        assert [one.codec.decode(b) for b in later if b is not None] == values[:2]
+
+        # a training transaction rolled back: what it read is not held
+        with pytest.raises(RuntimeError), one.engine.begin() as conn:
+            trained = one.codec.encode_values(conn, "vevent", ["h"] * 40, list(values))
+            one.codec.encode_values(conn, "vevent", ["h"] * 2, values[:2])
+            assert len(_frame_ids(trained)) == 1
+            raise RuntimeError("rolled back")
+        assert "vevent" not in one.codec._held_infos
+        with one.engine.begin() as conn:
+            after = one.codec.encode_values(conn, "vevent", ["h"] * 2, values[:2])
+        assert not _frame_ids(after) & _frame_ids(trained)  # too few to train: no dictionary, not the gone one
+        assert [one.codec.decode(b) for b in after if b is not None] == values[:2]
+    finally:
+        one.close()
+        other.close()

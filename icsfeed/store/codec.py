@@ -56,6 +56,8 @@ MIN_SAMPLES = 16
 #: replaced by one trained on a batch at least ``RETRAIN_FACTOR`` times as large
 MAX_SAMPLES, RETRAIN_FACTOR = 300, 4
 DICT_SIZE = 16 * 1024
+#: the list of dictionaries is read again after this many seconds (Codec._infos)
+INFOS_SECONDS = 10.0
 #: the columns with dictionaries (``segment``: feed_segments.blob, icsfeed.store.feeds)
 FIELDS = ("data", "vevent", "segment")
 
@@ -89,6 +91,8 @@ class Codec:
         self.engine = engine
         self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}  # assignments only: safe across threads
         self._local = threading.local()
+        #: field -> (when read, the newest dictionary of each group): see :meth:`_infos`
+        self._held_infos: dict[str, tuple[float, dict[str, DictionaryInfo]]] = {}
 
     # --- decoding ---------------------------------------------------------------------------
 
@@ -186,12 +190,22 @@ class Codec:
         return out
 
     def _infos(self, conn: Any, field: str) -> dict[str, DictionaryInfo]:
-        """The newest dictionary of each group for ``field`` (a small table: read per batch, so
-        dictionaries other processes trained are used at once)."""
+        """The newest dictionary of each group for ``field``: read at most every
+        ``INFOS_SECONDS`` (a query on every encode cost 0.5-1 ms, twice per re-render), so
+        dictionaries other processes trained are used within that time (until then, a batch
+        of a group that has none here may train one more: it is only a dictionary more).
+        Held only when read from committed rows: never in a transaction that wrote one
+        itself (it may yet be rolled back, its id then another's), and every dictionary this
+        codec writes drops what is held."""
+        held = self._held_infos.get(field)
+        if held is not None and time.monotonic() - held[0] < INFOS_SECONDS:
+            return held[1]
         t = dictionaries_table
         newest: dict[str, DictionaryInfo] = {}
         for r in conn.execute(select(t.c.id, t.c.source_group, t.c.samples).where(t.c.field == field).order_by(t.c.id)):
             newest[r.source_group] = DictionaryInfo(r.id, field, r.source_group, r.samples)
+        if self.engine is not None and not _trained_in(conn):
+            self._held_infos[field] = (time.monotonic(), newest)
         return newest
 
     def _compressor(self, conn: Any, row_id: int) -> zstandard.ZstdCompressor:
@@ -239,6 +253,8 @@ class Codec:
         samples = random.Random(len(values)).sample(values, min(len(values), MAX_SAMPLES))
         t = dictionaries_table
         started = time.process_time()
+        _mark_training(conn)
+        self._held_infos.clear()
         row_id = conn.execute(t.insert().values(field=field, source_group=group[:160], samples=len(samples),
                                                 created=time.time(), content=b"")).inserted_primary_key[0]
         try:
@@ -252,6 +268,25 @@ class Codec:
         log.info("trained a compression dictionary for %s of %s from %d values in %.0f ms",
                  field, group, len(samples), (time.process_time() - started) * 1000)
         return row_id, trained
+
+
+#: the key in a connection's ``info`` of the last transaction a dictionary was written in
+_TRAINED = "icsfeed.codec.trained"
+
+
+def _mark_training(conn: Any) -> None:
+    info, get = getattr(conn, "info", None), getattr(conn, "get_transaction", None)
+    if info is not None and get is not None:
+        info[_TRAINED] = get()
+
+
+def _trained_in(conn: Any) -> bool:
+    """Whether ``conn``'s transaction wrote a dictionary (or it cannot tell: then as if it did)."""
+    info, get = getattr(conn, "info", None), getattr(conn, "get_transaction", None)
+    if info is None or get is None:
+        return True
+    transaction = get()
+    return transaction is None or info.get(_TRAINED) is transaction
 
 
 def _row_compressor(dictionary: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdCompressor:

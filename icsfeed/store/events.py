@@ -481,14 +481,15 @@ class EventsMixin:
 
     def changed_parts_by_id(self, ids: Sequence[int], keys: Sequence[str]) -> dict[int, tuple[Any, ...]]:
         """id -> (kind, severity_rank, is_open, fragment stored under any of ``keys`` or None)."""
-        t = events_table
-        current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
-        fragment = case((current, t.c.vevent), else_=null())
         out: dict[int, tuple[Any, ...]] = {}
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # the DB-API cursor: a statement's compilation cost more than its rows
+            mark = _mark(conn)
+            current = f"vevent_key IN ({', '.join([mark] * len(keys))})"
             for chunk in chunks(list(ids), 500):
-                stmt = select(t.c.id, t.c.kind, t.c.severity_rank, t.c.is_open, fragment).where(t.c.id.in_(chunk))
-                out.update((r[0], (*r[1:-1], self._fragment(r[0], r[-1]))) for r in conn.execute(stmt).all())
+                sql = (f"SELECT id, kind, severity_rank, is_open, CASE WHEN {current} THEN vevent ELSE NULL END "
+                       f"FROM {events_table.name} WHERE id IN ({', '.join([mark] * len(chunk))})")
+                out.update((r[0], (*r[1:-1], self._fragment(r[0], r[-1])))
+                           for r in _fetch_all(conn, sql, (*keys, *chunk)))
         return out
 
     def events_by_id(self, ids: Sequence[int]) -> dict[int, EventRow]:
