@@ -15,7 +15,7 @@ from datetime import time as dtime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, func, null, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, null, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
