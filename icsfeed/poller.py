@@ -13,13 +13,10 @@ import itertools
 import json
 import logging
 import marshal
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
@@ -243,22 +240,13 @@ def _kept_records(source: Source, answer_digest: str) -> StoredRecords | None:
 
 def _keep_records(source: Source, answer_digest: str, present: StoredRecords) -> None:
     """Keep a stored poll's present rows for the next poll of the source (after its commit)."""
-    path = source.state_dir / RECORDS_STATE
     try:
-        # replaced whole, but not synced to the disk (Source.write_state's fsync of 4 MB a source
-        # cost a poll seconds of wall time behind other writes): a file lost or cut short by a
-        # crash is one marshal cannot read, or one of an older answer digest; either way the
-        # next poll reads the store
+        # replaced whole, but not synced to the disk (an fsync of 4 MB a source cost a poll
+        # seconds of wall time behind other writes): a file lost or cut short by a crash is one
+        # marshal cannot read, or one of an older answer digest; either way the next poll reads
+        # the store
         payload = marshal.dumps((_RECORDS_FORMAT, answer_digest, dict(present), list(present.others)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        source.write_state(RECORDS_STATE, payload, sync=False)
     except (OSError, ValueError) as exc:  # the next poll reads the store instead
         log.warning("cannot keep the stored records of %s: %s", source.id, exc)
         (source.state_dir / RECORDS_STATE).unlink(missing_ok=True)

@@ -41,6 +41,8 @@ from icsfeed.store.facts import ALL_DAY, CANCELLED, OPEN_ENDED
 from icsfeed.store.history import VersionRow
 
 NAME = "summary"
+#: the start of every summary's source id
+SUMMARY_SOURCE = source_id(NAME, "")
 
 
 def span_days(_config: Config, _account: AccountConfig, settings: InsightsSettings) -> int:
@@ -229,9 +231,6 @@ def _is_summary(ref: Ref) -> bool:
         return ref.attrs.get("insight") == NAME
     return (ref[2] or "").startswith(SUMMARY_SOURCE)
 
-
-#: the start of every summary's source id
-SUMMARY_SOURCE = source_id(NAME, "")
 
 
 def _events(ctx: AccountContext, items: list[Ref]) -> list[Event]:

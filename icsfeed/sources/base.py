@@ -213,16 +213,19 @@ class Source(ABC):
             return None
         return data if isinstance(data, dict) else None
 
-    def write_state(self, name: str, data: bytes) -> None:
-        """Write a state file so that a reader sees the old or the new content, never half."""
+    def write_state(self, name: str, data: bytes, *, sync: bool = True) -> None:
+        """Write a state file so that a reader sees the old or the new content, never half.
+        ``sync`` False: not synced to the disk first (a cache whose loss costs a slower poll,
+        not the fsync of megabytes behind other writes)."""
         path = self.state_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+                if sync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
