@@ -121,8 +121,10 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
     facts = AccountFacts(inputs, history, store)
     verdicts: TicketVerdicts | None = None  # the stale-ticket verdicts (made when first needed)
     touched: set[Touched] = set()
-    unchanged: list[str] = []  # detectors whose flags are as stored: their runs recorded together
-    kept: dict[str, LastInputs | None] = {}  # what those runs read; None: forget (flags written, or not run)
+    # detectors whose flags are as stored: their runs recorded together, in one transaction at
+    # the end (a refresh cut short records them as far as it got: the others run again next time)
+    unchanged: list[str] = []
+    kept: dict[str, LastInputs | None] = {}  # what the runs read; None: forget (flags not kept, or not run)
     try:
         for detector in DETECTORS:
             sid = source_id(detector.name, account.id)
@@ -190,8 +192,6 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                 elif sid in last:
                     kept[sid] = None
                 continue
-            record_runs(store, unchanged, now, kept)  # (in the order the writes would have been made)
-            unchanged, kept = [], {}
             write, known = split_unchanged(events, rows)  # (the flags as stored: counted present, not rewritten)
             known.update(dict.fromkeys(stood_by))
             changes = store.apply_poll(sid, write, absence="cancel", complete=True, now=now, previous_success=None,

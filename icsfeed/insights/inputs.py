@@ -22,7 +22,7 @@ import hashlib
 import heapq
 import math
 import struct
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +61,11 @@ _NUMBERS = struct.Struct("<qdd??qd")
 
 def _start(r: VersionRow) -> float:
     return float(r[START])
+
+
+def _order(pair: tuple[VersionRow, bytes]) -> tuple[float, int]:
+    """A (row, version) pair's place: the versions query's order (start, then id)."""
+    return (pair[0][START], pair[0][0])
 
 
 def _version(r: VersionRow) -> bytes:
@@ -123,7 +128,7 @@ class AccountInputs:
             read = [_as_version(r, flag=False) for r in h.read]
             self._read = (read, [_version(r) for r in read])
         pairs = sorted([*zip(*self._read, strict=True), *((v, _version(v)) for v in map(_as_version, flags))],
-                       key=lambda p: (p[0][START], p[0][0]))
+                       key=_order)
         self._rows, self._bytes = [p[0] for p in pairs], [p[1] for p in pairs]
         self._by_kind, self._seen = None, flags
         return self._rows
@@ -173,9 +178,11 @@ class AccountInputs:
             fresh = [_as_version(r) for r in flags if r.source == source]
         else:
             fresh = source_versions(self.store, source, self.keys | {self.own_key}, INSIGHT_KIND)
-        # each kept row's version as digested is kept with it: only the source's are made again
-        kept = [p for p in zip(self._rows, self._versions(), strict=True) if p[0][SOURCE] != source]
-        pairs = sorted(kept + [(r, _version(r)) for r in fresh], key=lambda p: (p[0][START], p[0][0]))
+        # each kept row's version as digested is kept with it: only the source's are made again,
+        # and put in place among the others (in order already: no sort of the 1,000s)
+        pairs = [p for p in zip(self._rows, self._versions(), strict=True) if p[0][SOURCE] != source]
+        for r in fresh:
+            insort(pairs, (r, _version(r)), key=_order)
         self._rows, self._bytes = [p[0] for p in pairs], [p[1] for p in pairs]
         self._by_kind = None
 

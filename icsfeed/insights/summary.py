@@ -14,6 +14,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
+from operator import itemgetter
 
 from icsfeed.config import BUILTIN_KINDS, AccountConfig, Config
 from icsfeed.insights.base import (
@@ -163,12 +164,13 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | N
         days = [(day, kind, ev) for day, kind, ev in found if first <= day < monday]
     if not days:
         return None  # nothing in the week or the weeks before: no history to sum up
-    coverage = min((day for day, _, _ in days), default=week_start)
+    coverage = min(map(itemgetter(0), days), default=week_start)
     # counts[0]: the week itself; counts[k]: k weeks before it
     counts: dict[int, Counter[str]] = {k: Counter() for k in range(s.baseline_weeks + 1)}
     listed: list[Ref] = []
+    last = monday.toordinal() - 1  # (day numbers: no timedelta per event)
     for day, kind, ev in days:
-        k = ((monday - day).days - 1) // 7
+        k = (last - day.toordinal()) // 7
         if kind != INSIGHT_KIND:
             counts[k][kind] += 1
         elif k == 0 and not _is_summary(ev):

@@ -135,10 +135,10 @@ _VERSION = (_t.c.id, _t.c.kind, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c
 VersionRow = tuple[Any, ...]
 
 
-def _versions(store: Any, where: Any, flag_kind: str) -> list[VersionRow]:
+def _versions(store: Any, where: Any, flag_kind: str, *extra: Any) -> list[VersionRow]:
     flag_source = case((_t.c.kind == flag_kind, _t.c.source), else_=null())
     facts = case((_t.c.kind == flag_kind, null()), else_=_t.c.facts)
-    stmt = select(*_VERSION, flag_source, facts, _t.c.traits).where(where).order_by(_t.c.start_ts, _t.c.id)
+    stmt = select(*_VERSION, flag_source, facts, _t.c.traits, *extra).where(where).order_by(_t.c.start_ts, _t.c.id)
     try:
         with store.engine.connect() as conn:  # plain tuples from the driver: an account has 1,000s
             return fetch_statement(conn, stmt)
@@ -160,9 +160,12 @@ def account_versions(store: Any, account_keys: Collection[str], span: tuple[floa
 
 
 def source_versions(store: Any, source: str, account_keys: Collection[str], flag_kind: str) -> list[VersionRow]:
-    """The versions of one source's ``flag_kind`` rows of the accounts (a detector's flags, just written)."""
-    return _versions(store, and_(_t.c.source == source, _t.c.kind == flag_kind,
-                                 _t.c.account_key.in_(sorted(account_keys))), flag_kind)
+    """The versions of one source's ``flag_kind`` rows of the accounts (a detector's flags, just
+    written). The accounts are told apart here, not in the query: by source alone it is the
+    source's index (a few rows), not the account's covering one (all of the account's)."""
+    keys = set(account_keys)
+    rows = _versions(store, and_(_t.c.source == source, _t.c.kind == flag_kind), flag_kind, _t.c.account_key)
+    return [r[:-1] for r in rows if r[-1] in keys]
 
 
 def fill_facts(store: Any, rows: Sequence[tuple[str, int, int, str]]) -> None:
@@ -214,8 +217,7 @@ def record_runs(store: Any, sources: Sequence[str], now: float,
         return
     try:
         with store.engine.begin() as conn:
-            for source in sources:
-                store._record_success(conn, source, now, None, None, None)
+            store._record_successes(conn, sources, now)
             if inputs:
                 conn.execute(_inputs.delete().where(_inputs.c.source.in_(sorted(inputs))))
                 kept = [{"source": s, "digest": i.digest, "run_at": i.run_at, "valid_until": i.valid_until,

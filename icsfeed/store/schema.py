@@ -34,6 +34,10 @@ SOURCE_ID_LENGTH = 160
 #: the feed indexes' columns after their leading ones: the order's tie-break, what the feed
 #: query tests, what a re-render reads (icsfeed.store.feeds.FeedsMixin.feed_versions)
 FEED_INDEX_TAIL = ("id", "end_ts", "recurring", "kind", "severity_rank", "sequence", "last_modified")
+#: what an insight refresh reads of an account's rows besides those (icsfeed.store.history.
+#: account_versions, migration 0017): the account's index covers it, so a refresh reads one
+#: contiguous run of index pages, not 1,000s of table rows scattered over the whole file
+VERSION_INDEX_TAIL = ("gone", "content_hash", "source", "facts", "traits")
 
 events_table = Table(
     "events", metadata,
@@ -67,8 +71,9 @@ events_table = Table(
     Column("traits", SmallInteger),
     UniqueConstraint("source", "key", name="uq_events_source_key"),
     # covering indexes of a feed's event list (migration 0013): a re-render reads every event's
-    # (id, sequence, last_modified) in feed order (start_ts, id) from the index alone
-    Index("ix_events_feed_account", "account_key", "start_ts", *FEED_INDEX_TAIL),
+    # (id, sequence, last_modified) in feed order (start_ts, id) from the index alone; the
+    # account's also covers the versions an insight refresh digests (migration 0017)
+    Index("ix_events_feed_account", "account_key", "start_ts", *FEED_INDEX_TAIL, *VERSION_INDEX_TAIL),
     Index("ix_events_feed_window", "start_ts", *FEED_INDEX_TAIL, "account_key"),
 )
 

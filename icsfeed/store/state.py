@@ -4,7 +4,7 @@ accounts whose insights are due."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,18 @@ class StateMixin:
         if cursor is not None:
             values["cursor"] = storable_text(cursor)
         self._upsert_state(conn, source_id, values)
+
+    def _record_successes(self, conn: Any, sources: Sequence[str], now: float) -> None:
+        """:meth:`_record_success` of several sources' polls that changed nothing and keep no
+        cursor, in one statement (an insight refresh records its detectors' runs together)."""
+        if not sources:
+            return
+        s = source_state_table
+        values: dict[str, Any] = {"last_attempt": now, "last_success": now, "consecutive_failures": 0,
+                                  "last_duration": None, "last_result": "{}",
+                                  "polls_total": func.coalesce(s.c.polls_total, 0) + 1, "answer_digest": None}
+        first = {**values, "polls_total": 1}
+        upsert(conn, s, [{"source": source, "failures_total": 0, **first} for source in dict.fromkeys(sources)], values)
 
     def record_unchanged(self, source_id: str, now: float, *, result: dict[str, Any] | None = None,
                          duration: float | None = None, answer_digest: str) -> None:
