@@ -42,6 +42,13 @@ class StateMixin:
                         result: dict[str, Any] | None, duration: float | None,
                         answer_digest: str | None = None) -> None:
         """A stored poll; ``answer_digest``: the raw answer its events came from (None: unknown)."""
+        self._record_successes(conn, [source_id], now, cursor, result, duration, answer_digest)
+
+    def _record_successes(self, conn: Any, sources: Sequence[str], now: float, cursor: str | None = None,
+                          result: dict[str, Any] | None = None, duration: float | None = None,
+                          answer_digest: str | None = None) -> None:
+        """:meth:`_record_success` of several sources at once, in one statement (an insight
+        refresh records its detectors' unchanged runs together)."""
         s = source_state_table
         values: dict[str, Any] = {"last_attempt": now, "last_success": now, "consecutive_failures": 0,
                                   "last_duration": duration, "last_result": json.dumps(result or {}),
@@ -49,19 +56,7 @@ class StateMixin:
                                   "answer_digest": answer_digest}
         if cursor is not None:
             values["cursor"] = storable_text(cursor)
-        self._upsert_state(conn, source_id, values)
-
-    def _record_successes(self, conn: Any, sources: Sequence[str], now: float) -> None:
-        """:meth:`_record_success` of several sources' polls that changed nothing and keep no
-        cursor, in one statement (an insight refresh records its detectors' runs together)."""
-        if not sources:
-            return
-        s = source_state_table
-        values: dict[str, Any] = {"last_attempt": now, "last_success": now, "consecutive_failures": 0,
-                                  "last_duration": None, "last_result": "{}",
-                                  "polls_total": func.coalesce(s.c.polls_total, 0) + 1, "answer_digest": None}
-        first = {**values, "polls_total": 1}
-        upsert(conn, s, [{"source": source, "failures_total": 0, **first} for source in dict.fromkeys(sources)], values)
+        self._upsert_state(conn, sources, values)
 
     def record_unchanged(self, source_id: str, now: float, *, result: dict[str, Any] | None = None,
                          duration: float | None = None, answer_digest: str) -> None:
@@ -103,13 +98,15 @@ class StateMixin:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot note the next poll of {source_id}: {db_reason(exc)}") from None
 
-    def _upsert_state(self, conn: Any, source_id: str, values: dict[str, Any]) -> None:
-        """``values`` into the source's row; a first row gets 1 for each counter (``*_total``,
-        ``consecutive_failures``) that ``values`` bumps."""
+    def _upsert_state(self, conn: Any, source_ids: str | Sequence[str], values: dict[str, Any]) -> None:
+        """``values`` into the row of the source (or of each source); a first row gets 1 for
+        each counter (``*_total``, ``consecutive_failures``) that ``values`` bumps."""
         counters = ("_total", "consecutive_failures")
         initial = {k: (1 if k.endswith(counters) and not isinstance(v, int) else v) for k, v in values.items()}
-        upsert(conn, source_state_table, [{"source": source_id, "consecutive_failures": 0, "polls_total": 0,
-                                            "failures_total": 0, **initial}], values)
+        ids = [source_ids] if isinstance(source_ids, str) else list(dict.fromkeys(source_ids))
+        if ids:
+            upsert(conn, source_state_table, [{"source": i, "consecutive_failures": 0, "polls_total": 0,
+                                                "failures_total": 0, **initial} for i in ids], values)
 
     def source_state(self, source_id: str) -> SourceState:
         s = source_state_table

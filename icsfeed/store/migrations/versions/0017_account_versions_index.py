@@ -11,7 +11,8 @@ account's rows in turn), so at 1,000,000 events that read touched a table page p
 fifth of a refresh after a poll changed 1% of the events (py-spy; docs/PERFORMANCE.md). The
 account index ``ix_events_feed_account`` (migration 0013) gets those columns after its own:
 the read is one run of index pages, and a feed's query is served as before (same leading
-columns). About 150 bytes per event on disk.
+columns). About 150 bytes per event on disk in a compact file, 260 as inserts in random
+order leave the index (1,000,000 events, benchmarks/bench_scale.py).
 """
 
 from collections.abc import Sequence
