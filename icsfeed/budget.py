@@ -495,10 +495,7 @@ class _Fitter:
         self.tz = ZoneInfo(self.tz_name)
         secret = secret if secret is not None else feed_secret(config, store)
         self.view = view_url(config, secret, spec) if secret is not None else None
-        self.names: dict[str, str] = {}
-        for account in config.accounts.values():
-            for key in account.match_keys:
-                self.names[key] = account.name
+        self.owners = config.account_by_key
         self.kind_order = {name: i for i, name in enumerate(config.kinds)}
         self.render_key = render_key(config)
         self.stored = store.rollups_of(spec.feed_id)
@@ -748,7 +745,8 @@ class _Fitter:
     def _name(self, account_key: str) -> str:
         if not account_key:
             return "no account"
-        return self.names.get(account_key, account_key)
+        owner = self.owners.get(account_key)
+        return owner.name if owner is not None else account_key
 
     def day_link(self, kind: str, day: date) -> str | None:
         """That day's cell in the feed's own month view (its dom id is the month view's)."""

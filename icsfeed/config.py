@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -358,6 +359,12 @@ class Config:
     #: values ``${VAR}`` put in, credentials, and what a name marks as a key. No error,
     #: skipped reason, log line or page shows any of them.
     secrets: frozenset[str] = frozenset()
+
+    @cached_property
+    def account_by_key(self) -> dict[str, AccountConfig]:
+        """Each routing key (:attr:`AccountConfig.match_keys`) and the account it belongs to:
+        made once per config (a render of 1,000 feeds asked each of 1,000 accounts per feed)."""
+        return {key: account for account in self.accounts.values() for key in account.match_keys}
 
     @property
     def storage_url(self) -> str:

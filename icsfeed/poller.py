@@ -366,7 +366,7 @@ def refresh_due_insights(config: Config, store: Store, now: float | None = None,
     when = now if now is not None else time.time()
     if claims is None:
         return _refresh_keys(config, store, due, when)
-    owner = {key: account.id for account in config.accounts.values() for key in account.match_keys}
+    owner = {key: account.id for key, account in config.account_by_key.items()}
     by_account: dict[str, list[str]] = {}
     for key in due:  # claimed per configured account: its keys are refreshed together
         by_account.setdefault(owner.get(key.strip().lower(), ""), []).append(key)
@@ -528,7 +528,7 @@ def _dirty_feeds(store: Store) -> int:
 def _wait_for_insights(config: Config, store: Store, coordinator: Coordinator, timeout: float) -> None:
     """Until no account due for insights is claimed by another poller (its refresh is
     stored, and the feeds it marks dirty are rendered once, after it), or ``timeout``."""
-    owner = {key: account.id for account in config.accounts.values() for key in account.match_keys}
+    owner = {key: account.id for key, account in config.account_by_key.items()}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         due = store.insights_due()

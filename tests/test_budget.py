@@ -9,6 +9,7 @@ enough, and still parses in python icalendar and ical.js.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -262,8 +263,8 @@ def test_window_shrinks_when_rollups_are_not_enough(world: Callable[..., World])
     assert f"showing {report['window_back_days']} of 90 days back" in caldesc
     assert caldesc.startswith("Alerts")  # the header's own text is kept in front of the note
     # the same feed with the default budget: 8 × 60 backups fit, nothing is cut
-    plain = build_feed(w.config.__class__(**{**w.config.__dict__, "teams": {
-        "everything": w.config.teams["everything"].model_copy(update={"budget": None})}}), w.store,
+    plain = build_feed(dataclasses.replace(w.config, teams={
+        "everything": w.config.teams["everything"].model_copy(update={"budget": None})}), w.store,
         find_feed(w.config, "team", "everything"), NOW, save_fragments=False)  # type: ignore[arg-type]
     assert plain.report is not None and not plain.report["over"] and plain.event_count == len(records)
 

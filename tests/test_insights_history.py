@@ -334,9 +334,54 @@ def test_summary_cuts_its_weeks_from_one_read_as_each_read_did(tmp_path: Path, d
     monday = summary.this_monday(ctx)
     pool = summary._pool(ctx, monday - timedelta(days=7 * (s.backfill_weeks + s.baseline_weeks + 1)), monday)
     assert pool is not None
+    weeks = summary._Weeks(pool, monday)  # every week counted once, each summary's cut from them
     for k in range(s.backfill_weeks + 1):
         week = monday - timedelta(days=7 * k)
-        assert summary._summary(ctx, week, current=k == 0, pool=pool) == summary._summary(ctx, week, current=k == 0)
+        assert summary._summary(ctx, week, current=k == 0, weeks=weeks) == summary._summary(ctx, week, current=k == 0)
+    store.close()
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Pacific/Kiritimati", "Pacific/Pago_Pago", "UTC"])
+def test_summary_weeks_leave_out_what_each_window_left_out(tmp_path: Path, zone: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """West of UTC a date without an end on a summary's first day lies outside its window:
+    counted by its day, it must still be left out, as the summary's own read leaves it out
+    (the weeks are counted once; such items are taken out again); on the edge days east of
+    UTC every item counts."""
+    account_id = f"edge{next(_serial)}"
+    config = make_config(tmp_path / "c", accounts=[AccountConfig(id=account_id, name="E", timezone=zone).model_dump()])
+    store = stored_world(tmp_path)
+    tz = ZoneInfo(zone)
+    ctx0 = AccountContext(config, settings_of(config), config.accounts[account_id], NOW, history=None)  # type: ignore[arg-type]
+    s = ctx0.settings.summary
+    monday = summary.this_monday(ctx0)
+    events = []
+    for j in range(s.backfill_weeks + 1):
+        m = monday - timedelta(days=7 * j)
+        first = m - timedelta(days=7 * (s.baseline_weeks + 1))
+        for n, (day, kind, end) in enumerate([(first, "alert", None), (m - timedelta(days=1), "ticket", None),
+                                              (first, "backup", first + timedelta(days=1)),
+                                              (m - timedelta(days=7), INSIGHT_KIND, None)]):
+            source = f"insight-bursts:{account_id}" if kind == INSIGHT_KIND else f"src-{kind}-{account_id}"
+            events.append(Event(source=source, key=f"{j}-{n}", kind=kind, title=f"edge {j} {n}", start=day, end=end,
+                                account=account_id, attrs={"insight": "bursts"} if kind == INSIGHT_KIND else {}))
+        events.append(Event(source=f"src-alert-{account_id}", key=f"{j}-t", kind="alert", title="timed",
+                            start=datetime.combine(first, time(0), tz), end=None, account=account_id))
+    poll_all(store, events)
+    start = datetime.combine(NOW.astimezone(tz).date() - timedelta(days=205), time(0), tz)
+    history = History(store, config.accounts[account_id], start, NOW + timedelta(days=1))
+    ctx = AccountContext(config, settings_of(config), config.accounts[account_id], NOW, history)
+    pool = summary._pool(ctx, monday - timedelta(days=7 * (s.backfill_weeks + s.baseline_weeks + 1)), monday)
+    assert pool is not None
+    left_out: list[int] = []
+    outside = summary._Weeks._outside
+    monkeypatch.setattr(summary._Weeks, "_outside", lambda self, *a: left_out.extend(outside(self, *a)) or outside(self, *a))
+    weeks = summary._Weeks(pool, monday)
+    for k in range(s.backfill_weeks + 1):
+        week = monday - timedelta(days=7 * k)
+        assert summary._summary(ctx, week, current=k == 0, weeks=weeks) == summary._summary(ctx, week, current=k == 0)
+    west = (NOW.astimezone(tz).utcoffset() or timedelta(0)) < timedelta(0)
+    assert bool(left_out) == west  # west of UTC a first day's date without an end ends before its midnight
     store.close()
 
 

@@ -58,7 +58,7 @@ def settings_of(config: Config) -> InsightsSettings:
 
 def accounts_for(config: Config, account_keys: Iterable[str | None]) -> list[AccountConfig]:
     """The configured accounts that own any of these origin keys (case-insensitive)."""
-    owner = {key: account for account in config.accounts.values() for key in account.match_keys}
+    owner = config.account_by_key
     found = {owner[k.strip().lower()].id for k in account_keys if k and k.strip().lower() in owner}
     return [config.accounts[i] for i in sorted(found)]
 

@@ -25,7 +25,7 @@ import struct
 from datetime import date, datetime, timedelta
 
 from icsfeed.insights.base import INSIGHT_KIND, AccountContext, Detector, History, Reads
-from icsfeed.insights.inputs import END, FACTS, GONE, KIND, RECURRING, SOURCE, START, TRAITS, AccountInputs
+from icsfeed.insights.inputs import END, FACTS, GONE, KIND, RECURRING, START, TRAITS, AccountInputs
 from icsfeed.model import Event
 from icsfeed.store import Store, StoreError
 from icsfeed.store.facts import COUNTED, FACT_SETS, TEXT, facts_part, row_facts, row_traits
@@ -154,8 +154,7 @@ class AccountFacts:
                 return None
             h.update(b"".join(parts))
         h.update(b"own\0")
-        h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[KIND] == INSIGHT_KIND
-                          and r[SOURCE] == source))
+        h.update(inputs.section(source))
         return h.hexdigest()
 
 

@@ -103,6 +103,8 @@ class AccountInputs:
         self._seen: object = None  # the history's flag list the rows were taken from
         self._picked_of: object = None  # the rows list the picks below were cut from
         self._picked: dict[tuple[float, float, frozenset[str] | None], list[int]] = {}
+        self._sections_of: object = None  # the rows list the sections below were cut from
+        self._sections: dict[str, tuple[bytes, int]] = {}
         self.base = hashlib.sha256(CODE_DIGEST + "\0".join((
             settings.model_dump_json(), account.model_dump_json(), config.feeds.model_dump_json(),
         )).encode()).digest()
@@ -186,15 +188,31 @@ class AccountInputs:
         self._rows, self._bytes = [p[0] for p in pairs], [p[1] for p in pairs]
         self._by_kind = None
 
+    def section(self, source: str) -> bytes:
+        """The versions of ``source``'s flags, joined in order (its section of :meth:`digest`)."""
+        return self._section(source)[0]
+
+    def _section(self, source: str) -> tuple[bytes, int]:
+        rows = self.rows() or []
+        if self._sections_of is not rows:  # every flag source's section cut in one pass over the rows
+            versions = self._versions()
+            parts: dict[str, list[bytes]] = {}
+            live: dict[str, int] = {}
+            for r, v in zip(rows, versions, strict=True):
+                if r[SOURCE] is not None:
+                    parts.setdefault(r[SOURCE], []).append(v)
+                    live[r[SOURCE]] = live.get(r[SOURCE], 0) + (not r[GONE])
+            self._sections = {name: (b"".join(p), live[name]) for name, p in parts.items()}
+            self._sections_of = rows
+        return self._sections.get(source, (b"", 0))
+
     def own_digest(self, source: str) -> bytes:
         """A digest of the versions of ``source``'s flags (its section of :meth:`digest`)."""
-        rows = self.rows() or []
-        own = b"".join(v for r, v in zip(rows, self._versions(), strict=True) if r[SOURCE] == source)
-        return hashlib.blake2b(own, digest_size=16).digest()
+        return hashlib.blake2b(self.section(source), digest_size=16).digest()
 
     def live_flags(self, source: str) -> int:
         """How many of ``source``'s flags are live (not cancelled: the store marks them gone)."""
-        return sum(1 for r in self.rows() or [] if r[SOURCE] == source and not r[GONE])
+        return self._section(source)[1]
 
     def covered(self, lo: float, hi: float, kinds: frozenset[str] | None) -> bool:
         """Whether every row of the range and kinds is among those read."""
@@ -255,7 +273,7 @@ class AccountInputs:
                 later = min(later, float(rows[picked[after]][START]))
         part = h.hexdigest()
         h.update(b"own\0")  # the detector's own flags (settled and kept by them)
-        h.update(b"".join(v for r, v in zip(rows, versions, strict=True) if r[SOURCE] == source))
+        h.update(self.section(source))
         return h.hexdigest(), later, part
 
 

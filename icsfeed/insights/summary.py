@@ -78,14 +78,15 @@ def detect(ctx: AccountContext) -> list[Event]:
     monday = this_monday(ctx)
     stored = {ev.key: ev for ev in ctx.stored}
     pool = _pool(ctx, _first(ctx), monday)
-    out = [_summary(ctx, monday, current=True, pool=pool, before=stored.get(_key(ctx, monday)))]
+    weeks = _Weeks(pool, monday) if pool is not None else None
+    out = [_summary(ctx, monday, current=True, weeks=weeks, before=stored.get(_key(ctx, monday)))]
     for k in range(1, s.backfill_weeks + 1):
         past = monday - timedelta(days=7 * k)
         before = stored.get(_key(ctx, past))
         if before is not None and "open_tickets" in before.attrs:
             out.append(before)  # final: made during its own week, with the tickets open then
         else:
-            out.append(_summary(ctx, past, current=False, pool=pool, before=before))
+            out.append(_summary(ctx, past, current=False, weeks=weeks, before=before))
     return [ev for ev in out if ev is not None]
 
 
@@ -144,7 +145,70 @@ def _key(ctx: AccountContext, monday: date) -> str:
     return f"{ctx.account.id}:{iso_week(monday)}"
 
 
-def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | None = None,
+class _Weeks:
+    """A pool's items by week before this Monday (week 0 the last one), counted once for every
+    summary a refresh makes: each sums its weeks, then takes out the few items of its days
+    its own window test would not select (a date without an end on its first day, west of
+    UTC, ends before its first midnight) and so counts what a pass over its own weeks of the
+    pool would. Five summaries of nine weeks each: thirteen weeks counted once, not forty-five."""
+
+    def __init__(self, pool: Pool, monday: date) -> None:
+        self.pool = pool
+        self.ordinals = [item[2].toordinal() for item in pool]
+        last = monday.toordinal() - 1
+        self.week = [(last - o) // 7 for o in self.ordinals]
+        kinds = [item[3] for item in pool]
+        #: (week, kind) -> how many of its events count (flags under their own kind: not counted)
+        self.counts = Counter(zip(self.week, kinds, strict=True))
+        #: (week, day ordinal) -> how many items fall on it
+        self.days = Counter(zip(self.week, self.ordinals, strict=True))
+        #: week -> its flags but summaries (positions in the pool), in the pool's order
+        self.flags: dict[int, list[int]] = {}
+        for i, kind in enumerate(kinds):
+            if kind == INSIGHT_KIND and not _is_summary(pool[i][4]):
+                self.flags.setdefault(self.week[i], []).append(i)
+
+    def _outside(self, lo: float, hi: float, first: int, monday: int) -> list[int]:
+        """Positions of the items on the days [first, monday) that the window [lo, hi) leaves
+        out: starting at or after ``hi``, or ending before ``lo`` (within three days of them:
+        no UTC offset is a day)."""
+        pool, ordinals = self.pool, self.ordinals
+        out = []
+        for i in range(bisect_left(pool, hi, key=_start), bisect_left(pool, hi + 3 * 86400.0, key=_start)):
+            if first <= ordinals[i] < monday:
+                out.append(i)
+        for i in range(bisect_left(pool, lo - 3 * 86400.0, key=_start), bisect_left(pool, lo, key=_start)):
+            if pool[i][1] < lo and first <= ordinals[i] < monday:
+                out.append(i)
+        return out
+
+    def of(self, j: int, weeks: int, lo: float, hi: float, first: date, monday: date,
+           ) -> tuple[date, dict[int, Counter[str]], list[Ref]] | None:
+        """For the summary ``j`` weeks before this Monday (its window [lo, hi), its days [first,
+        monday), ``weeks`` + 1 weeks): the first day it counts, its counts by week (0: the week
+        itself) and kind, its week's flags; None when it counts nothing."""
+        out = self._outside(lo, hi, first.toordinal(), monday.toordinal())
+        counts: dict[int, Counter[str]] = {k: Counter() for k in range(weeks + 1)}
+        for (w, kind), n in self.counts.items():
+            if j <= w <= j + weeks and kind != INSIGHT_KIND:
+                counts[w - j][kind] = n
+        left_out = set(out)
+        gone: Counter[int] = Counter()
+        for i in out:
+            gone[self.ordinals[i]] += 1
+            kind, k = self.pool[i][3], self.week[i] - j
+            if kind != INSIGHT_KIND:
+                counts[k][kind] -= 1
+                if counts[k][kind] <= 0:
+                    del counts[k][kind]
+        found = [o for (w, o), n in self.days.items() if j <= w <= j + weeks and n > gone[o]]
+        if not found:
+            return None
+        listed = [self.pool[i][4] for i in self.flags.get(j, ()) if i not in left_out]
+        return date.fromordinal(min(found)), counts, listed
+
+
+def _summary(ctx: AccountContext, monday: date, *, current: bool, weeks: _Weeks | None = None,
              before: Event | None = None) -> Event | None:
     """The summary of the week before ``monday``; ``before``, the stored one, when its verdict
     (the title: counts, flags, open tickets) is the same and its days are over (what
@@ -152,29 +216,33 @@ def _summary(ctx: AccountContext, monday: date, *, current: bool, pool: Pool | N
     s = ctx.settings.summary
     week_start = monday - timedelta(days=7)
     first = monday - timedelta(days=7 * (s.baseline_weeks + 1))
-    if pool is not None:  # the history's window test of this summary's range, then its days
+    # counts[0]: the week itself; counts[k]: k weeks before it
+    counts: dict[int, Counter[str]]
+    listed: list[Ref]
+    if weeks is not None:  # the history's window test of this summary's range, then its days
         lo, hi = ctx.midnight(first).timestamp(), ctx.midnight(monday).timestamp()
-        # by start: what starts three days before ``first`` is on no day from it (no UTC offset is a day)
-        a, b = bisect_left(pool, lo - 3 * 86400.0, key=_start), bisect_left(pool, hi, key=_start)
-        days = [(day, kind, ev) for st, en, day, kind, ev in pool[a:b] if st < hi and en >= lo and first <= day < monday]
+        j = (this_monday(ctx) - monday).days // 7
+        made = weeks.of(j, s.baseline_weeks, lo, hi, first, monday)
+        if made is None:
+            return None  # nothing in the week or the weeks before: no history to sum up
+        coverage, counts, listed = made
     else:
         rows = [r for r in ctx.history.rows(ctx.midnight(first), ctx.midnight(monday))
                 if r.event.status != "cancelled" and not r.event.rrule]
         found: list[tuple[date, str, Ref]] = [(ctx.local_day(r.event.start), r.event.kind, r.event) for r in rows]
         days = [(day, kind, ev) for day, kind, ev in found if first <= day < monday]
-    if not days:
-        return None  # nothing in the week or the weeks before: no history to sum up
-    coverage = min(map(itemgetter(0), days), default=week_start)
-    # counts[0]: the week itself; counts[k]: k weeks before it
-    counts: dict[int, Counter[str]] = {k: Counter() for k in range(s.baseline_weeks + 1)}
-    listed: list[Ref] = []
-    last = monday.toordinal() - 1  # (day numbers: no timedelta per event)
-    for day, kind, ev in days:
-        k = (last - day.toordinal()) // 7
-        if kind != INSIGHT_KIND:
-            counts[k][kind] += 1
-        elif k == 0 and not _is_summary(ev):
-            listed.append(ev)
+        if not days:
+            return None  # nothing in the week or the weeks before: no history to sum up
+        coverage = min(map(itemgetter(0), days), default=week_start)
+        counts = {k: Counter() for k in range(s.baseline_weeks + 1)}
+        listed = []
+        last = monday.toordinal() - 1  # (day numbers: no timedelta per event)
+        for day, kind, ev in days:
+            k = (last - day.toordinal()) // 7
+            if kind != INSIGHT_KIND:
+                counts[k][kind] += 1
+            elif k == 0 and not _is_summary(ev):
+                listed.append(ev)
     week = counts[0]
     baseline = [k for k in range(1, s.baseline_weeks + 1) if monday - timedelta(days=7 * (k + 1)) >= coverage]
     open_count = open_now(ctx, 0)[0] if current else None

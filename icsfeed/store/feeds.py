@@ -158,11 +158,12 @@ def micros(values: Sequence[float]) -> list[int]:
     return out
 
 
-def fetch_statement(conn: Any, stmt: Any) -> list[tuple[Any, ...]]:
+def fetch_statement(conn: Any, stmt: Any, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
     """A SELECT's rows as the DB-API cursor gives them (plain tuples, no SQLAlchemy row or type
     processing: for the 10,000s of rows of one feed); only for columns whose driver values are
-    what the code wants (numbers, text, 0/1 or bools)."""
-    return list(conn.execute(stmt).cursor.fetchall())
+    what the code wants (numbers, text, 0/1 or bools). ``params``: the values of a statement
+    made once with bound parameters (no statement built and keyed per call)."""
+    return list(conn.execute(stmt, params or {}).cursor.fetchall())
 
 
 def _feed_where(query: FeedQuery, mark: str) -> tuple[str, tuple[Any, ...]] | None:

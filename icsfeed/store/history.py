@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, null, or_, select, update
@@ -68,11 +69,17 @@ def _window(lo: float, hi: float) -> Any:
     return or_(and_(_t.c.start_ts < hi, _t.c.end_ts >= lo), and_(_t.c.recurring.is_(True), _t.c.start_ts < hi))
 
 
-def _read(store: Any, where: Any) -> list[HistoryRow]:
-    stmt = select(*_COLUMNS, *_EXTRA).where(where).order_by(_t.c.start_ts, _t.c.id)
+def _select(where: Any) -> Any:
+    return select(*_COLUMNS, *_EXTRA).where(where).order_by(_t.c.start_ts, _t.c.id)
+
+
+def _read(store: Any, where: Any, params: dict[str, Any] | None = None) -> list[HistoryRow]:
+    """The rows ``where`` selects (a condition, or a statement of :func:`_select` made once and
+    its ``params``), decoded."""
+    stmt = where if params is not None else _select(where)
     try:
         with store.engine.connect() as conn:  # the driver's tuples: an account has 1,000s of rows
-            rows = fetch_statement(conn, stmt)
+            rows = fetch_statement(conn, stmt, params)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
     decoded = ((store._event_row(r[:_N]), r) for r in rows)
@@ -110,9 +117,12 @@ def kind_events(store: Any, account_keys: Collection[str], kind: str) -> list[Hi
     return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind == kind))
 
 
+_SOURCE_EVENTS = _select(_t.c.source == bindparam("source"))
+
+
 def source_events(store: Any, source: str) -> list[HistoryRow]:
     """Every event of one source (a detector's flags for one account, just written)."""
-    return _read(store, _t.c.source == source)
+    return _read(store, _SOURCE_EVENTS, {"source": source})
 
 
 def keyed_events(store: Any, source: str, keys: Collection[str]) -> list[HistoryRow]:
@@ -135,13 +145,39 @@ _VERSION = (_t.c.id, _t.c.kind, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c
 VersionRow = tuple[Any, ...]
 
 
-def _versions(store: Any, where: Any, flag_kind: str, *extra: Any) -> list[VersionRow]:
+def _bound_window(lo: str, hi: str) -> Any:
+    """:func:`_window` with its bounds as parameters ``lo`` and ``hi``."""
+    return or_(and_(_t.c.start_ts < bindparam(hi), _t.c.end_ts >= bindparam(lo)),
+               and_(_t.c.recurring.is_(True), _t.c.start_ts < bindparam(hi)))
+
+
+def _versions_select(where: Any, flag_kind: str, *extra: Any) -> Any:
     flag_source = case((_t.c.kind == flag_kind, _t.c.source), else_=null())
     facts = case((_t.c.kind == flag_kind, null()), else_=_t.c.facts)
-    stmt = select(*_VERSION, flag_source, facts, _t.c.traits, *extra).where(where).order_by(_t.c.start_ts, _t.c.id)
+    return select(*_VERSION, flag_source, facts, _t.c.traits, *extra).where(where).order_by(_t.c.start_ts, _t.c.id)
+
+
+# The two reads of every refresh, made once (per flag kind and shape) with bound parameters:
+# building and keying a statement of a dozen conditions cost about as much as running it.
+@cache
+def _account_versions_statement(flag_kind: str, wide: bool) -> Any:
+    windows = or_(_bound_window("lo", "hi"), _t.c.kind == flag_kind)
+    if wide:
+        windows = or_(windows, and_(_t.c.kind.in_(bindparam("wide_kinds", expanding=True)),
+                                    _bound_window("wide_lo", "wide_hi")))
+    return _versions_select(and_(_t.c.account_key.in_(bindparam("keys", expanding=True)), windows), flag_kind)
+
+
+@cache
+def _source_versions_statement(flag_kind: str) -> Any:
+    return _versions_select(and_(_t.c.source == bindparam("source"), _t.c.kind == flag_kind), flag_kind,
+                            _t.c.account_key)
+
+
+def _versions(store: Any, stmt: Any, params: dict[str, Any]) -> list[VersionRow]:
     try:
         with store.engine.connect() as conn:  # plain tuples from the driver: an account has 1,000s
-            return fetch_statement(conn, stmt)
+            return fetch_statement(conn, stmt, params)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read the account's history: {db_reason(exc)}") from None
 
@@ -153,10 +189,12 @@ def account_versions(store: Any, account_keys: Collection[str], span: tuple[floa
     query, by start (then id)."""
     if not account_keys:
         return []
-    windows = or_(_window(*span), _t.c.kind == flag_kind)
-    if wide is not None and wide_kinds:
-        windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), _window(*wide)))
-    return _versions(store, and_(_t.c.account_key.in_(sorted(account_keys)), windows), flag_kind)
+    params: dict[str, Any] = {"keys": sorted(account_keys), "lo": span[0], "hi": span[1]}
+    with_wide = wide is not None and bool(wide_kinds)
+    if with_wide:
+        assert wide is not None
+        params.update(wide_kinds=sorted(wide_kinds), wide_lo=wide[0], wide_hi=wide[1])
+    return _versions(store, _account_versions_statement(flag_kind, with_wide), params)
 
 
 def source_versions(store: Any, source: str, account_keys: Collection[str], flag_kind: str) -> list[VersionRow]:
@@ -164,7 +202,7 @@ def source_versions(store: Any, source: str, account_keys: Collection[str], flag
     written). The accounts are told apart here, not in the query: by source alone it is the
     source's index (a few rows), not the account's covering one (all of the account's)."""
     keys = set(account_keys)
-    rows = _versions(store, and_(_t.c.source == source, _t.c.kind == flag_kind), flag_kind, _t.c.account_key)
+    rows = _versions(store, _source_versions_statement(flag_kind), {"source": source})
     return [r[:-1] for r in rows if r[-1] in keys]
 
 
