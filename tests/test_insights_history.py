@@ -30,7 +30,7 @@ from icsfeed.insights.base import INSIGHT_KIND, AccountContext, History, _indexe
 from icsfeed.model import Event
 from icsfeed.store import EventRow, FeedQuery, Store
 from icsfeed.store import events as store_events
-from icsfeed.store.history import same_events, same_value
+from icsfeed.store.history import same_events, same_value, split_unchanged
 
 NOW = datetime(2026, 3, 18, 14, 0, tzinfo=timezone.utc)
 ZONES = ("UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/Berlin", "America/New_York")
@@ -152,6 +152,8 @@ def test_history_answers_every_request_as_one_query_per_request_did(tmp_path: Pa
     lookback = datetime.combine(NOW.astimezone(tz).date() - timedelta(days=365), time(0), tz)
     new = History(store, account, start, end, wide=(lookback, NOW + timedelta(seconds=1)),
                   wide_kinds=frozenset({"ticket"}))
+    keyed = History(store, account, start, end, wide=(lookback, NOW + timedelta(seconds=1)),
+                    wide_kinds=frozenset({"ticket"}))  # told what the write below wrote: re-reads those rows only
     old = QueryHistory(store, account, start, end)
     assert {sid: [r.row.event for r in rows] for sid, rows in new.stored().items()} == old.stored(account)
     requests = [(start, end, None), (start + timedelta(days=100), NOW, None),
@@ -169,11 +171,18 @@ def test_history_answers_every_request_as_one_query_per_request_did(tmp_path: Pa
     written = [ev if i % 2 else replace_title(ev) for i, ev in enumerate(flags[1:])]
     written.append(Event(source=sid, key="fresh", kind=INSIGHT_KIND, title="new", start=NOW.date(),
                          end=NOW.date() + timedelta(days=1), account=account_id))
-    store.apply_poll(sid, written, absence="cancel", complete=True, now=NOW.timestamp() + 60, previous_success=None)
+    assert keyed.stored() is not None  # (its flags read before the write)
+    write, known = split_unchanged(written, keyed.stored().get(sid, []))  # as the refresh writes them
+    store.apply_poll(sid, write, absence="cancel", complete=True, now=NOW.timestamp() + 60, previous_success=None,
+                     known=known)
     new.forget(sid)
+    keyed.forget(sid, write, known)
     old.forget()
     for lo, hi, kinds in requests[:5]:
         assert seen(new.rows(lo, hi, kinds)) == seen(old.rows(lo, hi, kinds)), (lo, hi, kinds)
+        assert seen(keyed.rows(lo, hi, kinds)) == seen(old.rows(lo, hi, kinds)), (lo, hi, kinds)
+    assert [(r.row.id, r.content_hash, r.row.sequence, r.gone) for r in keyed.flags() or []] == \
+        [(r.row.id, r.content_hash, r.row.sequence, r.gone) for r in new.flags() or []]
     store.close()
 
 

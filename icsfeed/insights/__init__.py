@@ -198,7 +198,7 @@ def refresh_account(config: Config, store: Store, settings: InsightsSettings, ac
                                        known=known)
             if changes.changed:
                 touched |= changes.touched
-                history.forget(sid)
+                history.forget(sid, write, known)  # (only the rows this write can have changed)
                 inputs.forget(sid, history.flags())
                 log.info("insights %s: %d new, %d updated, %d cancelled", sid, changes.new, changes.updated, changes.cancelled)
             # what the next run reads: the same rows and the flags just written (re-read). The same

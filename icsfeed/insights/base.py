@@ -15,7 +15,7 @@ Detectors never read the clock (``ctx.now`` is the only time) and never write th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from functools import cached_property, lru_cache
@@ -28,6 +28,7 @@ from icsfeed.insights.settings import InsightsSettings
 from icsfeed.model import Event
 from icsfeed.render import VIEW_LINK_ATTR
 from icsfeed.store import EventRow, FeedQuery, Store, to_ts
+from icsfeed.store.database import storable_text
 from icsfeed.store.history import (
     HistoryRow,
     account_events,
@@ -207,14 +208,25 @@ class History:
             self._other[key] = self._query(lo, hi, kinds)
         return self._other[key]
 
-    def forget(self, source: str) -> None:
+    def forget(self, source: str, written: Sequence[Event] | None = None, known: Collection[str] = ()) -> None:
         """Re-read the flags of ``source`` on next use: a detector just stored flags the next
-        one counts. What holds no insight (a year of tickets) is kept: only flags were written."""
+        one counts. What holds no insight (a year of tickets) is kept: only flags were written.
+        With ``written`` (what a complete poll of the source wrote, the rest of its events
+        named ``known``: :func:`split_unchanged <icsfeed.store.history.split_unchanged>`),
+        only the rows that poll can have changed are read again: those of its events' keys,
+        and the live ones it neither wrote nor named (its absence cancelled them). A stale-
+        ticket write of a few flags re-reads those, not the account's 250."""
         if self._flags is not None:
             keys = self.keys | {self.own_key}
-            fresh = self._keep([r for r in source_events(self.store, source)
-                                if r.kind == INSIGHT_KIND and r.account_key in keys])
-            kept = [r for r in self._flags if r.source != source]
+            if written is None:
+                redo = None
+                fresh = source_events(self.store, source)
+            else:
+                redo = {storable_text(str(ev.key)) for ev in written}
+                redo |= {r.key for r in self._flags if r.source == source and not r.gone and r.key not in known}
+                fresh = keyed_events(self.store, source, redo) if redo else []
+            fresh = self._keep([r for r in fresh if r.kind == INSIGHT_KIND and r.account_key in keys])
+            kept = [r for r in self._flags if r.source != source or (redo is not None and r.key not in redo)]
             self._flags = sorted(kept + fresh, key=lambda r: (r.start_ts, r.row.id))
         self._insights = None
         self._other = {key: rows for key, rows in self._other.items()
