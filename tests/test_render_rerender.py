@@ -71,18 +71,14 @@ def test_feed_versions_read_the_covering_index(make_env: Callable[[dict[str, str
     (migration 0013), not from the events' pages."""
     config, store = make_env({"icsfeed.yaml": CONFIG})
     specs = {s.feed_id: s for s in all_feeds(config)}
-    from sqlalchemy import and_, select
-
-    from icsfeed.store.schema import events_table as t
+    from icsfeed.store.feeds import feed_versions_sql
 
     for feed_id, index in (("account/acme", "ix_events_feed_account"), ("team/ops", "ix_events_feed_window")):
-        query = specs[feed_id].query(NOW)
-        stmt = select(t.c.id, t.c.sequence, t.c.last_modified).where(and_(*store._feed_conditions(query))) \
-            .order_by(t.c.start_ts, t.c.id)
-        compiled = stmt.compile(dialect=store.engine.dialect, compile_kwargs={"render_postcompile": True})
+        statement = feed_versions_sql(specs[feed_id].query(NOW), "?")  # the SQL feed_versions runs
+        assert statement is not None
+        sql, params = statement
         with store.engine.connect() as conn:
-            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled),
-                                        tuple(compiled.params[n] for n in compiled.positiontup)).all()
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()
         details = " ".join(str(r[-1]) for r in plan)
         assert f"COVERING INDEX {index}" in details, (feed_id, details)
         assert "TEMP B-TREE" not in details, (feed_id, details)  # the order comes from the index too
