@@ -366,10 +366,9 @@ def refresh_due_insights(config: Config, store: Store, now: float | None = None,
     when = now if now is not None else time.time()
     if claims is None:
         return _refresh_keys(config, store, due, when)
-    owner = {key: account.id for key, account in config.account_by_key.items()}
     by_account: dict[str, list[str]] = {}
     for key in due:  # claimed per configured account: its keys are refreshed together
-        by_account.setdefault(owner.get(key.strip().lower(), ""), []).append(key)
+        by_account.setdefault(_owner_id(config, key), []).append(key)
     names = sorted(by_account)
     batch = max(1, min(INSIGHT_BATCH, len(names) // 8))  # a few accounts: small claims, so all pollers get some
     done = 0
@@ -387,6 +386,12 @@ def refresh_due_insights(config: Config, store: Store, now: float | None = None,
                 break
             done += refreshed
     return done
+
+
+def _owner_id(config: Config, key: str) -> str:
+    """The id of the configured account owning an origin key ("" for none): what is claimed."""
+    account = config.account_by_key.get(key.strip().lower())
+    return account.id if account is not None else ""
 
 
 def _refresh_keys(config: Config, store: Store, due: dict[str, int], now: float) -> int:
@@ -528,7 +533,6 @@ def _dirty_feeds(store: Store) -> int:
 def _wait_for_insights(config: Config, store: Store, coordinator: Coordinator, timeout: float) -> None:
     """Until no account due for insights is claimed by another poller (its refresh is
     stored, and the feeds it marks dirty are rendered once, after it), or ``timeout``."""
-    owner = {key: account.id for key, account in config.account_by_key.items()}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         due = store.insights_due()
@@ -536,7 +540,7 @@ def _wait_for_insights(config: Config, store: Store, coordinator: Coordinator, t
             return
         busy = False
         with coordinator.locks() as locks:
-            for name in sorted({owner.get(key.strip().lower(), "") for key in due}):
+            for name in sorted({_owner_id(config, key) for key in due}):
                 if not locks.try_lock("account", name):
                     busy = True
                     break

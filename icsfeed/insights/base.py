@@ -214,8 +214,7 @@ class History:
         With ``written`` (what a complete poll of the source wrote, the rest of its events
         named ``known``: :func:`split_unchanged <icsfeed.store.history.split_unchanged>`),
         only the rows that poll can have changed are read again: those of its events' keys,
-        and the live ones it neither wrote nor named (its absence cancelled them). A stale-
-        ticket write of a few flags re-reads those, not the account's 250."""
+        and the live ones it neither wrote nor named (its absence cancelled them)."""
         if self._flags is not None:
             keys = self.keys | {self.own_key}
             if written is None:

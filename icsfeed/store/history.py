@@ -65,7 +65,8 @@ def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
     return (r.start_ts < hi and r.end_ts >= lo) or (r.recurring and r.start_ts < hi)
 
 
-def _window(lo: float, hi: float) -> Any:
+def _window(lo: Any, hi: Any) -> Any:
+    """The store's window test in SQL; ``lo`` and ``hi`` values or bound parameters."""
     return or_(and_(_t.c.start_ts < hi, _t.c.end_ts >= lo), and_(_t.c.recurring.is_(True), _t.c.start_ts < hi))
 
 
@@ -73,10 +74,8 @@ def _select(where: Any) -> Any:
     return select(*_COLUMNS, *_EXTRA).where(where).order_by(_t.c.start_ts, _t.c.id)
 
 
-def _read(store: Any, where: Any, params: dict[str, Any] | None = None) -> list[HistoryRow]:
-    """The rows ``where`` selects (a condition, or a statement of :func:`_select` made once and
-    its ``params``), decoded."""
-    stmt = where if params is not None else _select(where)
+def _read(store: Any, stmt: Any, params: dict[str, Any] | None = None) -> list[HistoryRow]:
+    """The rows a statement of :func:`_select` reads (with ``params``, one made once), decoded."""
     try:
         with store.engine.connect() as conn:  # the driver's tuples: an account has 1,000s of rows
             rows = fetch_statement(conn, stmt, params)
@@ -97,7 +96,7 @@ def account_events(store: Any, account_keys: Collection[str], span: tuple[float,
     windows = _window(*span)
     if wide is not None and wide_kinds:
         windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), _window(*wide)))
-    return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind != exclude_kind, windows))
+    return _read(store, _select(and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind != exclude_kind, windows)))
 
 
 def wide_events(store: Any, account_keys: Collection[str], kinds: Collection[str],
@@ -106,15 +105,15 @@ def wide_events(store: Any, account_keys: Collection[str], kinds: Collection[str
     :func:`account_events` reads of them there, alone (a detector that reads only them)."""
     if not account_keys or not kinds:
         return []
-    return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind.in_(sorted(kinds)),
-                             _t.c.kind != exclude_kind, _window(*wide)))
+    return _read(store, _select(and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind.in_(sorted(kinds)),
+                                     _t.c.kind != exclude_kind, _window(*wide))))
 
 
 def kind_events(store: Any, account_keys: Collection[str], kind: str) -> list[HistoryRow]:
     """Every event of one kind (the account's flags) the accounts have, at any time."""
     if not account_keys:
         return []
-    return _read(store, and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind == kind))
+    return _read(store, _select(and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind == kind)))
 
 
 _SOURCE_EVENTS = _select(_t.c.source == bindparam("source"))
@@ -129,7 +128,7 @@ def keyed_events(store: Any, source: str, keys: Collection[str]) -> list[History
     """The events of one source with these keys (the few flags a detector made again)."""
     out: list[HistoryRow] = []
     for part in chunks(sorted(set(keys)), 500):
-        out += _read(store, and_(_t.c.source == source, _t.c.key.in_(part)))
+        out += _read(store, _select(and_(_t.c.source == source, _t.c.key.in_(part))))
     return out
 
 
@@ -145,12 +144,6 @@ _VERSION = (_t.c.id, _t.c.kind, _t.c.start_ts, _t.c.end_ts, _t.c.recurring, _t.c
 VersionRow = tuple[Any, ...]
 
 
-def _bound_window(lo: str, hi: str) -> Any:
-    """:func:`_window` with its bounds as parameters ``lo`` and ``hi``."""
-    return or_(and_(_t.c.start_ts < bindparam(hi), _t.c.end_ts >= bindparam(lo)),
-               and_(_t.c.recurring.is_(True), _t.c.start_ts < bindparam(hi)))
-
-
 def _versions_select(where: Any, flag_kind: str, *extra: Any) -> Any:
     flag_source = case((_t.c.kind == flag_kind, _t.c.source), else_=null())
     facts = case((_t.c.kind == flag_kind, null()), else_=_t.c.facts)
@@ -161,10 +154,10 @@ def _versions_select(where: Any, flag_kind: str, *extra: Any) -> Any:
 # building and keying a statement of a dozen conditions cost about as much as running it.
 @cache
 def _account_versions_statement(flag_kind: str, wide: bool) -> Any:
-    windows = or_(_bound_window("lo", "hi"), _t.c.kind == flag_kind)
+    windows = or_(_window(bindparam("lo"), bindparam("hi")), _t.c.kind == flag_kind)
     if wide:
         windows = or_(windows, and_(_t.c.kind.in_(bindparam("wide_kinds", expanding=True)),
-                                    _bound_window("wide_lo", "wide_hi")))
+                                    _window(bindparam("wide_lo"), bindparam("wide_hi"))))
     return _versions_select(and_(_t.c.account_key.in_(bindparam("keys", expanding=True)), windows), flag_kind)
 
 
