@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from itertools import accumulate, compress, count, repeat
 from operator import ge
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import icalendar
@@ -129,14 +129,27 @@ def budget_shape(config: Config, spec: FeedSpec) -> list[Any]:
     return [ROLLUP_FORMAT, PARTS_FORMAT, b.max_bytes, b.max_events, sorted(b.keep_individual), view_timezone(config, spec)]
 
 
+class KeptVevent(NamedTuple):
+    """A VEVENT the feed shows as its previous body has it, by its position there (and its
+    length): a re-render over the budget (icsfeed.refit) leaves it where it is, unread."""
+
+    at: int
+    length: int
+
+
 @dataclass(frozen=True)
 class FittedFeed:
-    """A feed's bytes within its budget, the list of its VEVENTs for filtered variants, and a report."""
+    """A feed's bytes within its budget, the list of its VEVENTs for filtered variants, and a report.
+
+    ``pieces``: set when some VEVENTs are :class:`KeptVevent` (``body`` is then empty): the
+    head, each VEVENT's bytes or its place in the previous body, the tail, for the caller to
+    splice into the stored segments or join."""
 
     body: bytes
     event_count: int
     parts: dict[str, Any]
     report: dict[str, Any]
+    pieces: list[bytes | memoryview | KeptVevent] | None = None
 
 
 #: (account key, kind, local day, severity rank, open)
@@ -364,8 +377,9 @@ def _open_flags(store: Store, unknown: list[int], save: bool) -> dict[int, bool]
     return flags
 
 
-#: one VEVENT of a fitted feed: bytes, kind, severity rank, open, and its event's row id (None: a rollup)
-_Piece = tuple[bytes, str, "int | None", bool, "int | None"]
+#: one VEVENT of a fitted feed: bytes (or its place in the previous body), kind, severity rank, open, and its
+#: event's row id (None: a rollup)
+_Piece = tuple["bytes | memoryview | KeptVevent", str, "int | None", bool, "int | None"]
 
 
 def _assemble(head: bytes, tail: bytes, pieces: list[_Piece], report: dict[str, Any],
@@ -374,18 +388,21 @@ def _assemble(head: bytes, tail: bytes, pieces: list[_Piece], report: dict[str, 
     for _, kind, _, _, _ in pieces:
         if kind not in kinds:
             kinds[kind] = len(kinds)
-    body = b"".join([head, *(p[0] for p in pieces), tail])
-    report = {**report, "bytes": len(body), "events": len(pieces),
+    lens = [p[0].length if type(p[0]) is KeptVevent else len(p[0]) for p in pieces]
+    kept = any(type(p[0]) is KeptVevent for p in pieces)
+    body = b"" if kept else b"".join([head, *(p[0] for p in pieces), tail])  # type: ignore[misc]
+    report = {**report, "bytes": len(head) + sum(lens) + len(tail), "events": len(pieces),
               "over": report["full_bytes"] > report["max_bytes"] or report["full_events"] > report["max_events"]}
     parts: dict[str, Any] = {"v": PARTS_FORMAT, "head": len(head), "kinds": list(kinds),
-                             "lens": [len(p[0]) for p in pieces], "kind": [kinds[p[1]] for p in pieces],
+                             "lens": lens, "kind": [kinds[p[1]] for p in pieces],
                              "rank": [-1 if p[2] is None else p[2] for p in pieces], "open": [int(p[3]) for p in pieces]}
     if versions is not None:  # which event each VEVENT is, in which version (-1: a rollup, or not known)
         known = [versions.get(p[4]) if p[4] is not None else None for p in pieces]
         parts["ids"] = [p[4] if v is not None else -1 for p, v in zip(pieces, known, strict=True)]
         parts["seqs"] = [v[0] if v is not None else -1 for v in known]
         parts["mods"] = [v[1] if v is not None else -1 for v in known]
-    return FittedFeed(body=body, event_count=len(pieces), parts=parts, report=report)
+    return FittedFeed(body=body, event_count=len(pieces), parts=parts, report=report,
+                      pieces=[head, *(p[0] for p in pieces), tail] if kept else None)
 
 
 @dataclass(frozen=True)
@@ -526,7 +543,7 @@ class _Fitter:
             seqs=[a.sequence for a in got], uids={a.id: a.uid for a in got if a is not _UNKNOWN})
 
     def fit(self, cols: Columns, head: bytes, tail: bytes, report: dict[str, Any],
-            fragments_of: Callable[[list[int]], list[bytes | memoryview] | None], save: bool,
+            fragments_of: Callable[[list[int]], list[bytes | memoryview | KeptVevent] | None], save: bool,
             versions: Mapping[int, tuple[int, int]] | None, unknown: Collection[int] = frozenset(),
             ) -> FittedFeed | None:
         """The plan made and the feed assembled: the individually shown VEVENTs by their

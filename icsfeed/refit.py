@@ -6,17 +6,20 @@ severity, open, recurring, end) as of each row's version, and where its VEVENT s
 body. A re-render reads the feed's version list (the covering index), takes the columns of the
 rows whose version is the same from those lists, reads only the changed rows (columns and
 fragment), plans again on the columns (icsfeed.budget._Fitter: no event decoded, no fragment
-read), and copies the individually shown VEVENTs out of the previous body. Stored rollups whose
+read), and leaves each individually shown VEVENT that did not change where the previous body
+has it (a :class:`~icsfeed.budget.KeptVevent`): icsfeed.render patches the others (and the
+rollups) into the stored segments when every kept one is still at its place, reading only the
+segments patched, else copies the kept ones out of the previous body. Stored rollups whose
 members did not change are kept as they are; only a rollup with a changed member is made again.
 Because it is the same plan over the same columns, the bytes are the ones a render from the
-events alone makes.
+events alone makes. The version list it starts from is worked out from the plan columns'
+own list and the rows changed since (render._versions_since), not read whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from itertools import accumulate
 from typing import Any
 
 from icsfeed.budget import (
@@ -24,6 +27,7 @@ from icsfeed.budget import (
     PLAN_LISTS,
     Columns,
     FittedFeed,
+    KeptVevent,
     _Fitter,
     _open_flags,
     _report,
@@ -37,17 +41,18 @@ from icsfeed.store import PartAttrs, Store
 
 #: row id -> (columns, fragment; None: gone, or cannot be rendered)
 Fetch = Callable[[Sequence[int]], dict[int, tuple[PartAttrs, bytes | None]]]
-_BEGIN, _END = b"BEGIN:VEVENT\r\n", b"END:VEVENT\r\n"
 
 
-def refit(config: Config, store: Store, spec: FeedSpec, now: datetime, head: bytes, tail: bytes, body: bytes,
+def refit(config: Config, store: Store, spec: FeedSpec, now: datetime, head: bytes, tail: bytes, size: int,
           parts: dict[str, Any], ids: list[int], seqs: list[int], mods: list[int], fetch: Fetch, *,
           secret: bytes | None, save: bool) -> FittedFeed | None:
-    """The feed's bytes from its previous ``body`` and ``parts`` (with plan columns), its events
-    now being ``ids`` with versions ``seqs``/``mods`` (the feed index); ``fetch`` reads changed
-    rows. None: not this case (no plan columns, too much changed, within its budget now): the
-    caller renders from the events."""
-    cached = _cached(parts, body)
+    """The feed planned again from its previous body's ``parts`` (with plan columns; the body
+    ``size`` bytes long), its events now being ``ids`` with versions ``seqs``/``mods`` (the
+    feed index); ``fetch`` reads changed rows. Each VEVENT the previous body has as it is now
+    is a :class:`KeptVevent` of the result (its ``pieces``; the caller splices or joins). None:
+    not this case (no plan columns, too much changed, within its budget now): the caller
+    renders from the events."""
+    cached = _cached(parts, size)
     if cached is None or not ids or min(mods) < 0:
         return None
     b_ids, b_seqs, b_mods = cached["b_ids"], cached["b_seqs"], cached["b_mods"]
@@ -73,21 +78,18 @@ def refit(config: Config, store: Store, spec: FeedSpec, now: datetime, head: byt
     size = len(head) + len(tail) + sum(cols.lens)
     if budget.fits(size, len(ids)):
         return None  # within its budget now: the general path lists it whole
-    starts = list(accumulate(parts["lens"], initial=int(parts["head"])))
+    lens = parts["lens"]
     b_at = cached["b_at"]
-    view = memoryview(body)
 
-    def fragments_of(alone: list[int]) -> list[bytes | memoryview] | None:
-        out: list[bytes | memoryview | None] = []
+    def fragments_of(alone: list[int]) -> list[bytes | KeptVevent] | None:
+        out: list[bytes | KeptVevent | None] = []
         missing = []
         for p in alone:
             n = at[p]
             v = b_at[n] if n is not None else -1
-            if v >= 0:
-                start, end = starts[v], starts[v + 1]
-                if body.startswith(_BEGIN, start) and body.endswith(_END, start, end):
-                    out.append(view[start:end])
-                    continue
+            if v >= 0:  # in the previous body, rendered from this version: left where it is
+                out.append(KeptVevent(v, lens[v]))
+                continue
             fresh = got.get(ids[p])
             if fresh is not None:
                 out.append(fresh[1])
@@ -108,14 +110,15 @@ def refit(config: Config, store: Store, spec: FeedSpec, now: datetime, head: byt
     return fitter.fit(cols, head, tail, report, fragments_of, save, versions)
 
 
-def _cached(parts: dict[str, Any], body: bytes) -> dict[str, Any] | None:
-    """The plan lists of ``parts``, when they are all there and agree with each other and the body."""
+def _cached(parts: dict[str, Any], size: int) -> dict[str, Any] | None:
+    """The plan lists of ``parts``, when they are all there and agree with each other and the
+    body's ``size`` (its bytes are checked where they are copied, icsfeed.render)."""
     try:
         lists = {name: parts[name] for name in (*PLAN_LISTS, "b_kinds", "b_accts")}
         n = len(lists["b_ids"])
         if any(len(lists[name]) != n for name in PLAN_LISTS) or not isinstance(parts["head"], int):
             return None
-        if parts["head"] + sum(parts["lens"]) + len(b"END:VCALENDAR\r\n") != len(body):
+        if parts["head"] + sum(parts["lens"]) + len(b"END:VCALENDAR\r\n") != size:
             return None
         if n and (max(lists["b_kind"]) >= len(lists["b_kinds"]) or max(lists["b_acct"]) >= len(lists["b_accts"])
                   or max(lists["b_at"]) >= len(parts["lens"])):

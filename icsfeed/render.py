@@ -26,7 +26,7 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from itertools import accumulate, compress, pairwise, repeat
 from operator import add, ne, sub
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import icalendar
@@ -40,6 +40,9 @@ from icsfeed.store import EventRow, FeedQuery, Store, StoreError
 from icsfeed.store.codec import UndecodableBlob
 from icsfeed.store.feeds import StoredSegments, micros
 from icsfeed.store.segments import Segments, lens_check, splice, split
+
+if TYPE_CHECKING:
+    from icsfeed.budget import FittedFeed, KeptVevent
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
 
@@ -786,10 +789,13 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
         reuse = None
     versions = getattr(store, "feed_versions", None)  # None: a store from before the covering feed index
     if previous is not None and versions is not None and kinds is None and "b_ids" in previous.parts:
-        refitted = _refitted(config, store, spec, now, previous, versions(query), key, keys, view, view_key,
+        planned = _PlannedList.of(previous.parts)  # the list its plan columns are of, worked on as a body's is
+        worked_out = _versions_since(store, query, planned) if planned is not None else None
+        listed = worked_out[:3] if worked_out is not None else versions(query)
+        refitted = _refitted(config, store, spec, now, previous, listed, key, keys, view, view_key,
                              save_fragments, secret)
         if refitted is not None:  # over its budget, planned again from the columns kept with its body
-            return refitted
+            return _stamped(refitted, worked_out[4] if worked_out is not None else _version_stamp(query, listed[2]))
     changed_at: list[int] | None = None  # the positions whose version differs from the previous body's
     since = _versions_since(store, query, reuse) if reuse is not None and versions is not None else None
     if since is not None:
@@ -865,7 +871,44 @@ def _stamped(feed: RenderedFeed, stamp: dict[str, Any]) -> RenderedFeed:
     return feed
 
 
-def _versions_since(store: Store, query: FeedQuery, reuse: _Reusable | None
+class _VersionList(Protocol):
+    """A version list a previous render was made from (the row ids, sequences and
+    last-modified µs of its events, in feed order), with the parts that stamp it."""
+
+    ids: list[int]
+    seqs: list[int]
+    mods: list[int]
+    parts: dict[str, Any]
+
+    @property
+    def positions(self) -> dict[int, int]: ...
+
+
+class _PlannedList:
+    """The version list of a feed over its budget: every event its plan columns list (the
+    ``b_`` lists, icsfeed.refit), rolled up or not; a body's own list names only the VEVENTs."""
+
+    def __init__(self, parts: dict[str, Any], ids: list[int], seqs: list[int], mods: list[int]) -> None:
+        self.parts, self.ids, self.seqs, self.mods = parts, ids, seqs, mods
+        self._positions: dict[int, int] | None = None
+
+    @classmethod
+    def of(cls, parts: dict[str, Any]) -> _PlannedList | None:
+        """None: no such list, or one with a version not known (the next render reads it whole)."""
+        ids, seqs, mods = parts.get("b_ids"), parts.get("b_seqs"), parts.get("b_mods")
+        if not (isinstance(ids, list) and isinstance(seqs, list) and isinstance(mods, list)) or not ids \
+                or not len(ids) == len(seqs) == len(mods) or min(mods) < 0 or min(ids) < 0:
+            return None
+        return cls(parts, ids, seqs, mods)
+
+    @property
+    def positions(self) -> dict[int, int]:
+        if self._positions is None:
+            self._positions = dict(zip(self.ids, range(len(self.ids)), strict=True))
+        return self._positions
+
+
+def _versions_since(store: Store, query: FeedQuery, reuse: _VersionList | None
                     ) -> tuple[list[int], list[int], list[int], list[int], dict[str, Any]] | None:
     """The feed's version list (ids, sequences, last-modified µs) worked out from the previous
     body's parts and the rows modified after the newest version they list
@@ -1001,11 +1044,27 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
     old = stored.segments
     if old.head != head or old.tail != tail or not old.check or old.check != lens_check(reuse.parts["lens"]):
         return None  # parts that are not the ones saved with these segments: checked over the whole body
-    bounds = reuse.bounds
-    offs = list(accumulate(old.lengths, initial=len(old.head)))
     fitted = fit_spliced(config, spec, head, tail, None, reuse.parts, changed, seqs, mods)
     if fitted is None:  # over its budget now: rolled up by the general path
         return None
+    starts, ends = reuse.starts, reuse.ends
+    segments = _splice_stored(stored, reuse.bounds, [(starts[n], ends[n], changed[n][0]) for n in sorted(changed)])
+    if segments is None:
+        return None
+    segments.check = lens_check(fitted.parts["lens"])
+    return RenderedFeed(body=None, etag=segments.etag, event_count=fitted.event_count, parts=fitted.parts,
+                        report=fitted.report, segments=segments, raw_of=stored.by_digest)
+
+
+def _splice_stored(stored: StoredSegments, bounds: list[int], patches: list[tuple[int, int, bytes]]
+                   ) -> Segments | None:
+    """The stored segments with ``patches`` (start, end, bytes: VEVENTs replaced, in the old
+    body's offsets, sorted) applied; ``bounds``: the head's end, then each VEVENT's, as the
+    parts list them. Only the segments patched are read, and each one's VEVENT boundaries
+    are checked against ``bounds``. None: segments that do not fall on those boundaries, or
+    misplaced VEVENTs (or one that cannot be read)."""
+    old = stored.segments
+    offs = list(accumulate(old.lengths, initial=len(old.head)))
     firsts: dict[int, int] = {}
 
     def first(j: int) -> int:
@@ -1027,16 +1086,11 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
             raise _Misplaced
         return raw
 
-    starts, ends = reuse.starts, reuse.ends
-    patches = [(starts[n], ends[n], changed[n][0]) for n in sorted(changed)]
     try:
-        stored.preload({bisect_right(offs, starts[n]) - 1 for n in changed})  # one read of the segments changed
-        segments = splice(old, raw_of, patches)
+        stored.preload({bisect_right(offs, start) - 1 for start, _, _ in patches})  # one read of the segments patched
+        return splice(old, raw_of, patches)
     except (_Misplaced, UndecodableBlob):
         return None
-    segments.check = lens_check(fitted.parts["lens"])
-    return RenderedFeed(body=None, etag=segments.etag, event_count=fitted.event_count, parts=fitted.parts,
-                        report=fitted.report, segments=segments, raw_of=stored.by_digest)
 
 
 def _refitted(config: Config, store: Store, spec: FeedSpec, now: datetime, previous: PreviousBody,
@@ -1060,11 +1114,69 @@ def _refitted(config: Config, store: Store, spec: FeedSpec, now: datetime, previ
         return found  # type: ignore[no-any-return]
 
     head, tail = calendar_header(config, spec)
-    fitted = refit(config, store, spec, now, head, tail, previous.body, previous.parts, *listed, fetch, secret=secret,
+    fitted = refit(config, store, spec, now, head, tail, previous.size, previous.parts, *listed, fetch, secret=secret,
                    save=save_fragments)
     if fitted is None:
         return None
-    return _rendered(fitted)
+    if fitted.pieces is None:  # every VEVENT in hand
+        return _rendered(fitted)
+    spliced = _refit_spliced(previous, fitted)
+    if spliced is not None:
+        return spliced
+    body = _joined(previous, fitted.pieces)
+    return _rendered(replace(fitted, body=body, pieces=None)) if body is not None else None
+
+
+def _refit_spliced(previous: PreviousBody, fitted: FittedFeed) -> RenderedFeed | None:
+    """A refit whose VEVENTs are where the previous body has them (the same count, each one
+    it keeps at its old place): the others patched into the stored segments, unread ones
+    kept by their digests (as :func:`_spliced_segments`). None: not that case."""
+    from icsfeed.budget import KeptVevent  # (the size budget uses this module)
+
+    stored, parts = previous.stored, previous.parts
+    assert fitted.pieces is not None
+    head, *vevents, tail = fitted.pieces
+    if stored is None or previous.joined or not isinstance(head, bytes) or tail != stored.segments.tail:
+        return None
+    old = stored.segments
+    lens = parts["lens"]
+    if len(vevents) != len(lens) or parts["head"] != len(old.head) or not old.check or old.check != lens_check(lens):
+        return None  # parts that are not the ones saved with these segments, or VEVENTs come or gone
+    bounds = list(accumulate(lens, initial=len(old.head)))
+    patches = []
+    for n, piece in enumerate(vevents):
+        if type(piece) is KeptVevent:
+            if piece.at != n:
+                return None  # moved: the body is joined
+        else:
+            patches.append((bounds[n], bounds[n + 1], bytes(piece)))  # type: ignore[arg-type]
+    segments = _splice_stored(stored, bounds, patches)
+    if segments is None:
+        return None
+    segments.head = head  # (the budget note in it may have changed)
+    segments.check = lens_check(fitted.parts["lens"])
+    return RenderedFeed(body=None, etag=segments.etag, event_count=fitted.event_count, parts=fitted.parts,
+                        report=fitted.report, segments=segments, raw_of=stored.by_digest)
+
+
+def _joined(previous: PreviousBody, pieces: list[bytes | memoryview | KeptVevent]) -> bytes | None:
+    """The body of a refit's pieces, its kept VEVENTs copied out of the previous body (each
+    checked to be one there). None: one is not (parts that do not describe the body)."""
+    from icsfeed.budget import KeptVevent
+
+    body = previous.body
+    view = memoryview(body)
+    starts = list(accumulate(previous.parts["lens"], initial=int(previous.parts["head"])))
+    out: list[bytes | memoryview] = []
+    for piece in pieces:
+        if type(piece) is KeptVevent:
+            start, end = starts[piece.at], starts[piece.at + 1]
+            if not (body.startswith(_BEGIN, start) and body.endswith(_END, start, end)):
+                return None
+            out.append(view[start:end])
+        else:
+            out.append(piece)  # type: ignore[arg-type]
+    return b"".join(out)
 
 
 def _render_missing(config: Config, store: Store, spec: FeedSpec, ids: list[int], key: str, view: str | None,

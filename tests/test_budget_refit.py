@@ -22,6 +22,7 @@ from sqlalchemy import text
 from test_render_splice import from_scratch, stored_bodies
 
 import icsfeed.refit as refit_module
+import icsfeed.render as render_module
 from icsfeed.budget import _SUMMARY, _URL, ROLLUP_TITLE_MAX, RollupFields, listed_bytes, rollup_component, rollup_vevent
 from icsfeed.config import Config
 from icsfeed.model import Event
@@ -64,6 +65,32 @@ def _wipe(store: Store) -> None:
             conn.execute(text(f"DELETE FROM {table}"))
 
 
+def _worked_out(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each version list of a re-render was worked out from the changes (True), each
+    one checked against the list ``feed_versions`` reads now."""
+    took: list[bool] = []
+    original = render_module._versions_since
+
+    def spy(store: Store, query: Any, listed: Any) -> Any:
+        out = original(store, query, listed)
+        took.append(out is not None)
+        if out is not None:
+            assert (out[0], out[1], out[2]) == store.feed_versions(query)
+            assert out[3] == [n for n in range(len(out[0])) if (out[1][n], out[2][n]) != (listed.seqs[n], listed.mods[n])]
+        return out
+
+    monkeypatch.setattr(render_module, "_versions_since", spy)
+    return took
+
+
+def _no_join(stored: Any, calls: list[Any]) -> Any:
+    """``stored`` (StoredSegments) recording in ``calls`` when its whole body is joined."""
+    if stored is not None:
+        body = stored.body
+        stored.body = lambda: calls.append("body") or body()
+    return stored
+
+
 def _recording(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether each refit made the feed (True) or left it to the render from the events."""
     made: list[bool] = []
@@ -91,7 +118,6 @@ def test_refit_equals_a_render_from_scratch_after_random_changes(
     fragment = fragment_renderer(config)
     events = {k: event(k, *spec) for k, spec in enumerate(first)}
     now = NOW
-    next_key = len(events)
 
     def poll(at: datetime, with_fragments: bool) -> None:
         store.apply_poll("src", list(events.values()), absence="delete", complete=True, now=at.timestamp(),
@@ -102,6 +128,14 @@ def test_refit_equals_a_render_from_scratch_after_random_changes(
     poll(now, True)
     render_feeds(config, store, now=now)
     assert stored_bodies(config, store) == from_scratch(config, store, now)
+    with pytest.MonkeyPatch.context() as patch:  # every list worked out from the changes is the one read whole
+        _worked_out(patch)
+        _random_rounds(config, store, events, now, rounds, poll)
+
+
+def _random_rounds(config: Config, store: Store, events: dict[int, Event], now: datetime,
+                   rounds: list[tuple[list[str], random.Random]], poll: Callable[[datetime, bool], None]) -> None:
+    next_key = max(events) + 1
     for n, (changes, rnd) in enumerate(rounds, start=1):
         keys = sorted(events)
         for what in changes:
@@ -169,9 +203,23 @@ def test_a_title_edit_refits_reading_only_the_changed_row(
     whole: list[Any] = []
     for name in ("query_part_attrs", "query_feed_index", "query_feed_fragments"):
         monkeypatch.setattr(Store, name, lambda *a, _name=name, **k: whole.append(_name) or [])
+    versions = Store.feed_versions
+    monkeypatch.setattr(Store, "feed_versions", lambda self, q: whole.append("feed_versions") or versions(self, q))
+    took = _worked_out(monkeypatch)
+    joined = Store.feed_segments  # the previous body is read as its segments: none of them joined
+    monkeypatch.setattr(Store, "feed_segments", lambda self, feed_id: _no_join(joined(self, feed_id), whole))
     assert render_feeds(config, store, now=NOW, only=["account/acme"]) == ["account/acme"]
-    assert made == [True] and whole == []
+    # not even the feed's version list read whole: worked out from its plan columns and the changed
+    # row; nor its previous body: the changed VEVENT and the rollups spliced into the stored segments
+    assert made == [True] and took == [True] and whole == ["feed_versions"]  # (the spy's own check)
     assert [len(ids) for ids in read] in ([1], [1, 1])  # the changed row (and its fragment if it is shown)
+    # a second edit re-renders from the body the refit made (its parts name its version list too)
+    events[11] = replace(events[11], title="edited next")
+    monkeypatch.undo()
+    poll(NOW + timedelta(minutes=10))
+    made, took = _recording(monkeypatch), _worked_out(monkeypatch)
+    assert render_feeds(config, store, now=NOW, only=["account/acme"]) == ["account/acme"]
+    assert made == [True] and took == [True]
     monkeypatch.undo()
     assert stored_bodies(config, store)["account/acme"] == from_scratch(config, store, NOW)["account/acme"]
 

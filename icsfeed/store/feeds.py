@@ -181,14 +181,6 @@ def micros(values: Sequence[float]) -> list[int]:
     return out
 
 
-def fetch_statement(conn: Any, stmt: Any, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    """A SELECT's rows as the DB-API cursor gives them (plain tuples, no SQLAlchemy row or type
-    processing: for the 10,000s of rows of one feed); only for columns whose driver values are
-    what the code wants (numbers, text, 0/1 or bools). ``params``: the values of a statement
-    made once with bound parameters (no statement built and keyed per call)."""
-    return list(conn.execute(stmt, params or {}).cursor.fetchall())
-
-
 def feed_versions_sql(query: FeedQuery, mark: str) -> tuple[str, tuple[Any, ...]] | None:
     """The SQL and parameters :meth:`FeedsMixin.feed_versions` runs (None: the feed shows no event)."""
     where = _feed_where(query, mark)
@@ -202,8 +194,8 @@ def _feed_where(query: FeedQuery, mark: str) -> tuple[str, tuple[Any, ...]] | No
     """:meth:`EventsMixin._feed_conditions` as SQL text and its parameters (``mark``: the
     driver's parameter marker), or None when the feed can show no event. The same conditions:
     tests/test_render_since.py compares the rows each selects."""
-    sql = f"((start_ts < {mark} AND end_ts >= {mark}) OR (recurring = {mark} AND start_ts < {mark}))"
-    params: list[Any] = [query.end_ts, query.start_ts, True, query.end_ts]
+    sql = f"start_ts < {mark} AND (end_ts >= {mark} OR recurring = {mark})"
+    params: list[Any] = [query.end_ts, query.start_ts, True]
     for column, values in (("account_key", query.account_keys), ("kind", query.kinds)):
         if values is not None:
             if not values:

@@ -24,8 +24,7 @@ from sqlalchemy import and_, bindparam, case, null, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, chunks, db_reason
-from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow
-from icsfeed.store.feeds import fetch_statement
+from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow, fetch_statement
 from icsfeed.store.schema import events_table, insight_inputs_table
 
 _t = events_table
@@ -67,7 +66,7 @@ def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
 
 def _window(lo: Any, hi: Any) -> Any:
     """The store's window test in SQL; ``lo`` and ``hi`` values or bound parameters."""
-    return or_(and_(_t.c.start_ts < hi, _t.c.end_ts >= lo), and_(_t.c.recurring.is_(True), _t.c.start_ts < hi))
+    return and_(_t.c.start_ts < hi, or_(_t.c.end_ts >= lo, _t.c.recurring.is_(True)))
 
 
 def _select(where: Any) -> Any:

@@ -25,8 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, chunks, db_reason, insert_missing, upsert
-from icsfeed.store.events import FeedQuery
-from icsfeed.store.feeds import fetch_statement
+from icsfeed.store.events import FeedQuery, fetch_statement
 from icsfeed.store.schema import events_table, feed_parts_table, feeds_table, rollups_table
 
 log = logging.getLogger("icsfeed.store")
