@@ -45,10 +45,11 @@ Fetch = Callable[[Sequence[int]], dict[int, tuple[PartAttrs, bytes | None]]]
 
 def refit(config: Config, store: Store, spec: FeedSpec, now: datetime, head: bytes, tail: bytes, size: int,
           parts: dict[str, Any], ids: list[int], seqs: list[int], mods: list[int], fetch: Fetch, *,
-          secret: bytes | None, save: bool) -> FittedFeed | None:
+          secret: bytes | None, save: bool, changed: list[int] | None = None) -> FittedFeed | None:
     """The feed planned again from its previous body's ``parts`` (with plan columns; the body
     ``size`` bytes long), its events now being ``ids`` with versions ``seqs``/``mods`` (the
-    feed index); ``fetch`` reads changed rows. Each VEVENT the previous body has as it is now
+    feed index; ``changed``: the positions whose version differs, when ``ids`` is the plan
+    columns' own list as render._versions_since works it out); ``fetch`` reads changed rows. Each VEVENT the previous body has as it is now
     is a :class:`KeptVevent` of the result (its ``pieces``; the caller splices or joins). None:
     not this case (no plan columns, too much changed, within its budget now): the caller
     renders from the events."""
@@ -56,8 +57,14 @@ def refit(config: Config, store: Store, spec: FeedSpec, now: datetime, head: byt
     if cached is None or not ids or min(mods) < 0:
         return None
     b_ids, b_seqs, b_mods = cached["b_ids"], cached["b_seqs"], cached["b_mods"]
-    where = {v: n for n, v in enumerate(zip(b_ids, b_seqs, b_mods, strict=True)) if v[2] >= 0}
-    at: list[int | None] = list(map(where.get, zip(ids, seqs, mods, strict=True)))
+    at: list[int | None]
+    if changed is not None and ids is b_ids:  # the plan's own list with ``changed`` positions changed
+        at = list(range(len(ids)))
+        for k in changed:
+            at[k] = None
+    else:  # each event's place in the plan's list, where its version is the same there
+        where = {v: n for n, v in enumerate(zip(b_ids, b_seqs, b_mods, strict=True)) if v[2] >= 0}
+        at = list(map(where.get, zip(ids, seqs, mods, strict=True)))
     changed = [ids[k] for k, n in enumerate(at) if n is None]
     if len(changed) > max(500, len(ids) // 4):
         return None

@@ -793,7 +793,7 @@ def _build_feed(config: Config, store: Store, spec: FeedSpec, now: datetime, kin
         worked_out = _versions_since(store, query, planned) if planned is not None else None
         listed = worked_out[:3] if worked_out is not None else versions(query)
         refitted = _refitted(config, store, spec, now, previous, listed, key, keys, view, view_key,
-                             save_fragments, secret)
+                             save_fragments, secret, worked_out[3] if worked_out is not None else None)
         if refitted is not None:  # over its budget, planned again from the columns kept with its body
             return _stamped(refitted, worked_out[4] if worked_out is not None else _version_stamp(query, listed[2]))
     changed_at: list[int] | None = None  # the positions whose version differs from the previous body's
@@ -1095,7 +1095,8 @@ def _splice_stored(stored: StoredSegments, bounds: list[int], patches: list[tupl
 
 def _refitted(config: Config, store: Store, spec: FeedSpec, now: datetime, previous: PreviousBody,
               listed: tuple[list[int], list[int], list[int]], key: str, keys: tuple[str, ...], view: str | None,
-              view_key: str | None, save_fragments: bool, secret: bytes | None) -> RenderedFeed | None:
+              view_key: str | None, save_fragments: bool, secret: bytes | None,
+              changed: list[int] | None = None) -> RenderedFeed | None:
     """The re-render of a feed over its size budget (icsfeed.refit): the changed rows' columns
     and fragments read (or rendered), the rest from the previous body and its plan columns.
     None: not that case (the paths below handle it)."""
@@ -1115,7 +1116,7 @@ def _refitted(config: Config, store: Store, spec: FeedSpec, now: datetime, previ
 
     head, tail = calendar_header(config, spec)
     fitted = refit(config, store, spec, now, head, tail, previous.size, previous.parts, *listed, fetch, secret=secret,
-                   save=save_fragments)
+                   save=save_fragments, changed=changed)
     if fitted is None:
         return None
     if fitted.pieces is None:  # every VEVENT in hand

@@ -242,28 +242,39 @@ class FeedsMixin:
         the feed has, the sums of their sequences and of their row ids, and the rows last
         modified after ``since`` (whole microseconds, :func:`micros`: from ``since`` + 1 µs on),
         (id, sequence, last modified in µs, start_ts), at most ``limit`` of them (more: the
-        caller reads the list in full). One statement, so the totals and the rows are of one
-        snapshot on every backend. None: the query shows none."""
+        caller reads the list in full). None: the query shows none.
+
+        One pass over the feed's index entries gives the totals and the ids of the recent rows
+        (a team feed's are every event in the window: a second pass for the rows cost as much
+        again); their columns are then read by id. A row written between the two reads shows
+        its newer sequence, which the totals do not count: the caller's sum check turns that
+        list down, as it does a change written with an older clock."""
         with self.engine.connect() as conn:  # by the DB-API cursor: compiling the statement cost more than running it
-            where = _feed_where(query, _mark(conn))
+            mark = _mark(conn)
+            where = _feed_where(query, mark)
             if where is None:
                 return None
             sql, params = where
-            name = events_table.name
-            real = "CAST(NULL AS DOUBLE PRECISION)"  # typed: PostgreSQL matches the two sides' column types
-            statement = (f"SELECT count(*), coalesce(sum(sequence), 0), coalesce(sum(id), 0), {real}, {real} "
-                         f"FROM {name} WHERE {sql} UNION ALL SELECT * FROM (SELECT id, sequence, "
-                         f"CAST(NULL AS BIGINT), last_modified, start_ts "
-                         f"FROM {name} WHERE {sql} AND last_modified >= {_mark(conn)} LIMIT {int(limit)}) AS recent")
-            rows = _fetch_all(conn, statement, (*params, *params, (since + 1) / _MICROS))
-        head = [r for r in rows if r[2] is not None]
-        if len(head) != 1:
-            raise StoreError("the feed's totals were not read")
-        count, seq_sum, id_sum = head[0][:3]
-        changed = [r for r in rows if r[2] is None]
-        mods = micros([r[3] for r in changed])
+            recent = f"CASE WHEN last_modified >= {mark} THEN id END"
+            listed = f"group_concat({recent})" if conn.dialect.name == "sqlite" else \
+                f"string_agg(CAST({recent} AS TEXT), ',')"
+            statement = (f"SELECT count(*), coalesce(sum(sequence), 0), coalesce(sum(id), 0), {listed} "
+                         f"FROM {events_table.name} WHERE {sql}")
+            head = _fetch_all(conn, statement, ((since + 1) / _MICROS, *params))
+            if len(head) != 1:
+                raise StoreError("the feed's totals were not read")
+            count, seq_sum, id_sum, ids = head[0]
+            wanted = [int(i) for i in ids.split(",")[:limit]] if ids else []
+            rows: list[tuple[Any, ...]] = []
+            for at in range(0, len(wanted), 500):
+                chunk = tuple(wanted[at:at + 500])
+                rows += _fetch_all(conn, f"SELECT id, sequence, last_modified, start_ts FROM {events_table.name} "
+                                         f"WHERE id IN ({', '.join([mark] * len(chunk))})", chunk)
+        if len(rows) != len(wanted):  # deleted meanwhile: a count no list has (the caller reads it whole)
+            count = -1
+        mods = micros([r[2] for r in rows])
         return FeedChanges(int(count), int(seq_sum), int(id_sum),
-                           [(r[0], r[1], m, r[4]) for r, m in zip(changed, mods, strict=True)])
+                           [(r[0], r[1], m, r[3]) for r, m in zip(rows, mods, strict=True)])
 
     def start_times(self, ids: Sequence[int]) -> dict[int, float]:
         """Row id -> start_ts (the neighbours of a re-render's changed events: whether one moved)."""
