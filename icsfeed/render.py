@@ -636,7 +636,7 @@ class _Reusable:
             return
         self.parts = parts
         self.bounds = ends  # the head's end, then each VEVENT's
-        self.ids, self.seqs, self.mods, self.starts, self.ends = ids, seqs, mods, ends[:-1], ends[1:]
+        self.ids, self.seqs, self.mods = ids, seqs, mods
         self.kind, self.rank, self.open, self.kind_names = kind, rank, open_, kind_names
         self.valid = bool(ids) and max(ids) >= 0
         self._placed = None
@@ -644,6 +644,16 @@ class _Reusable:
     @property
     def body(self) -> bytes:
         return self.previous.body
+
+    @property
+    def starts(self) -> list[int]:
+        """Where each VEVENT starts in the previous body."""
+        return self.bounds[:-1]
+
+    @property
+    def ends(self) -> list[int]:
+        """Where each VEVENT ends in the previous body."""
+        return self.bounds[1:]
 
     @property
     def positions(self) -> dict[int, int]:
@@ -1047,8 +1057,8 @@ def _spliced_segments(config: Config, spec: FeedSpec, head: bytes, tail: bytes, 
     fitted = fit_spliced(config, spec, head, tail, None, reuse.parts, changed, seqs, mods)
     if fitted is None:  # over its budget now: rolled up by the general path
         return None
-    starts, ends = reuse.starts, reuse.ends
-    segments = _splice_stored(stored, reuse.bounds, [(starts[n], ends[n], changed[n][0]) for n in sorted(changed)])
+    bounds = reuse.bounds  # (VEVENT n runs from bounds[n] to bounds[n + 1])
+    segments = _splice_stored(stored, bounds, [(bounds[n], bounds[n + 1], changed[n][0]) for n in sorted(changed)])
     if segments is None:
         return None
     segments.check = lens_check(fitted.parts["lens"])
@@ -1211,10 +1221,21 @@ def _render_missing(config: Config, store: Store, spec: FeedSpec, ids: list[int]
     return rendered
 
 
+def _takes(method: Any, name: str) -> bool:
+    """Whether a store's method takes the keyword ``name`` (a store from before it does not)."""
+    return name in _parameters(getattr(method, "__func__", method))
+
+
+@lru_cache(maxsize=64)
+def _parameters(function: Any) -> frozenset[str]:
+    """The parameter names of a function (inspect.signature is ≈ 30 µs: asked twice a render)."""
+    return frozenset(inspect.signature(function).parameters)
+
+
 def _save_fragments(store: Store, fresh: list[tuple[int, bytes, str]], rows: Mapping[int, EventRow]) -> None:
     """Store fragments, with each row's source (its event's: the store need not read it again);
     a store from before ``sources`` reads them itself."""
-    if "sources" in inspect.signature(store.save_fragments).parameters:
+    if _takes(store.save_fragments, "sources"):
         store.save_fragments(fresh, sources={i: rows[i].event.source for i, _, _ in fresh})
     else:
         store.save_fragments(fresh)
@@ -1264,15 +1285,14 @@ def previous_body(store: Store, feed_id: str) -> PreviousBody | None:
 def _save_feed(store: Store, feed_id: str, feed: RenderedFeed, **kwargs: Any) -> bool:
     """Store a render (its segments, when the store keeps them; else its whole body), and its
     parts for filtered variants and /status (in the same transaction, where the store can)."""
-    takes = inspect.signature(store.save_feed).parameters
     with_parts = feed.parts is not None and feed.report is not None
-    if with_parts and "parts" in takes:
+    if with_parts and _takes(store.save_feed, "parts"):
         kwargs["parts"] = (feed.parts, feed.report)
-    if feed.segments is not None and "segments" in takes:
+    if feed.segments is not None and _takes(store.save_feed, "segments"):
         saved = store.save_feed(feed_id, b"", b"", feed.etag, segments=feed.segments, **kwargs)
     else:
         saved = store.save_feed(feed_id, feed.body, b"", feed.etag, **kwargs)
-    if with_parts and "parts" not in takes:
+    if with_parts and not _takes(store.save_feed, "parts"):
         store.save_feed_parts(feed_id, feed.etag, feed.parts, feed.report)  # type: ignore[arg-type]
     return saved
 
