@@ -7,6 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,10 @@ def bump_or_insert(conn: Any, key: Any, generation: Any, keys: Iterable[str], **
 
 def _dialect_insert(conn: Any) -> Any:
     """The INSERT that knows ON CONFLICT, on the backends that have it (else None)."""
-    name = conn.dialect.name
+    return _dialect_insert_of(conn.dialect.name)
+
+
+def _dialect_insert_of(name: str) -> Any:
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
         return insert
@@ -181,6 +185,35 @@ def _dialect_insert(conn: Any) -> Any:
         from sqlalchemy.dialects.sqlite import insert
         return insert
     return None
+
+
+@lru_cache(maxsize=64)
+def _insert_ignoring(dialect: str, table: Any) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING of ``table`` (None: a backend without it), made once:
+    a render saves a feed with one, and building a statement cost more than running it."""
+    insert = _dialect_insert_of(dialect)
+    return insert(table).on_conflict_do_nothing() if insert is not None else None
+
+
+@lru_cache(maxsize=64)
+def _insert_replacing(dialect: str, table: Any, columns: tuple[str, ...]) -> Any:
+    """INSERT … ON CONFLICT DO UPDATE of ``table`` setting ``columns`` to the row's (None: a
+    backend without it), made once."""
+    insert = _dialect_insert_of(dialect)
+    if insert is None:
+        return None
+    statement = insert(table)
+    return statement.on_conflict_do_update(index_elements=[c.name for c in table.primary_key],
+                                           set_={c: statement.excluded[c] for c in columns})
+
+
+def upsert_row(conn: Any, table: Any, row: dict[str, Any], columns: tuple[str, ...]) -> None:
+    """:func:`upsert` of one row whose stored version, if any, takes the row's ``columns``."""
+    replacing = _insert_replacing(conn.dialect.name, table, columns)
+    if replacing is not None:
+        conn.execute(replacing, row)
+        return
+    upsert(conn, table, [row], {c: row[c] for c in columns})
 
 
 def upsert(conn: Any, table: Any, rows: list[dict[str, Any]], changes: dict[str, Any]) -> None:
@@ -207,9 +240,9 @@ def insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
     On SQLite it also takes the write lock, so what the transaction reads next stays true."""
     if not rows:
         return
-    insert = _dialect_insert(conn)
-    if insert is not None:
-        conn.execute(insert(table).on_conflict_do_nothing(), rows)
+    ignoring = _insert_ignoring(conn.dialect.name, table)
+    if ignoring is not None:
+        conn.execute(ignoring, rows)
         return
     for row in rows:
         try:

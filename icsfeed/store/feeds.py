@@ -163,6 +163,12 @@ def _save_statement(changed: bool, generation: bool) -> Any:
 _SAVE_STATEMENTS = {(c, g): _save_statement(c, g) for c in (True, False) for g in (True, False)}
 
 
+#: _save_segments' write of the feed row: its segments listed, no body of its own
+_SEGMENTS_LISTED = update(feeds_table).where(feeds_table.c.feed_id == bindparam("v_feed_id")).values(
+    body=None, body_head=bindparam("v_body_head"), body_tail=bindparam("v_body_tail"),
+    segments=bindparam("v_segments"))
+
+
 #: a last-modified time in whole microseconds, as feed parts keep it (-1: none matches it)
 _MICROS = 1_000_000
 
@@ -404,9 +410,9 @@ class FeedsMixin:
                                              [segments.raw[d] for d in names])
             _executemany(conn, f"INSERT INTO feed_segments (feed_id, digest, blob) VALUES ({mark}, {mark}, {mark})",
                          list(zip(repeat(feed_id), names, blobs, strict=False)))
-        conn.execute(update(feeds_table).where(feeds_table.c.feed_id == feed_id).values(
-            body=None, body_head=segments.head, body_tail=segments.tail,
-            segments=encode_list(segments.digests, segments.lengths, segments.check)))
+        conn.execute(_SEGMENTS_LISTED, {"v_feed_id": feed_id, "v_body_head": segments.head,
+                                        "v_body_tail": segments.tail,
+                                        "v_segments": encode_list(segments.digests, segments.lengths, segments.check)})
         return True
 
     def feed_segments(self, feed_id: str) -> StoredSegments | None:

@@ -24,11 +24,23 @@ from sqlalchemy import and_, bindparam, case, delete, null, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from icsfeed.store.database import StoreError, chunks, db_reason, insert_missing, upsert
+from icsfeed.store.database import StoreError, chunks, db_reason, insert_missing, upsert_row
 from icsfeed.store.events import FeedQuery, fetch_statement
 from icsfeed.store.schema import events_table, feed_parts_table, feeds_table, rollups_table
 
 log = logging.getLogger("icsfeed.store")
+
+_e, _r, _p = events_table, rollups_table, feed_parts_table
+#: the statements a re-render runs for every feed, made once (building one cost more than running it)
+_ROLLUPS_OF = select(_r.c.group_key, _r.c.day, _r.c.content_hash, _r.c.sequence, _r.c.created, _r.c.last_modified,
+                     _r.c.vevent).where(_r.c.feed_id == bindparam("feed_id"))
+_PARTS_OF = select(_p.c.etag, _p.c.parts, _p.c.report).where(
+    and_(_p.c.feed_id == bindparam("feed_id"), _p.c.etag == bindparam("etag")))
+_PART_ATTRS_BY_ID = select(
+    _e.c.id, _e.c.uid, _e.c.kind, _e.c.account_key, _e.c.severity_rank, _e.c.start_ts, _e.c.end_ts, _e.c.recurring,
+    _e.c.sequence, _e.c.is_open,
+    case((_e.c.vevent_key.in_(bindparam("keys", expanding=True)), _e.c.vevent), else_=null()),
+).where(_e.c.id.in_(bindparam("ids", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -206,15 +218,10 @@ class RollupsMixin:
     def part_attrs_by_id(self, ids: Sequence[int], keys: Sequence[str]) -> dict[int, tuple[PartAttrs, bytes | None]]:
         """:meth:`query_part_attrs` of some rows by id, each with its fragment stored under any
         of ``keys`` (or None): what a re-render of a feed over its budget reads of its changed events."""
-        t = events_table
-        current = t.c.vevent_key == keys[0] if len(keys) == 1 else t.c.vevent_key.in_(list(keys))
         out: dict[int, tuple[PartAttrs, bytes | None]] = {}
         with self.engine.connect() as conn:
             for chunk in chunks(list(ids), 500):
-                stmt = select(t.c.id, t.c.uid, t.c.kind, t.c.account_key, t.c.severity_rank, t.c.start_ts, t.c.end_ts,
-                              t.c.recurring, t.c.sequence, t.c.is_open, case((current, t.c.vevent), else_=null())
-                              ).where(t.c.id.in_(chunk))
-                for r in fetch_statement(conn, stmt):
+                for r in fetch_statement(conn, _PART_ATTRS_BY_ID, {"keys": list(keys), "ids": chunk}):
                     attrs = PartAttrs(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8],
                                       None if r[9] is None else bool(r[9]))
                     out[r[0]] = (attrs, self._fragment(r[0], r[10]))  # type: ignore[attr-defined]
@@ -242,10 +249,8 @@ class RollupsMixin:
             raise StoreError(f"cannot store open flags: {db_reason(exc)}") from None
 
     def rollups_of(self, feed_id: str) -> dict[str, StoredRollup]:
-        r = rollups_table
         with self.engine.connect() as conn:
-            rows = conn.execute(select(r.c.group_key, r.c.day, r.c.content_hash, r.c.sequence, r.c.created,
-                                       r.c.last_modified, r.c.vevent).where(r.c.feed_id == feed_id)).all()
+            rows = conn.execute(_ROLLUPS_OF, {"feed_id": feed_id}).all()
         return {row[0]: StoredRollup(*row) for row in rows}
 
     def save_rollups(self, feed_id: str, rollups: Sequence[StoredRollup], *, prune_before: str | None = None) -> None:
@@ -305,7 +310,7 @@ class RollupsMixin:
         packed: Packed = {}
         row = {"feed_id": feed_id, "etag": etag, "parts": pack_parts(parts, held[1] if held else None, packed),
                "report": json.dumps(report, separators=(",", ":"))}
-        upsert(conn, feed_parts_table, [row], {"etag": etag, "parts": row["parts"], "report": row["report"]})
+        upsert_row(conn, feed_parts_table, row, ("etag", "parts", "report"))
         return FeedParts(etag, parts, report), packed
 
     def _hold_parts(self, feed_id: str, held: tuple[FeedParts, Packed]) -> None:
@@ -318,10 +323,8 @@ class RollupsMixin:
         held = self._parts_cache.get(feed_id, etag)
         if held is not None:
             return held[0]
-        p = feed_parts_table
         with self.engine.connect() as conn:
-            row = conn.execute(select(p.c.etag, p.c.parts, p.c.report)
-                               .where(and_(p.c.feed_id == feed_id, p.c.etag == etag))).first()
+            row = conn.execute(_PARTS_OF, {"feed_id": feed_id, "etag": etag}).first()
         if row is None:
             return None
         packed: Packed = {}
