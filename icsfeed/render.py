@@ -96,6 +96,7 @@ def _joiner(segments: Segments, raw_of: Callable[[str], bytes]) -> Callable[[], 
 
 def _rendered(fitted: Any) -> RenderedFeed:
     """The RenderedFeed of a fitted body (icsfeed.budget): cut into segments, its ETag theirs."""
+    assert getattr(fitted, "pieces", None) is None, "a refit's kept VEVENTs are spliced or joined first"
     segments = split(fitted.body)
     if fitted.parts is not None:
         segments.check = lens_check(fitted.parts.get("lens"))
