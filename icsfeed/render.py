@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import accumulate, compress, pairwise, repeat
 from operator import add, ne, sub
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import icalendar
@@ -40,11 +40,11 @@ from icsfeed.store import EventRow, FeedQuery, Store, StoreError
 from icsfeed.store.codec import UndecodableBlob
 from icsfeed.store.feeds import StoredSegments, micros
 from icsfeed.store.segments import Segments, lens_check, splice, split
-
-if TYPE_CHECKING:
-    from icsfeed.budget import FittedFeed, KeptVevent
 from icsfeed.tokens import load_secret_key
 from icsfeed.urls import safe_url
+
+if TYPE_CHECKING:  # (the size budget imports this module)
+    from icsfeed.budget import FittedFeed, KeptVevent
 
 log = logging.getLogger(__name__)
 
@@ -612,14 +612,35 @@ class Listed:
     mods: list[int] = field(default_factory=list)
 
 
-class _Reusable:
+def _vevent_bounds(parts: dict[str, Any]) -> list[int]:
+    """Where a previous body's VEVENTs lie, as its parts list them: the head's end, then each
+    VEVENT's end."""
+    return list(accumulate(parts["lens"], initial=parts["head"]))
+
+
+class _VersionList:
+    """A version list a previous render was made from: the row ids, sequences and
+    last-modified µs of its events in feed order (:func:`_versions_since` works the next one
+    out from it), with the parts that stamp it."""
+
+    ids: list[int]
+    seqs: list[int]
+    mods: list[int]
+    parts: dict[str, Any]
+
+    @cached_property
+    def positions(self) -> dict[int, int]:
+        """Row id -> position in the list."""
+        return dict(zip(self.ids, range(len(self.ids)), strict=True))
+
+
+class _Reusable(_VersionList):
     """The VEVENTs of a previous body by row id, with the version each was rendered from."""
 
     def __init__(self, previous: PreviousBody) -> None:
         self.previous = previous
         self.valid = False
         self._placed: bool | None = False
-        self._positions: dict[int, int] | None = None
         parts = previous.parts
         try:
             if parts.get("v") != 2:
@@ -630,7 +651,7 @@ class _Reusable:
             if not (isinstance(head, int) and len(lens) == len(ids) == len(seqs) == len(mods) == len(kind)
                     == len(rank) == len(open_)):
                 return
-            ends = list(accumulate(lens, initial=head))
+            ends = _vevent_bounds(parts)
         except (KeyError, TypeError):
             return
         if ends[-1] + len(_TAIL) != previous.size or not previous.endswith(_TAIL):
@@ -655,13 +676,6 @@ class _Reusable:
     def ends(self) -> list[int]:
         """Where each VEVENT ends in the previous body."""
         return self.bounds[1:]
-
-    @property
-    def positions(self) -> dict[int, int]:
-        """Row id -> position in the previous body."""
-        if self._positions is None:
-            self._positions = dict(zip(self.ids, range(len(self.ids)), strict=True))
-        return self._positions
 
     @property
     def placed(self) -> bool:
@@ -882,26 +896,12 @@ def _stamped(feed: RenderedFeed, stamp: dict[str, Any]) -> RenderedFeed:
     return feed
 
 
-class _VersionList(Protocol):
-    """A version list a previous render was made from (the row ids, sequences and
-    last-modified µs of its events, in feed order), with the parts that stamp it."""
-
-    ids: list[int]
-    seqs: list[int]
-    mods: list[int]
-    parts: dict[str, Any]
-
-    @property
-    def positions(self) -> dict[int, int]: ...
-
-
-class _PlannedList:
+class _PlannedList(_VersionList):
     """The version list of a feed over its budget: every event its plan columns list (the
     ``b_`` lists, icsfeed.refit), rolled up or not; a body's own list names only the VEVENTs."""
 
     def __init__(self, parts: dict[str, Any], ids: list[int], seqs: list[int], mods: list[int]) -> None:
         self.parts, self.ids, self.seqs, self.mods = parts, ids, seqs, mods
-        self._positions: dict[int, int] | None = None
 
     @classmethod
     def of(cls, parts: dict[str, Any]) -> _PlannedList | None:
@@ -911,12 +911,6 @@ class _PlannedList:
                 or not len(ids) == len(seqs) == len(mods) or min(mods) < 0 or min(ids) < 0:
             return None
         return cls(parts, ids, seqs, mods)
-
-    @property
-    def positions(self) -> dict[int, int]:
-        if self._positions is None:
-            self._positions = dict(zip(self.ids, range(len(self.ids)), strict=True))
-        return self._positions
 
 
 def _versions_since(store: Store, query: FeedQuery, reuse: _VersionList | None
@@ -1154,7 +1148,7 @@ def _refit_spliced(previous: PreviousBody, fitted: FittedFeed) -> RenderedFeed |
     lens = parts["lens"]
     if len(vevents) != len(lens) or parts["head"] != len(old.head) or not old.check or old.check != lens_check(lens):
         return None  # parts that are not the ones saved with these segments, or VEVENTs come or gone
-    bounds = list(accumulate(lens, initial=len(old.head)))
+    bounds = _vevent_bounds(parts)
     patches = []
     for n, piece in enumerate(vevents):
         if type(piece) is KeptVevent:
@@ -1178,7 +1172,7 @@ def _joined(previous: PreviousBody, pieces: list[bytes | memoryview | KeptVevent
 
     body = previous.body
     view = memoryview(body)
-    starts = list(accumulate(previous.parts["lens"], initial=int(previous.parts["head"])))
+    starts = _vevent_bounds(previous.parts)
     out: list[bytes | memoryview] = []
     for piece in pieces:
         if type(piece) is KeptVevent:

@@ -97,6 +97,14 @@ class FeedQuery:
 Fragmenter = Callable[[EventRow], "tuple[bytes, str] | None"]
 
 
+def window_condition(lo: Any, hi: Any) -> Any:
+    """The store's window test in SQL (``lo`` and ``hi`` values or bound parameters): starts
+    before the end, and ends after the start or recurs. The start bound stands once, so that
+    SQLite reads one range of the window index, not one per side of an OR."""
+    t = events_table
+    return and_(t.c.start_ts < hi, or_(t.c.end_ts >= lo, t.c.recurring.is_(True)))
+
+
 class EventsMixin:
     """Writing polls and reading events (part of :class:`~icsfeed.store.Store`)."""
 
@@ -403,9 +411,7 @@ class EventsMixin:
     def _feed_conditions(self, query: FeedQuery) -> list[Any] | None:
         """WHERE clauses of a feed's events, or None when it can show none."""
         t = events_table
-        # (starts before the end) and (ends after the start, or recurs): the start bound once, so
-        # that SQLite reads one range of the window index, not one per side of an OR
-        conditions = [t.c.start_ts < query.end_ts, or_(t.c.end_ts >= query.start_ts, t.c.recurring.is_(True))]
+        conditions = [window_condition(query.start_ts, query.end_ts)]
         if query.account_keys is not None:
             if not query.account_keys:
                 return None

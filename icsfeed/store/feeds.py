@@ -197,7 +197,7 @@ def feed_versions_sql(query: FeedQuery, mark: str) -> tuple[str, tuple[Any, ...]
 
 
 def _feed_where(query: FeedQuery, mark: str) -> tuple[str, tuple[Any, ...]] | None:
-    """:meth:`EventsMixin._feed_conditions` as SQL text and its parameters (``mark``: the
+    """:meth:`EventsMixin._feed_conditions` (:func:`window_condition` first) as SQL text and its parameters (``mark``: the
     driver's parameter marker), or None when the feed can show no event. The same conditions:
     tests/test_render_since.py compares the rows each selects."""
     sql = f"start_ts < {mark} AND (end_ts >= {mark} OR recurring = {mark})"

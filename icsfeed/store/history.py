@@ -24,7 +24,7 @@ from sqlalchemy import and_, bindparam, case, null, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from icsfeed.store.database import StoreError, chunks, db_reason
-from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow, fetch_statement
+from icsfeed.store.events import _EVENT_ROW_COLUMNS, EventRow, fetch_statement, window_condition
 from icsfeed.store.schema import events_table, insight_inputs_table
 
 _t = events_table
@@ -64,11 +64,6 @@ def in_window(r: HistoryRow, lo: float, hi: float) -> bool:
     return (r.start_ts < hi and r.end_ts >= lo) or (r.recurring and r.start_ts < hi)
 
 
-def _window(lo: Any, hi: Any) -> Any:
-    """The store's window test in SQL; ``lo`` and ``hi`` values or bound parameters."""
-    return and_(_t.c.start_ts < hi, or_(_t.c.end_ts >= lo, _t.c.recurring.is_(True)))
-
-
 def _select(where: Any) -> Any:
     return select(*_COLUMNS, *_EXTRA).where(where).order_by(_t.c.start_ts, _t.c.id)
 
@@ -92,9 +87,9 @@ def account_events(store: Any, account_keys: Collection[str], span: tuple[float,
     those of ``wide_kinds`` in the ``wide`` window too; by start (then id), as the store orders."""
     if not account_keys:
         return []
-    windows = _window(*span)
+    windows = window_condition(*span)
     if wide is not None and wide_kinds:
-        windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), _window(*wide)))
+        windows = or_(windows, and_(_t.c.kind.in_(sorted(wide_kinds)), window_condition(*wide)))
     return _read(store, _select(and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind != exclude_kind, windows)))
 
 
@@ -105,7 +100,7 @@ def wide_events(store: Any, account_keys: Collection[str], kinds: Collection[str
     if not account_keys or not kinds:
         return []
     return _read(store, _select(and_(_t.c.account_key.in_(sorted(account_keys)), _t.c.kind.in_(sorted(kinds)),
-                                     _t.c.kind != exclude_kind, _window(*wide))))
+                                     _t.c.kind != exclude_kind, window_condition(*wide))))
 
 
 def kind_events(store: Any, account_keys: Collection[str], kind: str) -> list[HistoryRow]:
@@ -153,10 +148,10 @@ def _versions_select(where: Any, flag_kind: str, *extra: Any) -> Any:
 # building and keying a statement of a dozen conditions cost about as much as running it.
 @cache
 def _account_versions_statement(flag_kind: str, wide: bool) -> Any:
-    windows = or_(_window(bindparam("lo"), bindparam("hi")), _t.c.kind == flag_kind)
+    windows = or_(window_condition(bindparam("lo"), bindparam("hi")), _t.c.kind == flag_kind)
     if wide:
         windows = or_(windows, and_(_t.c.kind.in_(bindparam("wide_kinds", expanding=True)),
-                                    _window(bindparam("wide_lo"), bindparam("wide_hi"))))
+                                    window_condition(bindparam("wide_lo"), bindparam("wide_hi"))))
     return _versions_select(and_(_t.c.account_key.in_(bindparam("keys", expanding=True)), windows), flag_kind)
 
 
